@@ -1,0 +1,60 @@
+// Package flyapi is glaceon's small client for the Fly.io GraphQL API (the
+// WireGuard peer operations: organization lookup, nearest gateway region,
+// add / list / remove / validate peers), plus WireGuard key pairs and the
+// wg-quick file `fly wireguard create` writes.
+//
+// The wire contract is ../shared/fly-api.md (fly-go and flyctl behaviour).
+// The package must stay small: it is imported by the tunnel sidecar, so it
+// depends on the standard library and logr only (no client-go).
+//
+// # Errors
+//
+// Every Client method returns a *Error (possibly wrapped) with a Kind:
+// Unauthorized (HTTP 401/403, code UNAUTHORIZED), NotFound (NOT_FOUND, "Could
+// not find ...", a null object), Invalid (INVALID, UNPROCESSABLE,
+// INVALID_ARGUMENTS, or an input the client refused to send), Conflict
+// (duplicate peer name), RateLimited (HTTP 429, with RetryAfter) and
+// Transient (5xx, network errors, MAINTENANCE, SERVICE_UNAVAILABLE). Use
+// IsUnauthorized, IsNotFound, ... which work through wrapping. Messages are
+// lower-case, name the operation and say what to do; they never contain the
+// token or a private key (server messages are scrubbed of token segments).
+//
+// # Retries
+//
+// Queries, removeWireGuardPeer and validateWireGuardPeers are retried on
+// rate limits and transient failures with exponential backoff and full jitter
+// (Options.MaxRetries, RetryBaseDelay, RetryMaxDelay), honouring Retry-After
+// (up to one minute) and never sleeping past the context deadline. When the
+// context ends the error wraps both the context error and the last API error.
+// addWireGuardPeer is retried directly only when the request certainly did
+// not take effect (429, dial/DNS failure, MAINTENANCE); after an ambiguous
+// failure AddPeer lists the peers and reconciles by name and public key (see
+// AddPeer).
+//
+// # Decisions where fly-api.md leaves room
+//
+//   - Tokens: NormalizeToken follows fly-go (strip Bearer/FlyV1 repeatedly,
+//     split on ',', drop empty parts, macaroons first under "FlyV1 "). It
+//     also accepts a tab after a scheme and rejects control characters and
+//     spaces inside a segment (fly-go would send them and fail later).
+//   - AddPeer validates the response: peerip must be an IPv6 address (it is
+//     not required to be in fdaa::/16, so test doubles may use other ULA
+//     ranges), pubkey must decode to 32 non-zero bytes, endpointip must be a
+//     host name or IP without a port. A created peer whose response fails
+//     validation is removed again (best effort).
+//   - After an ambiguous add where the peer turns out to exist with our
+//     public key, AddPeer removes and recreates it once (the gateway key and
+//     endpoint are only in the create response) and logs it.
+//   - ListPeers requests first: 100 and also the peer "network" field.
+//   - RemovePeer lists before and after removal when it knows the slug.
+//   - wg-quick parsing: ListenPort is validated then ignored; DNS defaults
+//     to <prefix48>::3; Address must be IPv6; PostUp/Table/PresharedKey and
+//     other wg-quick keys are rejected (see ParseWireGuardConfig).
+//
+// # Secrets
+//
+// KeyPair, WireGuardConfig, Options and Client implement fmt.Formatter (and
+// logr.Marshaler where relevant) so that printing them with any verb never
+// shows a private key or token. Key itself prints its base64 value: do not
+// format a bare private Key.
+package flyapi
