@@ -1,0 +1,166 @@
+package inject
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"path"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	"k8s.io/apimachinery/pkg/util/validation"
+)
+
+// SidecarMode selects how the sidecar runs in the pod.
+type SidecarMode string
+
+const (
+	// SidecarModeNative injects the sidecar as the first init container with
+	// restartPolicy Always (Kubernetes 1.29+): the app starts only once the
+	// tunnel is ready, and Jobs complete.
+	SidecarModeNative SidecarMode = "native"
+	// SidecarModeClassic injects the sidecar as the first regular container,
+	// for clusters without native sidecars. Apps must retry until the tunnel
+	// is up, and a Job's pod never completes while the sidecar runs.
+	SidecarModeClassic SidecarMode = "classic"
+)
+
+// DefaultSidecarImage is the image DefaultConfig uses. Release builds set it
+// with -ldflags "-X github.com/glaceon/glaceon/webhook/inject.DefaultSidecarImage=…".
+var DefaultSidecarImage = "ghcr.io/glaceon/glaceon-sidecar:dev"
+
+// Config is the operator's side of injection: the same for every pod.
+type Config struct {
+	// Image and ImagePullPolicy of the sidecar container.
+	Image           string
+	ImagePullPolicy corev1.PullPolicy
+	// Resources of the sidecar container.
+	Resources corev1.ResourceRequirements
+	// HealthPort serves /healthz, /readyz and /metrics. The kubelet probes it
+	// on the pod IP, so it listens on HealthListenHost, not on loopback.
+	HealthPort int32
+	// HealthListenHost is the address the health server binds: "0.0.0.0",
+	// or "::" on IPv6-only clusters.
+	HealthListenHost string
+	// Mode is the default sidecar mode; glaceon.fly/inject-mode overrides it.
+	Mode SidecarMode
+	// DefaultOrg and DefaultRegion apply when a pod does not set
+	// glaceon.fly/org or glaceon.fly/region. DefaultRegion may be empty
+	// (Fly then picks the gateway).
+	DefaultOrg    string
+	DefaultRegion string
+	// RunAsUser and RunAsGroup are the non-root identity of the sidecar.
+	RunAsUser  int64
+	RunAsGroup int64
+	// SecretMountPath is where the peer Secret is mounted (read-only); the
+	// wg-quick file is SecretMountPath/SecretKeyWGConfig.
+	SecretMountPath string
+}
+
+// DefaultConfig returns the configuration glaceon ships with. DefaultOrg is
+// empty: the operator must set it, or every pod must carry glaceon.fly/org.
+func DefaultConfig() Config {
+	return Config{
+		Image:           DefaultSidecarImage,
+		ImagePullPolicy: corev1.PullIfNotPresent,
+		Resources: corev1.ResourceRequirements{
+			Requests: corev1.ResourceList{
+				corev1.ResourceCPU:    resource.MustParse("10m"),
+				corev1.ResourceMemory: resource.MustParse("32Mi"),
+			},
+			// No CPU limit: throttling a tunnel only adds latency. The
+			// memory limit bounds a runaway sidecar.
+			Limits: corev1.ResourceList{
+				corev1.ResourceMemory: resource.MustParse("128Mi"),
+			},
+		},
+		HealthPort:       9901,
+		HealthListenHost: "0.0.0.0",
+		Mode:             SidecarModeNative,
+		RunAsUser:        65532,
+		RunAsGroup:       65532,
+		SecretMountPath:  "/etc/glaceon",
+	}
+}
+
+// WGConfigPath is the path of the wg-quick file inside the sidecar.
+func (c Config) WGConfigPath() string {
+	return path.Join(c.SecretMountPath, SecretKeyWGConfig)
+}
+
+// Validate reports every problem with the configuration, for start-up checks.
+func (c Config) Validate() error {
+	var errs []error
+	if c.Image == "" {
+		errs = append(errs, errors.New("sidecar image is empty"))
+	}
+	switch c.ImagePullPolicy {
+	case "", corev1.PullAlways, corev1.PullIfNotPresent, corev1.PullNever:
+	default:
+		errs = append(errs, fmt.Errorf("image pull policy %q is not Always, IfNotPresent or Never", c.ImagePullPolicy))
+	}
+	if c.HealthPort < 1 || c.HealthPort > 65535 {
+		errs = append(errs, fmt.Errorf("health port %d is not in 1-65535", c.HealthPort))
+	}
+	if _, err := netip.ParseAddr(c.HealthListenHost); err != nil {
+		errs = append(errs, fmt.Errorf("health listen host: %w", err))
+	}
+	switch c.Mode {
+	case SidecarModeNative, SidecarModeClassic:
+	default:
+		errs = append(errs, fmt.Errorf("sidecar mode %q is not %q or %q", c.Mode, SidecarModeNative, SidecarModeClassic))
+	}
+	if c.DefaultOrg != "" {
+		if fe := ValidateOrgSlug(c.DefaultOrg, nil); len(fe) > 0 {
+			errs = append(errs, fmt.Errorf("default org %q: %s", c.DefaultOrg, fe[0].Detail))
+		}
+	}
+	if c.DefaultRegion != "" {
+		if fe := ValidateRegion(c.DefaultRegion, nil); len(fe) > 0 {
+			errs = append(errs, fmt.Errorf("default region %q: %s", c.DefaultRegion, fe[0].Detail))
+		}
+	}
+	if c.RunAsUser <= 0 {
+		errs = append(errs, fmt.Errorf("run-as user %d is not a non-root uid", c.RunAsUser))
+	}
+	if c.RunAsGroup <= 0 {
+		errs = append(errs, fmt.Errorf("run-as group %d is not a non-root gid", c.RunAsGroup))
+	}
+	if !path.IsAbs(c.SecretMountPath) || path.Clean(c.SecretMountPath) != c.SecretMountPath || c.SecretMountPath == "/" {
+		errs = append(errs, fmt.Errorf("secret mount path %q is not a clean absolute directory other than /", c.SecretMountPath))
+	}
+	return errors.Join(errs...)
+}
+
+// Peer names the Fly WireGuard peer of one pod and the Secret holding its
+// wg-quick file. It never holds key material.
+type Peer struct {
+	// Name is the Fly peer name (≤ 63 chars, [a-z0-9-]).
+	Name string
+	// SecretName is the Secret in the pod's namespace with key SecretKeyWGConfig.
+	SecretName string
+}
+
+// PlaceholderPeer is the Peer for dry runs and offline injection: the
+// injected shape is the same as at admission, with names that say no peer
+// exists.
+func PlaceholderPeer() Peer {
+	return Peer{Name: PlaceholderPeerName, SecretName: PlaceholderSecretName}
+}
+
+// Validate checks the peer and Secret names.
+func (p Peer) Validate() error {
+	var errs []error
+	if len(p.Name) > 63 || !dnsLabelPattern.MatchString(p.Name) {
+		errs = append(errs, fmt.Errorf("peer name %q is not 1-63 characters of [a-z0-9-]", p.Name))
+	}
+	if strings.HasPrefix(p.Name, "interactive-") {
+		// flyctl treats interactive-* peers as its own and may remove them.
+		errs = append(errs, fmt.Errorf("peer name %q must not start with interactive-", p.Name))
+	}
+	for _, msg := range validation.IsDNS1123Subdomain(p.SecretName) {
+		errs = append(errs, fmt.Errorf("secret name %q: %s", p.SecretName, msg))
+	}
+	return errors.Join(errs...)
+}
