@@ -12,6 +12,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"slices"
 	"strings"
 	"testing"
@@ -588,12 +589,14 @@ func TestIntegrationAddPeerConflict(t *testing.T) {
 	const name = "integ-dup"
 	tests := []struct {
 		name string
-		// seed creates the existing peer with key orig; via the client
-		// (true) or out of band in the double (false).
+		// seed creates the existing peer "integ-dup" with key orig; via
+		// the client (true) or out of band in the double (false).
 		viaClient bool
-		sameKey   bool
+		// newName is the name AddPeer is called with ("" = integ-dup).
+		newName string
+		sameKey bool
 		// wantConflict: AddPeer must fail with IsConflict; otherwise it
-		// must succeed (re-adding our own key is reconciled).
+		// must succeed (re-adding our own name and key is reconciled).
 		wantConflict bool
 		wantReqs     int
 	}{
@@ -601,7 +604,9 @@ func TestIntegrationAddPeerConflict(t *testing.T) {
 		{name: "other key, peer made by the client", viaClient: true, wantConflict: true, wantReqs: 2},
 		{name: "other key, peer made by someone else", viaClient: false, wantConflict: true, wantReqs: 2},
 		// add (taken) + list (ours) + remove + add.
-		{name: "same key again is reconciled to one peer", viaClient: true, sameKey: true, wantReqs: 4},
+		{name: "same name and key again is reconciled to one peer", viaClient: true, sameKey: true, wantReqs: 4},
+		// add (Pubkey has already been taken) + list (name absent).
+		{name: "same key under another name", viaClient: true, newName: "integ-other", sameKey: true, wantConflict: true, wantReqs: 2},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -623,10 +628,14 @@ func TestIntegrationAddPeerConflict(t *testing.T) {
 			if tc.sameKey {
 				kp = orig
 			}
+			newName := name
+			if tc.newName != "" {
+				newName = tc.newName
+			}
 			var cp *flyapi.CreatedPeer
 			var err error
 			n := integDelta(srv, func() {
-				cp, err = c.AddPeer(ctx, flyapi.AddPeerInput{Org: org, Name: name, PublicKey: kp.Public})
+				cp, err = c.AddPeer(ctx, flyapi.AddPeerInput{Org: org, Name: newName, PublicKey: kp.Public})
 			})
 			if n != tc.wantReqs {
 				t.Errorf("requests = %d, want %d", n, tc.wantReqs)
@@ -640,20 +649,88 @@ func TestIntegrationAddPeerConflict(t *testing.T) {
 				return
 			}
 			if !flyapi.IsConflict(err) || cp != nil {
-				t.Fatalf("AddPeer(duplicate name) = %+v, %s; want IsConflict", cp, integKinds(err))
+				t.Fatalf("AddPeer(%s) = %+v, %s; want IsConflict", newName, cp, integKinds(err))
 			}
-			if !strings.Contains(err.Error(), `"`+name+`"`) {
+			if !strings.Contains(err.Error(), `"`+newName+`"`) {
 				t.Errorf("conflict error %q does not name the peer", err)
 			}
 			after := integOnePeer(t, srv, integOrg, name, orig.Public)
 			if after.ID != before.ID || after.PeerIP != before.PeerIP {
 				t.Errorf("existing peer changed: %+v -> %+v", before, after)
 			}
-			if len(srv.Peers("")) != 1 {
-				t.Errorf("double has %d peers, want 1: %+v", len(srv.Peers("")), srv.Peers(""))
+			if got := srv.Peers(""); len(got) != 1 {
+				t.Errorf("double has %d peers, want 1: %+v", len(got), got)
+			}
+			if newName != name {
+				// The server's reason must reach the caller.
+				if !strings.Contains(err.Error(), "Pubkey has already been taken") {
+					t.Errorf("error %q hides the server's reason", err)
+				}
+				// It is the public key that is taken, not the name.
+				if strings.Contains(err.Error(), fmt.Sprintf("peer name %q already exists", newName)) || !strings.Contains(err.Error(), "public key") {
+					t.Errorf("a public-key conflict is reported as something else: %v", err)
+				}
 			}
 		})
 	}
+}
+
+// TestIntegrationAddPeerRejected: inputs the client or the double refuse
+// leave no peer behind and are not retried.
+func TestIntegrationAddPeerRejected(t *testing.T) {
+	srv := integServer(t, flyapitest.Options{})
+	c := integClient(t, srv)
+	acme := integOrgOf(t, srv, integOrg)
+	tests := []struct {
+		name     string
+		in       func(kp flyapi.KeyPair) flyapi.AddPeerInput
+		wantErr  func(error) bool
+		wantSub  string
+		wantReqs int
+	}{
+		{name: "invalid name, refused by the client", in: func(kp flyapi.KeyPair) flyapi.AddPeerInput {
+			return flyapi.AddPeerInput{Org: acme, Name: "Bad_Name", PublicKey: kp.Public}
+		}, wantErr: flyapi.IsInvalid, wantReqs: 0},
+		{name: "zero public key, refused by the client", in: func(flyapi.KeyPair) flyapi.AddPeerInput {
+			return flyapi.AddPeerInput{Org: acme, Name: "integ-rej"}
+		}, wantErr: flyapi.IsInvalid, wantReqs: 0},
+		{name: "region without a gateway", in: func(kp flyapi.KeyPair) flyapi.AddPeerInput {
+			return flyapi.AddPeerInput{Org: acme, Name: "integ-rej", PublicKey: kp.Public, Region: "gru"}
+		}, wantErr: flyapi.IsInvalid, wantSub: "gru", wantReqs: 1},
+		{name: "unknown org slug names the slug", in: func(kp flyapi.KeyPair) flyapi.AddPeerInput {
+			return flyapi.AddPeerInput{Org: flyapi.Organization{Slug: "nope-org"}, Name: "integ-rej", PublicKey: kp.Public}
+		}, wantErr: flyapi.IsNotFound, wantSub: `"nope-org"`, wantReqs: 1},
+		{name: "stale org ID", in: func(kp flyapi.KeyPair) flyapi.AddPeerInput {
+			return flyapi.AddPeerInput{Org: flyapi.Organization{ID: "T3JnYW5pemF0aW9uLzE=", Slug: integOrg}, Name: "integ-rej", PublicKey: kp.Public}
+		}, wantErr: flyapi.IsNotFound, wantReqs: 1},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var err error
+			n := integDelta(srv, func() { _, err = c.AddPeer(integCtx(t, integTimeout), tc.in(integKey(t))) })
+			if !tc.wantErr(err) {
+				t.Fatalf("AddPeer = %s", integKinds(err))
+			}
+			if !strings.Contains(err.Error(), tc.wantSub) {
+				t.Errorf("error %q does not contain %s", err, tc.wantSub)
+			}
+			if n != tc.wantReqs {
+				t.Errorf("requests = %d, want %d", n, tc.wantReqs)
+			}
+			if got := srv.Peers(""); len(got) != 0 {
+				t.Fatalf("double has peers: %+v", got)
+			}
+		})
+	}
+	t.Run("RemovePeer in an unknown org names the slug", func(t *testing.T) {
+		var err error
+		n := integDelta(srv, func() {
+			err = c.RemovePeer(integCtx(t, integTimeout), flyapi.Organization{Slug: "nope-org"}, "integ-rej")
+		})
+		if !flyapi.IsNotFound(err) || !strings.Contains(err.Error(), `"nope-org"`) || n != 1 {
+			t.Fatalf("RemovePeer = %s in %d requests", integKinds(err), n)
+		}
+	})
 }
 
 // ---------------------------------------------------------------------------
@@ -819,8 +896,10 @@ type integFaultCase struct {
 	name       string
 	fault      flyapitest.Fault // Op is set per operation
 	maxRetries int              // client MaxRetries; 0 = default (3)
-	ctxTimeout time.Duration    // 0 = integTimeout
-	want       integOutcome
+	// httpTimeout, if set, is the client's per-exchange HTTP timeout.
+	httpTimeout time.Duration
+	ctxTimeout  time.Duration // 0 = integTimeout
+	want        integOutcome
 	// applies: the faulted requests take effect (apply-then-502).
 	applies bool
 	// reqs is the exact number of GraphQL requests the call must make.
@@ -909,6 +988,12 @@ func integFaultCases() []integFaultCase {
 		{name: "slow past the deadline", fault: flyapitest.Fault{Kind: flyapitest.FaultSlow, Delay: 10 * time.Second},
 			ctxTimeout: 300 * time.Millisecond, want: integDeadline, reqs: noRetry,
 			minElapsed: 250 * time.Millisecond, maxElapsed: 2 * time.Second},
+		// The HTTP client's own timeout (not the context) cuts the slow
+		// answers: an ambiguous failure like a 502.
+		{name: "slow past the HTTP client timeout once", fault: flyapitest.Fault{Kind: flyapitest.FaultSlow, Times: 1, Delay: 5 * time.Second},
+			httpTimeout: 100 * time.Millisecond, want: integSuccess, reqs: ambiguousOnce, maxElapsed: 3 * time.Second},
+		{name: "slow past the HTTP client timeout forever", fault: flyapitest.Fault{Kind: flyapitest.FaultSlow, Delay: 5 * time.Second},
+			httpTimeout: 100 * time.Millisecond, want: integTransient, reqs: ambiguousForever, maxElapsed: 4 * time.Second},
 		{name: "slow within the deadline", fault: flyapitest.Fault{Kind: flyapitest.FaultSlow, Times: 1, Delay: 150 * time.Millisecond},
 			want: integSuccess, reqs: func(op integOp, _ int) int { return op.pre + 1 + op.post },
 			minElapsed: 150 * time.Millisecond, maxElapsed: 5 * time.Second},
@@ -932,7 +1017,12 @@ func TestIntegrationFaults(t *testing.T) {
 func integRunFault(t *testing.T, op integOp, fc integFaultCase) {
 	srv := integServer(t, flyapitest.Options{})
 	retries := fc.maxRetries
-	c := integClient(t, srv, func(o *flyapi.Options) { o.MaxRetries = retries })
+	c := integClient(t, srv, func(o *flyapi.Options) {
+		o.MaxRetries = retries
+		if fc.httpTimeout > 0 {
+			o.HTTPClient = &http.Client{Timeout: fc.httpTimeout}
+		}
+	})
 	if retries == 0 {
 		retries = flyapi.DefaultMaxRetries
 	}
@@ -951,6 +1041,12 @@ func integRunFault(t *testing.T, op integOp, fc integFaultCase) {
 	var err error
 	n := integDelta(srv, func() { err = op.call(ctx, c, s) })
 	elapsed := time.Since(start)
+	if srv.Faults().Fired() == 0 {
+		t.Fatalf("fault %v on %q never fired", f.Kind, f.Op)
+	}
+	if f.Times == 1 && srv.Faults().Pending() != 0 {
+		t.Errorf("fault %v on %q (Times 1) not consumed", f.Kind, f.Op)
+	}
 	srv.Faults().Clear()
 
 	if want := fc.reqs(op, retries); n != want {
@@ -1011,6 +1107,9 @@ func TestIntegrationAmbiguousAdd(t *testing.T) {
 		// wantPeer: after the call the double holds exactly one peer of
 		// that name with our key (else none).
 		wantPeer bool
+		// idOnly: the org is given by node ID only, so AddPeer cannot
+		// list to reconcile and must return the ambiguous error.
+		idOnly bool
 	}{
 		{name: "apply then 502 once", faults: []flyapitest.Fault{{Op: "addWireGuardPeer", Kind: flyapitest.FaultApplyThen502, Times: 1}}, wantPeer: true},
 		{name: "apply then 502 twice", faults: []flyapitest.Fault{{Op: "addWireGuardPeer", Kind: flyapitest.FaultApplyThen502, Times: 2}}, wantErr: true, wantPeer: true},
@@ -1030,6 +1129,12 @@ func TestIntegrationAmbiguousAdd(t *testing.T) {
 			{Op: "addWireGuardPeer", Kind: flyapitest.Fault502, Times: 1},
 			{Op: "organization", Kind: flyapitest.FaultDropConnection, Times: 1},
 		}, wantPeer: true},
+		{name: "org ID only: 502 once is returned, not blindly retried", idOnly: true, faults: []flyapitest.Fault{
+			{Op: "addWireGuardPeer", Kind: flyapitest.Fault502, Times: 1},
+		}, wantErr: true, wantPeer: false},
+		{name: "org ID only: apply then 502 is returned, not blindly retried", idOnly: true, faults: []flyapitest.Fault{
+			{Op: "addWireGuardPeer", Kind: flyapitest.FaultApplyThen502, Times: 1},
+		}, wantErr: true, wantPeer: true},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -1037,16 +1142,21 @@ func TestIntegrationAmbiguousAdd(t *testing.T) {
 			srv := integServer(t, flyapitest.Options{})
 			c := integClient(t, srv)
 			org := integOrgOf(t, srv, integOrg)
+			in := flyapi.AddPeerInput{Org: org, Name: name}
+			if tc.idOnly {
+				in.Org = flyapi.Organization{ID: org.ID}
+			}
 			kp := integKey(t)
+			in.PublicKey = kp.Public
 			srv.Faults().Set(tc.faults...)
 			ctx := integCtx(t, integTimeout)
 			var cp *flyapi.CreatedPeer
 			var err error
-			n := integDelta(srv, func() { cp, err = c.AddPeer(ctx, flyapi.AddPeerInput{Org: org, Name: name, PublicKey: kp.Public}) })
+			n := integDelta(srv, func() { cp, err = c.AddPeer(ctx, in) })
 			srv.Faults().Clear()
 			integNoSecret(t, srv, err)
-			if n > 12 {
-				t.Errorf("%d requests: retry storm", n)
+			if n > 12 || (tc.idOnly && n != 1) {
+				t.Errorf("%d requests: retry storm or blind retry", n)
 			}
 			if tc.wantErr {
 				if err == nil || cp != nil {
@@ -1070,8 +1180,8 @@ func TestIntegrationAmbiguousAdd(t *testing.T) {
 				integCheckCreated(t, srv, c, cp, kp, integOrg, name)
 				return
 			}
-			// A caller retrying the same name and key converges on one
-			// working peer.
+			// A caller retrying the same name and key (with the org's
+			// slug) converges on one working peer.
 			cp, err = c.AddPeer(integCtx(t, integTimeout), flyapi.AddPeerInput{Org: org, Name: name, PublicKey: kp.Public})
 			if err != nil {
 				t.Fatalf("AddPeer retried without faults: %v", err)
@@ -1294,4 +1404,87 @@ func TestIntegrationAuth(t *testing.T) {
 		integNoSecret(t, srv, err, addOnly)
 		integOnePeer(t, srv, integOrg, "integ-ssh", kp.Public)
 	})
+}
+
+// TestIntegrationConcurrent: one client used from several goroutines under
+// intermittent faults; every peer ends up created exactly once and listed.
+func TestIntegrationConcurrent(t *testing.T) {
+	const workers = 6
+	srv := integServer(t, flyapitest.Options{MaxPageSize: 2})
+	c := integClient(t, srv)
+	org := integOrgOf(t, srv, integOrg)
+	srv.Faults().Set(
+		flyapitest.Fault{Op: "addWireGuardPeer", Kind: flyapitest.FaultApplyThen502, Times: 2},
+		flyapitest.Fault{Op: "addWireGuardPeer", Kind: flyapitest.Fault503, Times: 2},
+		flyapitest.Fault{Op: "organization", Kind: flyapitest.FaultDropConnection, Times: 2},
+	)
+	ctx := integCtx(t, integTimeout)
+	keys := make([]flyapi.KeyPair, workers)
+	errs := make(chan error, workers)
+	for i := range keys {
+		keys[i] = integKey(t)
+		go func(i int) {
+			name := fmt.Sprintf("integ-conc-%d", i)
+			cp, err := c.AddPeer(ctx, flyapi.AddPeerInput{Org: org, Name: name, PublicKey: keys[i].Public})
+			if err == nil && cp.GatewayPublicKey.String() != srv.GatewayPublicKey() {
+				err = fmt.Errorf("%s: gateway key %s", name, cp.GatewayPublicKey)
+			}
+			if err == nil {
+				_, err = c.ListPeers(ctx, integOrg)
+			}
+			errs <- err
+		}(i)
+	}
+	for range keys {
+		select {
+		case err := <-errs:
+			if err != nil {
+				t.Errorf("worker: %s", integKinds(err))
+			}
+		case <-ctx.Done():
+			t.Fatal("workers did not finish in time")
+		}
+	}
+	srv.Faults().Clear()
+	for i, kp := range keys {
+		integOnePeer(t, srv, integOrg, fmt.Sprintf("integ-conc-%d", i), kp.Public)
+	}
+	peers, err := c.ListPeers(ctx, integOrg)
+	if err != nil || len(peers) != workers || len(srv.Peers("")) != workers {
+		t.Fatalf("ListPeers = %d peers, %v; double has %d; want %d", len(peers), err, len(srv.Peers("")), workers)
+	}
+}
+
+// TestIntegrationServerDown: with nothing listening, calls fail as transient
+// promptly, and AddPeer retries directly (the request was certainly not
+// applied) instead of trying to reconcile.
+func TestIntegrationServerDown(t *testing.T) {
+	srv := integServer(t, flyapitest.Options{})
+	c := integClient(t, srv)
+	org := integOrgOf(t, srv, integOrg)
+	if err := srv.Close(); err != nil {
+		t.Fatal(err)
+	}
+	kp := integKey(t)
+	calls := map[string]func(context.Context) error{
+		"Organization": func(ctx context.Context) error { _, err := c.Organization(ctx, integOrg); return err },
+		"AddPeer": func(ctx context.Context) error {
+			_, err := c.AddPeer(ctx, flyapi.AddPeerInput{Org: org, Name: "integ-down", PublicKey: kp.Public})
+			return err
+		},
+		"RemovePeer": func(ctx context.Context) error { return c.RemovePeer(ctx, org, "integ-down") },
+	}
+	for name, call := range calls {
+		t.Run(name, func(t *testing.T) {
+			start := time.Now()
+			err := call(integCtx(t, integTimeout))
+			if !flyapi.IsTransient(err) {
+				t.Fatalf("%s with the server down = %s", name, integKinds(err))
+			}
+			if d := time.Since(start); d > 2*time.Second {
+				t.Errorf("took %v", d)
+			}
+			integNoSecret(t, srv, err)
+		})
+	}
 }

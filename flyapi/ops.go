@@ -288,6 +288,9 @@ func (c *Client) AddPeer(ctx context.Context, in AddPeerInput) (*CreatedPeer, er
 			return nil, fmt.Errorf("%s: the create may have been applied and listing peers to check failed (%v): %w", op, lerr, err)
 		}
 		switch {
+		case existing == nil && apiErr.Kind == KindConflict && mentionsPublicKey(apiErr.Message):
+			// Not our name: our public key belongs to another peer.
+			return nil, keyConflictError(in, err)
 		case existing == nil && apiErr.Kind == KindConflict:
 			// The server says the name is taken but does not list it:
 			// nothing to reconcile.
@@ -333,6 +336,23 @@ func conflictError(in AddPeerInput, cause error, detail string) error {
 		e.HTTPStatus, e.Code, e.Message, e.Path = apiErr.HTTPStatus, apiErr.Code, apiErr.Message, apiErr.Path
 	}
 	return e
+}
+
+// keyConflictError reports a public key already used by another peer.
+func keyConflictError(in AddPeerInput, cause error) error {
+	e := &Error{Op: OpAddPeer, Kind: KindConflict,
+		summary: fmt.Sprintf("the public key of peer %q is already used by another peer in organization %q", in.Name, in.Org.slugFor()),
+		hint:    "generate a new key pair for every peer (glaceon does); never reuse a key"}
+	var apiErr *Error
+	if errors.As(cause, &apiErr) {
+		e.HTTPStatus, e.Code, e.Message, e.Path = apiErr.HTTPStatus, apiErr.Code, apiErr.Message, apiErr.Path
+	}
+	return e
+}
+
+func mentionsPublicKey(m string) bool {
+	m = strings.ToLower(m)
+	return strings.Contains(m, "pubkey") || strings.Contains(m, "public key")
 }
 
 func samePublicKey(listed string, ours Key) bool {
