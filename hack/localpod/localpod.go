@@ -1,0 +1,192 @@
+// Package localpod runs an injected pod's glaceon sidecar as a local
+// process, the way a kubelet would run it: the pod's own arguments, the peer
+// Secret's wg-quick file at the mounted path. There is no kubelet on our
+// test machines, so the demo and the end-to-end tests use this to send real
+// traffic through a pod's tunnel.
+package localpod
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/glaceon/glaceon/webhook/inject"
+)
+
+// Sidecar is a running glaceon-sidecar process.
+type Sidecar struct {
+	// Args are the arguments it runs with (the pod's, adapted).
+	Args []string
+	// Forwards maps each forward of the pod ("127.0.0.2:80") to the address
+	// the process listens on here: the same, unless this user may not bind
+	// it (a port below 1024 without root), then a free port on that host.
+	Forwards map[string]string
+	// HealthURL is the base URL of /healthz, /readyz and /metrics.
+	HealthURL string
+	LogPath   string
+
+	cmd  *exec.Cmd
+	done chan struct{}
+	err  error
+}
+
+// SidecarContainer returns the pod's injected sidecar container, native or
+// classic, or nil.
+func SidecarContainer(pod *corev1.Pod) *corev1.Container {
+	for _, list := range [][]corev1.Container{pod.Spec.InitContainers, pod.Spec.Containers} {
+		for i := range list {
+			if list[i].Name == inject.SidecarContainerName {
+				return &list[i]
+			}
+		}
+	}
+	return nil
+}
+
+// PeerSecretName returns the name of the Secret the pod's sidecar mounts.
+func PeerSecretName(pod *corev1.Pod) string {
+	for _, v := range pod.Spec.Volumes {
+		if v.Name == inject.PeerVolumeName && v.Secret != nil {
+			return v.Secret.SecretName
+		}
+	}
+	return ""
+}
+
+// Start runs bin with the pod's sidecar arguments and secret's wg-quick file
+// (written to dir with mode 0600), and logs to dir/sidecar.log.
+func Start(bin string, pod *corev1.Pod, secret *corev1.Secret, dir string) (*Sidecar, error) {
+	sc := SidecarContainer(pod)
+	if sc == nil {
+		return nil, fmt.Errorf("pod %s/%s has no %s container", pod.Namespace, pod.Name, inject.SidecarContainerName)
+	}
+	conf, ok := secret.Data[inject.SecretKeyWGConfig]
+	if !ok {
+		return nil, fmt.Errorf("secret %s/%s has no %s", secret.Namespace, secret.Name, inject.SecretKeyWGConfig)
+	}
+	confPath := filepath.Join(dir, inject.SecretKeyWGConfig)
+	if err := os.WriteFile(confPath, conf, 0o600); err != nil {
+		return nil, err
+	}
+	healthPort, err := freePort("127.0.0.1")
+	if err != nil {
+		return nil, err
+	}
+	s := &Sidecar{
+		Forwards:  map[string]string{},
+		HealthURL: "http://127.0.0.1:" + strconv.Itoa(healthPort),
+		LogPath:   filepath.Join(dir, "sidecar.log"),
+		done:      make(chan struct{}),
+	}
+	args := append([]string(nil), sc.Args...)
+	for i := 0; i+1 < len(args); i++ {
+		switch args[i] {
+		case "--wg-config":
+			args[i+1] = confPath
+		case "--health-addr":
+			args[i+1] = "127.0.0.1:" + strconv.Itoa(healthPort)
+		case "--forward":
+			listen, target, _ := strings.Cut(args[i+1], "=")
+			local, err := bindable(listen)
+			if err != nil {
+				return nil, err
+			}
+			s.Forwards[listen] = local
+			args[i+1] = local + "=" + target
+		}
+	}
+	if len(s.Forwards) == 0 {
+		return nil, errors.New("the sidecar has no --forward")
+	}
+	s.Args = args
+	logFile, err := os.Create(s.LogPath)
+	if err != nil {
+		return nil, err
+	}
+	s.cmd = exec.Command(bin, args...)
+	s.cmd.Stdout, s.cmd.Stderr = logFile, logFile
+	s.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := s.cmd.Start(); err != nil {
+		logFile.Close()
+		return nil, fmt.Errorf("start %s: %w", bin, err)
+	}
+	go func() {
+		s.err = s.cmd.Wait()
+		logFile.Close()
+		close(s.done)
+	}()
+	return s, nil
+}
+
+// bindable returns listen if this process may bind it, else the same host
+// with a free port.
+func bindable(listen string) (string, error) {
+	if ln, err := net.Listen("tcp", listen); err == nil {
+		ln.Close()
+		return listen, nil
+	}
+	host, _, err := net.SplitHostPort(listen)
+	if err != nil {
+		return "", fmt.Errorf("forward listen address %q: %w", listen, err)
+	}
+	port, err := freePort(host)
+	if err != nil {
+		return "", err
+	}
+	return net.JoinHostPort(host, strconv.Itoa(port)), nil
+}
+
+// WaitReady polls /readyz until it answers 200, the process exits or ctx
+// ends.
+func (s *Sidecar) WaitReady(ctx context.Context) error {
+	tick := time.NewTicker(25 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		resp, err := http.Get(s.HealthURL + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+		select {
+		case <-s.done:
+			return fmt.Errorf("sidecar exited before ready: %v (log %s)", s.err, s.LogPath)
+		case <-ctx.Done():
+			return fmt.Errorf("sidecar not ready: %w (log %s)", ctx.Err(), s.LogPath)
+		case <-tick.C:
+		}
+	}
+}
+
+// Stop sends SIGTERM, waits up to 10s, then kills.
+func (s *Sidecar) Stop() error {
+	_ = s.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-s.done:
+	case <-time.After(10 * time.Second):
+		_ = s.cmd.Process.Kill()
+		<-s.done
+	}
+	return s.err
+}
+
+func freePort(host string) (int, error) {
+	l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}

@@ -1,0 +1,510 @@
+package admission_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/utils/ptr"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+	"sigs.k8s.io/controller-runtime/pkg/webhook"
+	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
+
+	"github.com/glaceon/glaceon/flyapi"
+	"github.com/glaceon/glaceon/flyapi/flyapitest"
+	"github.com/glaceon/glaceon/hack/controlplane"
+	"github.com/glaceon/glaceon/hack/localpod"
+	glaceonadmission "github.com/glaceon/glaceon/webhook/admission"
+	"github.com/glaceon/glaceon/webhook/inject"
+	"github.com/glaceon/glaceon/webhook/peers"
+)
+
+// env is one control plane + Fly double + webhook, shared by the tests of
+// this file: starting a control plane costs seconds.
+type env struct {
+	cp    *controlplane.ControlPlane
+	fly   *flyapitest.Server
+	c     client.Client
+	calls atomic.Int64 // admission requests that reached the webhook
+	// dropResponse makes the webhook provision as usual and then fail the
+	// request, as when the manager dies before answering.
+	dropResponse atomic.Bool
+}
+
+// sidecarBin is the glaceon-sidecar binary built by TestMain.
+var sidecarBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "glaceon-admission-test-")
+	if err != nil {
+		panic(err)
+	}
+	sidecarBin = filepath.Join(dir, "glaceon-sidecar")
+	build := exec.Command("go", "build", "-o", sidecarBin, "github.com/glaceon/glaceon/cmd/glaceon-sidecar")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintf(os.Stderr, "build glaceon-sidecar: %v\n", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+func repoRoot() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Join(filepath.Dir(file), "..", "..")
+}
+
+// startEnv starts a control plane whose kube-apiserver calls our webhook
+// over TLS, configured by the MutatingWebhookConfiguration in deploy/.
+func startEnv(t testing.TB, flyTimeout time.Duration) *env {
+	t.Helper()
+	e := &env{fly: flyapitest.Start(t, flyapitest.Options{})}
+	e.cp = controlplane.StartForTest(t, controlplane.Options{
+		WebhookInstallOptions: envtest.WebhookInstallOptions{
+			Paths: []string{filepath.Join(repoRoot(), "deploy", "webhook", "mutatingwebhookconfiguration.yaml")},
+		},
+	})
+	wio := &e.cp.Env.WebhookInstallOptions
+
+	fly, err := flyapi.New(flyapi.Options{BaseURL: e.fly.URL(), Token: e.fly.Token(), TokenSource: "secret glaceon-system/fly-api-token"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// No client-side throttling: the benchmark measures admission, not
+	// client-go's default 20 requests per second.
+	e.cp.Config.QPS, e.cp.Config.Burst = 1000, 1000
+	mgr, err := ctrl.NewManager(e.cp.Config, ctrl.Options{
+		Scheme:  clientgoscheme.Scheme,
+		Metrics: metricsserver.Options{BindAddress: "0"},
+		WebhookServer: webhook.NewServer(webhook.Options{
+			Host: wio.LocalServingHost, Port: wio.LocalServingPort, CertDir: wio.LocalServingCertDir,
+		}),
+		HealthProbeBindAddress: "0",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := inject.DefaultConfig()
+	cfg.DefaultOrg = "personal"
+	handler, err := glaceonadmission.NewHandler(mgr.GetScheme(), glaceonadmission.Options{
+		Inject:      cfg,
+		Fly:         fly,
+		Client:      mgr.GetClient(),
+		FlyTimeout:  flyTimeout,
+		PeerPrefix:  "k8s-",
+		GatewayPort: e.fly.GatewayPort(),
+		TokenSource: "secret glaceon-system/fly-api-token",
+		Log:         logr.Discard(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	counted := admission.HandlerFunc(func(ctx context.Context, req admission.Request) admission.Response {
+		e.calls.Add(1)
+		resp := handler.Handle(ctx, req)
+		if e.dropResponse.Load() {
+			return admission.Errored(http.StatusInternalServerError, errors.New("simulated crash after provisioning"))
+		}
+		return resp
+	})
+	mgr.GetWebhookServer().Register(glaceonadmission.Path, &webhook.Admission{Handler: counted})
+
+	err = peers.SetupWithManager(mgr, peers.Options{
+		Fly:           fly,
+		Prefix:        "k8s-",
+		Orgs:          []string{"personal"},
+		Grace:         2 * time.Second,
+		SweepInterval: 500 * time.Millisecond,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- mgr.Start(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("manager: %v", err)
+		}
+	})
+	if !mgr.GetCache().WaitForCacheSync(ctx) {
+		t.Fatal("cache did not sync")
+	}
+	e.c = mgr.GetClient()
+	// The webhook server listens once the manager runs; wait for it so the
+	// first pod is not refused by a closed port (failurePolicy: Fail).
+	err = wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+		return mgr.GetWebhookServer().StartedChecker()(nil) == nil, nil
+	})
+	if err != nil {
+		t.Fatalf("webhook server did not start: %v", err)
+	}
+	return e
+}
+
+func (e *env) namespace(t testing.TB, name string) string {
+	t.Helper()
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}
+	if err := e.c.Create(context.Background(), ns); err != nil {
+		t.Fatal(err)
+	}
+	return name
+}
+
+func annotatedPod(ns, name string, annotations map[string]string) *corev1.Pod {
+	return &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, Annotations: annotations},
+		Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: "example.invalid/app:1"}}},
+	}
+}
+
+func (e *env) secrets(t *testing.T, ns string) []corev1.Secret {
+	t.Helper()
+	var list corev1.SecretList
+	if err := e.c.List(context.Background(), &list, client.InNamespace(ns), client.MatchingLabels{inject.LabelManagedBy: inject.ManagedByValue}); err != nil {
+		t.Fatal(err)
+	}
+	return list.Items
+}
+
+func sidecarOf(pod *corev1.Pod) *corev1.Container {
+	for i := range pod.Spec.InitContainers {
+		if pod.Spec.InitContainers[i].Name == inject.SidecarContainerName {
+			return &pod.Spec.InitContainers[i]
+		}
+	}
+	return nil
+}
+
+func TestAdmission(t *testing.T) {
+	e := startEnv(t, 3*time.Second)
+	ctx := context.Background()
+
+	t.Run("deployment pod gets a peer, a secret and the sidecar", func(t *testing.T) {
+		ns := e.namespace(t, "deploy")
+		labels := map[string]string{"app": "web"}
+		deploy := &appsv1.Deployment{
+			ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: ns},
+			Spec: appsv1.DeploymentSpec{
+				Replicas: ptr.To[int32](1),
+				Selector: &metav1.LabelSelector{MatchLabels: labels},
+				Template: corev1.PodTemplateSpec{
+					ObjectMeta: metav1.ObjectMeta{Labels: labels, Annotations: map[string]string{inject.AnnotationTarget: "twi-ollama.flycast:80"}},
+					Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: "example.invalid/app:1"}}},
+				},
+			},
+		}
+		if err := e.c.Create(ctx, deploy); err != nil {
+			t.Fatal(err)
+		}
+		pod := waitForPod(t, e.c, ns)
+		if pod.GenerateName == "" {
+			t.Errorf("pod %s was not created with generateName", pod.Name)
+		}
+		sc := sidecarOf(pod)
+		if sc == nil || sc.RestartPolicy == nil || *sc.RestartPolicy != corev1.ContainerRestartPolicyAlways {
+			t.Fatalf("no native sidecar in %+v", pod.Spec.InitContainers)
+		}
+		peerName := pod.Annotations[inject.AnnotationPeer]
+		if !strings.HasPrefix(peerName, "k8s-deploy-web-") {
+			t.Errorf("peer annotation = %q, want k8s-deploy-web-<rand>", peerName)
+		}
+		peers := e.fly.Peers("personal")
+		if len(peers) != 1 || peers[0].Name != peerName {
+			t.Fatalf("Fly peers = %+v, want exactly %s", peers, peerName)
+		}
+		secrets := e.secrets(t, ns)
+		if len(secrets) != 1 || secrets[0].Name != peerName {
+			t.Fatalf("peer secrets = %d, want one named %s", len(secrets), peerName)
+		}
+		s := secrets[0]
+		if !containsString(s.Finalizers, inject.FinalizerPeerCleanup) {
+			t.Errorf("secret finalizers = %v", s.Finalizers)
+		}
+		cfg, err := flyapi.ParseWireGuardConfig(s.Data[inject.SecretKeyWGConfig])
+		if err != nil {
+			t.Fatalf("secret holds no valid wg-quick file: %v", err)
+		}
+		if cfg.PrivateKey.PublicKey().String() != peers[0].PublicKey {
+			t.Errorf("secret's private key does not match the peer's public key at Fly")
+		}
+		for k, v := range pod.Annotations {
+			if strings.Contains(v, cfg.PrivateKey.String()) {
+				t.Errorf("annotation %s holds the private key", k)
+			}
+		}
+
+		// The peer controller binds the Secret to the pod.
+		waitFor(t, "secret bound to its pod", func() bool {
+			var got corev1.Secret
+			if err := e.c.Get(ctx, client.ObjectKeyFromObject(&s), &got); err != nil {
+				return false
+			}
+			return len(got.OwnerReferences) == 1 && got.OwnerReferences[0].UID == pod.UID
+		})
+
+		// Run the injected sidecar from the pod's spec and the Secret, and
+		// fetch the app through it as the app would.
+		proc, err := localpod.Start(sidecarBin, pod, &s, t.TempDir())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer proc.Stop()
+		readyCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		if err := proc.WaitReady(readyCtx); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := (&http.Client{Timeout: 10 * time.Second}).Get("http://" + proc.Forwards["127.0.0.2:80"] + "/")
+		if err != nil {
+			t.Fatalf("GET through the pod's sidecar: %v", err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if got := strings.TrimSpace(string(body)); got != "ok twi-ollama" {
+			t.Errorf("answer through the tunnel = %q, want %q", got, "ok twi-ollama")
+		}
+
+		// Pod deleted (the Deployment scaled to zero) → Secret deleted by the
+		// garbage collector → Fly peer removed by the finalizer.
+		if err := e.c.Delete(ctx, deploy); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, "peer and secret gone after the pod", func() bool {
+			return len(e.fly.Peers("personal")) == 0 && len(e.secrets(t, ns)) == 0
+		})
+	})
+
+	t.Run("rejected after admission: the sweeper removes peer and secret", func(t *testing.T) {
+		ns := e.namespace(t, "rejected")
+		// Mutating webhooks run before validation: an empty image passes
+		// the webhook and fails the API server's own checks.
+		pod := annotatedPod(ns, "rejected", map[string]string{inject.AnnotationTarget: "twi-ollama"})
+		pod.Spec.Containers[0].Image = ""
+		if err := e.c.Create(ctx, pod); err == nil {
+			t.Fatal("invalid pod was created")
+		}
+		waitFor(t, "orphaned peer and secret swept", func() bool {
+			return len(e.fly.Peers("personal")) == 0 && len(e.secrets(t, ns)) == 0
+		})
+	})
+
+	t.Run("manager dies before answering: the sweeper removes peer and secret", func(t *testing.T) {
+		ns := e.namespace(t, "crash")
+		e.dropResponse.Store(true)
+		err := e.c.Create(ctx, annotatedPod(ns, "crash", map[string]string{inject.AnnotationTarget: "twi-ollama"}))
+		e.dropResponse.Store(false)
+		if err == nil {
+			t.Fatal("pod was created although the webhook failed")
+		}
+		if len(e.secrets(t, ns)) != 1 {
+			t.Fatalf("want the half-made secret to exist before the sweep")
+		}
+		waitFor(t, "orphaned peer and secret swept", func() bool {
+			return len(e.fly.Peers("personal")) == 0 && len(e.secrets(t, ns)) == 0
+		})
+	})
+
+	t.Run("pods without the annotation never reach the webhook", func(t *testing.T) {
+		ns := e.namespace(t, "plain")
+		before := e.calls.Load()
+		pod := annotatedPod(ns, "plain", map[string]string{"other": "x"})
+		if err := e.c.Create(ctx, pod); err != nil {
+			t.Fatal(err)
+		}
+		if got := e.calls.Load() - before; got != 0 {
+			t.Errorf("webhook called %d times for a pod without %s", got, inject.AnnotationTarget)
+		}
+		if len(pod.Spec.InitContainers) != 0 || len(pod.Spec.Containers) != 1 {
+			t.Errorf("plain pod was changed: %+v", pod.Spec)
+		}
+	})
+
+	t.Run("dry run creates nothing and has the same shape", func(t *testing.T) {
+		ns := e.namespace(t, "dryrun")
+		pod := annotatedPod(ns, "dry", map[string]string{inject.AnnotationTarget: "http://twi-ollama.flycast"})
+		if err := e.c.Create(ctx, pod, client.DryRunAll); err != nil {
+			t.Fatal(err)
+		}
+		if sidecarOf(pod) == nil || pod.Annotations[inject.AnnotationPeer] != inject.PlaceholderPeerName {
+			t.Errorf("dry-run pod lacks the placeholder injection: %v / %v", pod.Annotations, pod.Spec.InitContainers)
+		}
+		if n := len(e.fly.Peers("personal")); n != 0 {
+			t.Errorf("dry run changed the Fly peers: %d", n)
+		}
+		if n := len(e.secrets(t, ns)); n != 0 {
+			t.Errorf("dry run created %d secrets", n)
+		}
+	})
+
+	denials := []struct {
+		name        string
+		annotations map[string]string
+		mutate      func(*corev1.Pod)
+		faults      []flyapitest.Fault
+		want        []string
+	}{
+		{
+			name:        "bad target and region, all reported",
+			annotations: map[string]string{inject.AnnotationTarget: "example.com:80,twi-ollama.flycast:99999", inject.AnnotationRegion: "NOT A REGION"},
+			want:        []string{"glaceon.fly/target", "example.com", "99999", "glaceon.fly/region"},
+		},
+		{
+			name:        "host network",
+			annotations: map[string]string{inject.AnnotationTarget: "twi-ollama"},
+			mutate:      func(p *corev1.Pod) { p.Spec.HostNetwork = true },
+			want:        []string{"hostNetwork"},
+		},
+		{
+			name:        "org the namespace may not use",
+			annotations: map[string]string{inject.AnnotationTarget: "twi-ollama", inject.AnnotationOrg: "acme"},
+			want:        []string{`may not use Fly org "acme"`},
+		},
+		{
+			name:        "token rejected",
+			annotations: map[string]string{inject.AnnotationTarget: "twi-ollama"},
+			faults:      []flyapitest.Fault{{Kind: flyapitest.FaultHTTP401}},
+			want:        []string{"Fly API rejected the token in secret glaceon-system/fly-api-token"},
+		},
+		{
+			name:        "Fly down",
+			annotations: map[string]string{inject.AnnotationTarget: "twi-ollama"},
+			faults:      []flyapitest.Fault{{Kind: flyapitest.Fault503}},
+			want:        []string{"retrying is safe"},
+		},
+		{
+			name:        "Fly slow",
+			annotations: map[string]string{inject.AnnotationTarget: "twi-ollama"},
+			faults:      []flyapitest.Fault{{Kind: flyapitest.FaultSlow, Delay: 6 * time.Second}},
+			want:        []string{"did not answer within 3s", "retrying is safe"},
+		},
+	}
+	for i, tt := range denials {
+		t.Run("denied: "+tt.name, func(t *testing.T) {
+			ns := e.namespace(t, fmt.Sprintf("deny-%d", i))
+			peersBefore := len(e.fly.Peers("personal"))
+			e.fly.Faults().Set(tt.faults...)
+			defer e.fly.Faults().Clear()
+			// A fresh org lookup each time, so faults on it are seen.
+			pod := annotatedPod(ns, "denied", tt.annotations)
+			if tt.mutate != nil {
+				tt.mutate(pod)
+			}
+			err := e.c.Create(ctx, pod)
+			if err == nil {
+				t.Fatalf("pod was admitted")
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("denial %q does not mention %q", err, w)
+				}
+			}
+			if strings.Contains(err.Error(), e.fly.Token()) {
+				t.Errorf("denial contains the token")
+			}
+			e.fly.Faults().Clear()
+			if n := len(e.fly.Peers("personal")); n != peersBefore {
+				t.Errorf("Fly peers went from %d to %d", peersBefore, n)
+			}
+			if n := len(e.secrets(t, ns)); n != 0 {
+				t.Errorf("%d secrets left in %s", n, ns)
+			}
+		})
+	}
+}
+
+func waitForPod(t *testing.T, c client.Client, ns string) *corev1.Pod {
+	t.Helper()
+	var pods corev1.PodList
+	err := wait.PollUntilContextTimeout(context.Background(), 100*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+		if err := c.List(ctx, &pods, client.InNamespace(ns)); err != nil {
+			return false, err
+		}
+		return len(pods.Items) > 0, nil
+	})
+	if err != nil {
+		t.Fatalf("no pod in %s: %v", ns, err)
+	}
+	return &pods.Items[0]
+}
+
+func containsString(list []string, s string) bool {
+	for _, v := range list {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}
+
+
+// waitFor polls cond for up to a minute.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	err := wait.PollUntilContextTimeout(context.Background(), 100*time.Millisecond, time.Minute, true, func(context.Context) (bool, error) {
+		return cond(), nil
+	})
+	if err != nil {
+		t.Fatalf("waiting for %s: %v", what, err)
+	}
+}
+
+// BenchmarkAdmission50Concurrent creates 50 annotated pods at once through
+// the real API server, webhook and Fly double, and reports the latency of
+// each create (admission included) as percentiles.
+func BenchmarkAdmission50Concurrent(b *testing.B) {
+	const pods = 50
+	e := startEnv(b, 10*time.Second)
+	ctx := context.Background()
+	var latencies []time.Duration
+	for i := 0; b.Loop(); i++ {
+		ns := e.namespace(b, fmt.Sprintf("bench-%d", i))
+		results := make(chan time.Duration, pods)
+		errs := make(chan error, pods)
+		for j := 0; j < pods; j++ {
+			go func() {
+				start := time.Now()
+				err := e.c.Create(ctx, annotatedPod(ns, fmt.Sprintf("p-%d", j), map[string]string{inject.AnnotationTarget: "twi-ollama"}))
+				results <- time.Since(start)
+				errs <- err
+			}()
+		}
+		for j := 0; j < pods; j++ {
+			latencies = append(latencies, <-results)
+			if err := <-errs; err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	slices.Sort(latencies)
+	pct := func(p float64) float64 {
+		return float64(latencies[int(p*float64(len(latencies)-1))].Microseconds()) / 1000
+	}
+	b.ReportMetric(pct(0.50), "p50-ms")
+	b.ReportMetric(pct(0.99), "p99-ms")
+	b.ReportMetric(float64(latencies[len(latencies)-1].Microseconds())/1000, "max-ms")
+}
