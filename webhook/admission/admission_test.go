@@ -12,6 +12,7 @@ import (
 	"runtime"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -49,6 +50,9 @@ type env struct {
 	// dropResponse makes the webhook provision as usual and then fail the
 	// request, as when the manager dies before answering.
 	dropResponse atomic.Bool
+
+	mu       sync.Mutex
+	handling []time.Duration // time spent in the webhook per request
 }
 
 // sidecarBin is the glaceon-sidecar binary built by TestMain.
@@ -123,7 +127,11 @@ func startEnv(t testing.TB, flyTimeout time.Duration) *env {
 	}
 	counted := admission.HandlerFunc(func(ctx context.Context, req admission.Request) admission.Response {
 		e.calls.Add(1)
+		start := time.Now()
 		resp := handler.Handle(ctx, req)
+		e.mu.Lock()
+		e.handling = append(e.handling, time.Since(start))
+		e.mu.Unlock()
 		if e.dropResponse.Load() {
 			return admission.Errored(http.StatusInternalServerError, errors.New("simulated crash after provisioning"))
 		}
@@ -481,6 +489,7 @@ func BenchmarkAdmission50Concurrent(b *testing.B) {
 	e := startEnv(b, 10*time.Second)
 	ctx := context.Background()
 	var latencies []time.Duration
+	e.handling = nil
 	for i := 0; b.Loop(); i++ {
 		ns := e.namespace(b, fmt.Sprintf("bench-%d", i))
 		results := make(chan time.Duration, pods)
@@ -500,11 +509,16 @@ func BenchmarkAdmission50Concurrent(b *testing.B) {
 			}
 		}
 	}
-	slices.Sort(latencies)
-	pct := func(p float64) float64 {
-		return float64(latencies[int(p*float64(len(latencies)-1))].Microseconds()) / 1000
+	pct := func(d []time.Duration, p float64) float64 {
+		slices.Sort(d)
+		return float64(d[int(p*float64(len(d)-1))].Microseconds()) / 1000
 	}
-	b.ReportMetric(pct(0.50), "p50-ms")
-	b.ReportMetric(pct(0.99), "p99-ms")
-	b.ReportMetric(float64(latencies[len(latencies)-1].Microseconds())/1000, "max-ms")
+	// create-*: what a client sees (API server + webhook); webhook-*: the
+	// time spent in our handler, Fly call and Secret included.
+	b.ReportMetric(pct(latencies, 0.50), "create-p50-ms")
+	b.ReportMetric(pct(latencies, 0.99), "create-p99-ms")
+	e.mu.Lock()
+	b.ReportMetric(pct(e.handling, 0.50), "webhook-p50-ms")
+	b.ReportMetric(pct(e.handling, 0.99), "webhook-p99-ms")
+	e.mu.Unlock()
 }
