@@ -187,3 +187,20 @@ func TestPeerCreateErrors(t *testing.T) {
 		t.Errorf("existing file was changed: %q, %v", got, err)
 	}
 }
+
+// TestREADMECommandLines runs the README's glaceon command lines that the
+// other tests do not: peer create with --region and --out, manager --help.
+func TestREADMECommandLines(t *testing.T) {
+	fly := useDouble(t)
+	out := filepath.Join(t.TempDir(), "fly0.conf")
+	code, _, stderr := runCLI(t, "peer", "create", "--org", "personal", "--region", "yyz", "--name", "k8s-laptop-1", "--out", out)
+	if code != exitOK {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	if p := fly.Peers("personal"); len(p) != 1 || p[0].Region != "yyz" {
+		t.Errorf("peers = %+v, want one in yyz", p)
+	}
+	if code, stdout, _ := runCLI(t, "manager", "--help"); code != exitOK || stdout != "" {
+		t.Errorf("manager --help: exit %d", code)
+	}
+}
