@@ -97,12 +97,12 @@ func parsePodAnnotations(pod *corev1.Pod) (Request, field.ErrorList) {
 
 	if mode, ok := annotations[AnnotationInjectMode]; ok {
 		switch SidecarMode(mode) {
-		case SidecarModeNative, SidecarModeClassic:
+		case SidecarModeNative, SidecarModeClassic, SidecarModePeerOnly:
 			req.Mode = SidecarMode(mode)
 		default:
 			errs = append(errs, field.Invalid(annotationsPath.Key(AnnotationInjectMode), shorten(mode),
-				fmt.Sprintf("use %q (init container with restartPolicy Always, Kubernetes 1.29+) or %q (regular container, older clusters), or remove the annotation for the default",
-					SidecarModeNative, SidecarModeClassic)))
+				fmt.Sprintf("use %q (init container with restartPolicy Always, Kubernetes 1.29+), %q (regular container, older clusters) or %q (the pod runs glaceon-sidecar itself), or remove the annotation for the default",
+					SidecarModeNative, SidecarModeClassic, SidecarModePeerOnly)))
 		}
 	}
 	return req, errs

@@ -24,6 +24,13 @@ const (
 	// for clusters without native sidecars. Apps must retry until the tunnel
 	// is up, and a Job's pod never completes while the sidecar runs.
 	SidecarModeClassic SidecarMode = "classic"
+	// SidecarModePeerOnly gives the pod its own peer and nothing else: the
+	// pod's own volume named PeerVolumeName gets the peer's Secret, and no
+	// container, alias, env var or sysctl is added. It is for pods that run
+	// glaceon-sidecar themselves, such as MachineProxy replicas (shared mode,
+	// listening on the pod IP). Only a pod annotation selects it; it is never
+	// a default.
+	SidecarModePeerOnly SidecarMode = "peer-only"
 )
 
 // DefaultSidecarImage is the image DefaultConfig uses. Release builds set it

@@ -79,12 +79,12 @@ func TestInjectGolden(t *testing.T) {
 				if got := dryRun.Annotations[AnnotationPeer]; got != PlaceholderPeerName {
 					t.Errorf("dry-run peer annotation = %q, want %q", got, PlaceholderPeerName)
 				}
-				if got := peerVolume(t, dryRun).Secret.SecretName; got != PlaceholderSecretName {
+				if got := mustPeerVolume(t, dryRun).Secret.SecretName; got != PlaceholderSecretName {
 					t.Errorf("dry-run secret = %q, want %q", got, PlaceholderSecretName)
 				}
 				// Swap the real names in: everything else must be identical.
 				dryRun.Annotations[AnnotationPeer] = testPeer().Name
-				peerVolume(t, dryRun).Secret.SecretName = testPeer().SecretName
+				mustPeerVolume(t, dryRun).Secret.SecretName = testPeer().SecretName
 				if !equality.Semantic.DeepEqual(dryRun, injected) {
 					t.Error("dry-run injection differs from the real one beyond the peer and Secret names")
 				}
@@ -98,6 +98,13 @@ func TestInjectGolden(t *testing.T) {
 				}
 			})
 			t.Run("sidecar passes Pod Security restricted", func(t *testing.T) {
+				if injected.Annotations[AnnotationInjectMode] == string(SidecarModePeerOnly) {
+					// The pod brings its own sidecar: peer-only adds none.
+					if len(injected.Spec.Containers) != len(pod.Spec.Containers) || len(injected.Spec.InitContainers) != len(pod.Spec.InitContainers) {
+						t.Error("peer-only mode added containers")
+					}
+					return
+				}
 				assertSidecarRestricted(t, injected)
 			})
 		})
@@ -160,13 +167,11 @@ func firstDifference(want, got string) string {
 	return "(none)"
 }
 
-func peerVolume(t *testing.T, pod *corev1.Pod) *corev1.Volume {
+func mustPeerVolume(t *testing.T, pod *corev1.Pod) *corev1.Volume {
 	t.Helper()
-	for i := range pod.Spec.Volumes {
-		if pod.Spec.Volumes[i].Name == PeerVolumeName {
-			return &pod.Spec.Volumes[i]
-		}
+	v := peerVolume(pod)
+	if v == nil {
+		t.Fatal("no peer volume")
 	}
-	t.Fatal("no peer volume")
-	return nil
+	return v
 }

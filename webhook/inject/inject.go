@@ -142,6 +142,14 @@ func newPlan(pod *corev1.Pod, cfg Config) (plan, field.ErrorList) {
 		errs = append(errs, field.Forbidden(specPath.Child("hostNetwork"),
 			"glaceon's loopback listeners would land on the node's network; remove hostNetwork or reach the app through a MachineProxy"))
 	}
+	if p.mode == SidecarModePeerOnly {
+		// The pod runs the sidecar itself: only its peer volume matters.
+		if peerVolume(pod) == nil {
+			errs = append(errs, field.Required(specPath.Child("volumes"),
+				fmt.Sprintf("peer-only mode binds the pod's Secret volume named %s; add it (secret: {secretName: %s})", PeerVolumeName, PlaceholderSecretName)))
+		}
+		return p, errs
+	}
 	errs = append(errs, p.checkContainers(pod, cfg, specPath)...)
 	for i, v := range pod.Spec.Volumes {
 		if v.Name == PeerVolumeName {
@@ -284,8 +292,36 @@ func (p *plan) targetEnv() []corev1.EnvVar {
 	return env
 }
 
+// peerVolume returns the pod's Secret volume named PeerVolumeName, or nil.
+func peerVolume(pod *corev1.Pod) *corev1.Volume {
+	for i := range pod.Spec.Volumes {
+		if v := &pod.Spec.Volumes[i]; v.Name == PeerVolumeName && v.Secret != nil {
+			return v
+		}
+	}
+	return nil
+}
+
+// markInjected writes the status annotations and the label.
+func markInjected(out *corev1.Pod, peer Peer, marker string) {
+	if out.Annotations == nil {
+		out.Annotations = make(map[string]string)
+	}
+	out.Annotations[AnnotationPeer] = peer.Name
+	out.Annotations[AnnotationInjected] = marker
+	if out.Labels == nil {
+		out.Labels = make(map[string]string)
+	}
+	out.Labels[LabelInjected] = "true"
+}
+
 // apply mutates out, a copy of the validated pod.
 func (p *plan) apply(out *corev1.Pod, cfg Config, peer Peer) {
+	if p.mode == SidecarModePeerOnly {
+		peerVolume(out).Secret.SecretName = peer.SecretName
+		markInjected(out, peer, injectedMarker(corev1.Container{Name: string(SidecarModePeerOnly)}, nil))
+		return
+	}
 	sidecar := p.sidecarContainer(cfg)
 
 	// Our variables go first so that the app's own env can refer to them
@@ -334,12 +370,7 @@ func (p *plan) apply(out *corev1.Pod, cfg Config, peer Peer) {
 		})
 	}
 
-	out.Annotations[AnnotationPeer] = peer.Name
-	out.Annotations[AnnotationInjected] = injectedMarker(sidecar, p.aliases)
-	if out.Labels == nil {
-		out.Labels = make(map[string]string)
-	}
-	out.Labels[LabelInjected] = "true"
+	markInjected(out, peer, injectedMarker(sidecar, p.aliases))
 }
 
 // sidecarContainer builds the glaceon-sidecar container.

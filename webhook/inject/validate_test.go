@@ -53,7 +53,12 @@ func TestValidateReasons(t *testing.T) {
 		{
 			name: "bad inject mode",
 			pod:  newPod(withAnnotation(AnnotationInjectMode, "sidecar")),
-			want: []string{`metadata.annotations[glaceon.fly/inject-mode]: Invalid value: "sidecar": use "native" (init container with restartPolicy Always, Kubernetes 1.29+) or "classic" (regular container, older clusters), or remove the annotation for the default`},
+			want: []string{`metadata.annotations[glaceon.fly/inject-mode]: Invalid value: "sidecar": use "native" (init container with restartPolicy Always, Kubernetes 1.29+), "classic" (regular container, older clusters) or "peer-only" (the pod runs glaceon-sidecar itself), or remove the annotation for the default`},
+		},
+		{
+			name: "peer-only without the peer volume",
+			pod:  newPod(withAnnotation(AnnotationInjectMode, "peer-only")),
+			want: []string{`spec.volumes: Required value: peer-only mode binds the pod's Secret volume named glaceon-peer; add it (secret: {secretName: glaceon-peer-placeholder})`},
 		},
 		{
 			name: "target on the health port",
