@@ -24,8 +24,10 @@ import (
 
 	"github.com/glaceon/glaceon/flyapi"
 	"github.com/glaceon/glaceon/webhook/admission"
+	glaceonv1alpha1 "github.com/glaceon/glaceon/webhook/api/v1alpha1"
 	"github.com/glaceon/glaceon/webhook/certs"
 	"github.com/glaceon/glaceon/webhook/inject"
+	"github.com/glaceon/glaceon/webhook/machineproxy"
 	"github.com/glaceon/glaceon/webhook/peers"
 )
 
@@ -156,6 +158,9 @@ func newManager(_ context.Context, cfg managerConfig, log logr.Logger) (ctrl.Man
 	if err := clientgoscheme.AddToScheme(scheme); err != nil {
 		return nil, nil, err
 	}
+	if err := glaceonv1alpha1.AddToScheme(scheme); err != nil {
+		return nil, nil, err
+	}
 	mgr, err := ctrl.NewManager(restCfg, ctrl.Options{
 		Scheme:                  scheme,
 		Metrics:                 metricsserver.Options{BindAddress: cfg.metricsAddr},
@@ -209,6 +214,10 @@ func newManager(_ context.Context, cfg managerConfig, log logr.Logger) (ctrl.Man
 		SweepInterval:   cfg.sweepInterval,
 		RemovalDeadline: cfg.removalDeadline,
 	}); err != nil {
+		return nil, nil, err
+	}
+
+	if err := machineproxy.SetupWithManager(mgr, machineproxy.Options{Inject: injectCfg}); err != nil {
 		return nil, nil, err
 	}
 
