@@ -4,46 +4,37 @@ import (
 	"context"
 	"io"
 	"net/http"
-	"os"
 	"runtime"
 	"strconv"
 	"testing"
 	"time"
 )
 
-// TestBulkTransfer downloads FLYAPITEST_BULK_MIB MiB (default: skipped)
-// FLYAPITEST_BULK_ROUNDS times through the gateway and reports throughput.
-func TestBulkTransfer(t *testing.T) {
-	mib, _ := strconv.Atoi(os.Getenv("FLYAPITEST_BULK_MIB"))
-	if mib <= 0 {
-		t.Skip("set FLYAPITEST_BULK_MIB to run")
-	}
-	rounds, _ := strconv.Atoi(os.Getenv("FLYAPITEST_BULK_ROUNDS"))
-	if rounds <= 0 {
-		rounds = 1
-	}
-	s := Start(t, Options{Logf: func(string, ...any) {}})
-	c := newWGClient(t, s, "personal", "bulk")
-	for i := 0; i < rounds; i++ {
+// BenchmarkGatewayDownload downloads 64 MiB per iteration through the
+// gateway with an in-process wireguard-go client, and reports the heap
+// after GC so a leak across iterations shows.
+func BenchmarkGatewayDownload(b *testing.B) {
+	const size = 64 << 20
+	s := Start(b, Options{Logf: func(string, ...any) {}})
+	c := newWGClient(b, s, "personal", "bulk")
+	b.SetBytes(size)
+	for b.Loop() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-		start := time.Now()
-		req, _ := http.NewRequestWithContext(ctx, "GET", "http://twi-ollama.flycast/bytes?n="+strconv.Itoa(mib<<20), nil)
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://twi-ollama.flycast/bytes?n="+strconv.Itoa(size), nil)
 		resp, err := c.http.Do(req)
 		if err != nil {
 			cancel()
-			t.Fatal(err)
+			b.Fatal(err)
 		}
 		n, err := io.Copy(io.Discard, resp.Body)
 		resp.Body.Close()
 		cancel()
-		if err != nil || n != int64(mib)<<20 {
-			t.Fatalf("got %d bytes: %v", n, err)
+		if err != nil || n != size {
+			b.Fatalf("got %d bytes: %v", n, err)
 		}
-		el := time.Since(start)
-		runtime.GC()
-		var ms runtime.MemStats
-		runtime.ReadMemStats(&ms)
-		t.Logf("round %d: %d MiB in %v (%.1f MiB/s); heap after GC %.1f MiB, sys %.1f MiB, goroutines %d", i, mib, el.Round(time.Millisecond),
-			float64(mib)/el.Seconds(), float64(ms.HeapAlloc)/(1<<20), float64(ms.Sys)/(1<<20), runtime.NumGoroutine())
 	}
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	b.ReportMetric(float64(ms.HeapAlloc)/(1<<20), "heap-MiB")
 }
