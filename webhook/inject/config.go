@@ -10,6 +10,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/util/validation"
+	"k8s.io/utils/ptr"
 )
 
 // SidecarMode selects how the sidecar runs in the pod.
@@ -88,6 +89,21 @@ func DefaultConfig() Config {
 		RunAsUser:        65532,
 		RunAsGroup:       65532,
 		SecretMountPath:  "/etc/glaceon",
+	}
+}
+
+// SidecarSecurityContext is the glaceon-sidecar container's security
+// context: Pod Security "restricted" (non-root, read-only root filesystem,
+// no capabilities, no privilege escalation, RuntimeDefault seccomp).
+func (c Config) SidecarSecurityContext() *corev1.SecurityContext {
+	return &corev1.SecurityContext{
+		RunAsUser:                ptr.To(c.RunAsUser),
+		RunAsGroup:               ptr.To(c.RunAsGroup),
+		RunAsNonRoot:             ptr.To(true),
+		AllowPrivilegeEscalation: ptr.To(false),
+		ReadOnlyRootFilesystem:   ptr.To(true),
+		Capabilities:             &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
+		SeccompProfile:           &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
 	}
 }
 

@@ -401,22 +401,13 @@ func (p *plan) sidecarContainer(cfg Config) corev1.Container {
 		// until the tunnel has a handshake, Fly DNS answers and every
 		// listener is up; 120 × 1 s leaves room for a new peer to reach the
 		// gateway before the kubelet restarts the sidecar.
-		StartupProbe:   healthProbe("/readyz", 1, 120),
-		ReadinessProbe: healthProbe("/readyz", 5, 3),
-		LivenessProbe:  healthProbe("/healthz", 10, 3),
+		StartupProbe:   HealthProbe("/readyz", 1, 120),
+		ReadinessProbe: HealthProbe("/readyz", 5, 3),
+		LivenessProbe:  HealthProbe("/healthz", 10, 3),
 		// The sidecar exits with a one-line reason on bad config; this puts
 		// it in the pod status.
 		TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
-		// Pod Security "restricted".
-		SecurityContext: &corev1.SecurityContext{
-			RunAsUser:                ptr.To(cfg.RunAsUser),
-			RunAsGroup:               ptr.To(cfg.RunAsGroup),
-			RunAsNonRoot:             ptr.To(true),
-			AllowPrivilegeEscalation: ptr.To(false),
-			ReadOnlyRootFilesystem:   ptr.To(true),
-			Capabilities:             &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
-			SeccompProfile:           &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
-		},
+		SecurityContext:          cfg.SidecarSecurityContext(),
 	}
 	if p.mode == SidecarModeNative {
 		c.RestartPolicy = ptr.To(corev1.ContainerRestartPolicyAlways)
@@ -424,10 +415,10 @@ func (p *plan) sidecarContainer(cfg Config) corev1.Container {
 	return c
 }
 
-// healthProbe probes the sidecar's health server by port name. The kubelet
-// connects to the pod IP, which is why the health server does not listen
-// on loopback.
-func healthProbe(path string, periodSeconds, failureThreshold int32) *corev1.Probe {
+// HealthProbe probes the sidecar's health server by port name
+// (HealthPortName). The kubelet connects to the pod IP, which is why the
+// health server does not listen on loopback.
+func HealthProbe(path string, periodSeconds, failureThreshold int32) *corev1.Probe {
 	return &corev1.Probe{
 		ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{
 			Path: path,

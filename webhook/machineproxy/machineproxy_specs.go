@@ -217,19 +217,11 @@ func proxyPodSpec(mp *glaceonv1alpha1.MachineProxy, targets []proxyTarget, cfg i
 				ReadOnly:  true,
 			}},
 			// The Service sends traffic only to replicas whose tunnel is up.
-			ReadinessProbe: healthProbe("/readyz", 5, 3),
-			LivenessProbe:  healthProbe("/healthz", 10, 3),
+			ReadinessProbe: inject.HealthProbe("/readyz", 5, 3),
+			LivenessProbe:  inject.HealthProbe("/healthz", 10, 3),
 			// The sidecar exits with a one-line reason on bad config.
 			TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
-			SecurityContext: &corev1.SecurityContext{
-				RunAsUser:                ptr.To(cfg.RunAsUser),
-				RunAsGroup:               ptr.To(cfg.RunAsGroup),
-				RunAsNonRoot:             ptr.To(true),
-				AllowPrivilegeEscalation: ptr.To(false),
-				ReadOnlyRootFilesystem:   ptr.To(true),
-				Capabilities:             &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
-				SeccompProfile:           &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
-			},
+			SecurityContext:          cfg.SidecarSecurityContext(),
 		}},
 		Volumes: []corev1.Volume{{
 			Name: inject.PeerVolumeName,
@@ -260,19 +252,6 @@ func proxyPodSpec(mp *glaceonv1alpha1.MachineProxy, targets []proxyTarget, cfg i
 			spread(corev1.LabelHostname),
 			spread(corev1.LabelTopologyZone),
 		},
-	}
-}
-
-// healthProbe probes the proxy's health server by port name.
-func healthProbe(path string, periodSeconds, failureThreshold int32) *corev1.Probe {
-	return &corev1.Probe{
-		ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{
-			Path: path,
-			Port: intstr.FromString(inject.HealthPortName),
-		}},
-		TimeoutSeconds:   1,
-		PeriodSeconds:    periodSeconds,
-		FailureThreshold: failureThreshold,
 	}
 }
 
