@@ -12,4 +12,4 @@ trap 'rm -rf "$bin"' EXIT
 echo "==> Building glaceon and glaceon-sidecar"
 go build -o "$bin/" ./cmd/glaceon ./cmd/glaceon-sidecar
 go build -o "$bin/demo" ./hack/demo
-KUBEBUILDER_ASSETS="$assets" "$bin/demo" -glaceon "$bin/glaceon" -sidecar "$bin/glaceon-sidecar" -repo .
+KUBEBUILDER_ASSETS="$assets" "$bin/demo" -glaceon "$bin/glaceon" -sidecar "$bin/glaceon-sidecar"

@@ -34,7 +34,6 @@ import (
 	"syscall"
 	"time"
 
-	admissionv1 "k8s.io/api/admissionregistration/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -42,33 +41,32 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/yaml"
 
 	"github.com/glaceon/glaceon/flyapi"
 	"github.com/glaceon/glaceon/flyapi/flyapitest"
 	"github.com/glaceon/glaceon/hack/controlplane"
 	"github.com/glaceon/glaceon/hack/localpod"
 	"github.com/glaceon/glaceon/webhook/inject"
+	"github.com/glaceon/glaceon/webhook/manager/managertest"
 )
 
 const demoNamespace = "demo"
 
 type demo struct {
-	glaceonBin, sidecarBin, repo string
-	work                         string
-	c                            client.Client
-	fly                          *flyapi.Client
-	org, region, target          string
-	gatewayPort                  int
-	env                          []string // FLY_* for the manager
-	step                         int
+	glaceonBin, sidecarBin string
+	work                   string
+	c                      client.Client
+	fly                    *flyapi.Client
+	org, region, target    string
+	gatewayPort            int
+	env                    []string // FLY_* for the manager
+	step                   int
 }
 
 func main() {
 	var d demo
 	flag.StringVar(&d.glaceonBin, "glaceon", "bin/glaceon", "glaceon binary")
 	flag.StringVar(&d.sidecarBin, "sidecar", "bin/glaceon-sidecar", "glaceon-sidecar binary")
-	flag.StringVar(&d.repo, "repo", ".", "repository root (for deploy/)")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -175,7 +173,7 @@ func (d *demo) startManager(ctx context.Context, cp *controlplane.ControlPlane) 
 			return nil, err
 		}
 	}
-	mwc, err := d.webhookConfiguration(port)
+	mwc, err := managertest.WebhookConfiguration(fmt.Sprintf("https://127.0.0.1:%d", port))
 	if err != nil {
 		return nil, err
 	}
@@ -230,25 +228,6 @@ func (d *demo) startManager(ctx context.Context, cp *controlplane.ControlPlane) 
 	}
 	detail("ready: serving certificate issued by the manager, caBundle patched (log: %s)", logPath)
 	return stop, nil
-}
-
-// webhookConfiguration is deploy/webhook's configuration, pointed at the
-// manager on loopback instead of the in-cluster Service.
-func (d *demo) webhookConfiguration(port int) (*admissionv1.MutatingWebhookConfiguration, error) {
-	data, err := os.ReadFile(filepath.Join(d.repo, "deploy", "webhook", "mutatingwebhookconfiguration.yaml"))
-	if err != nil {
-		return nil, err
-	}
-	var mwc admissionv1.MutatingWebhookConfiguration
-	if err := yaml.UnmarshalStrict(data, &mwc); err != nil {
-		return nil, err
-	}
-	for i := range mwc.Webhooks {
-		cc := &mwc.Webhooks[i].ClientConfig
-		cc.URL = ptr.To(fmt.Sprintf("https://127.0.0.1:%d%s", port, *cc.Service.Path))
-		cc.Service = nil
-	}
-	return &mwc, nil
 }
 
 func (d *demo) createWorkload(ctx context.Context) (*corev1.Pod, error) {

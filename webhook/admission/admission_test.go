@@ -9,7 +9,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -17,33 +16,27 @@ import (
 	"testing"
 	"time"
 
-	"github.com/go-logr/logr"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
-	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/utils/ptr"
-	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/envtest"
-	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
-	"sigs.k8s.io/controller-runtime/pkg/webhook"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
 	"github.com/glaceon/glaceon/flyapi"
 	"github.com/glaceon/glaceon/flyapi/flyapitest"
-	"github.com/glaceon/glaceon/hack/controlplane"
 	"github.com/glaceon/glaceon/hack/localpod"
 	glaceonadmission "github.com/glaceon/glaceon/webhook/admission"
 	"github.com/glaceon/glaceon/webhook/inject"
-	"github.com/glaceon/glaceon/webhook/peers"
+	"github.com/glaceon/glaceon/webhook/manager"
+	"github.com/glaceon/glaceon/webhook/manager/managertest"
 )
 
-// env is one control plane + Fly double + webhook, shared by the tests of
-// this file: starting a control plane costs seconds.
+// env is one control plane + Fly double + the whole manager, shared by the
+// subtests: starting a control plane costs seconds.
 type env struct {
-	cp    *controlplane.ControlPlane
+	*managertest.Env
 	fly   *flyapitest.Server
 	c     client.Client
 	calls atomic.Int64 // admission requests that reached the webhook
@@ -75,113 +68,34 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-func repoRoot() string {
-	_, file, _, _ := runtime.Caller(0)
-	return filepath.Join(filepath.Dir(file), "..", "..")
-}
-
-// startEnv starts a control plane whose kube-apiserver calls our webhook
-// over TLS, configured by the MutatingWebhookConfiguration in deploy/.
+// startEnv starts the manager as `glaceon manager` wires it, with a fast
+// sweeper, and counts the admissions that reach its webhook.
 func startEnv(t testing.TB, flyTimeout time.Duration) *env {
 	t.Helper()
-	e := &env{fly: flyapitest.Start(t, flyapitest.Options{})}
-	e.cp = controlplane.StartForTest(t, controlplane.Options{
-		WebhookInstallOptions: envtest.WebhookInstallOptions{
-			Paths: []string{filepath.Join(repoRoot(), "deploy", "webhook", "mutatingwebhookconfiguration.yaml")},
-		},
-	})
-	wio := &e.cp.Env.WebhookInstallOptions
-
-	fly, err := flyapi.New(flyapi.Options{BaseURL: e.fly.URL(), Token: e.fly.Token(), TokenSource: "secret glaceon-system/fly-api-token"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	// No client-side throttling: the benchmark measures admission, not
-	// client-go's default 20 requests per second.
-	e.cp.Config.QPS, e.cp.Config.Burst = 1000, 1000
-	mgr, err := ctrl.NewManager(e.cp.Config, ctrl.Options{
-		Scheme:  clientgoscheme.Scheme,
-		Metrics: metricsserver.Options{BindAddress: "0"},
-		WebhookServer: webhook.NewServer(webhook.Options{
-			Host: wio.LocalServingHost, Port: wio.LocalServingPort, CertDir: wio.LocalServingCertDir,
-		}),
-		HealthProbeBindAddress: "0",
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := inject.DefaultConfig()
-	cfg.DefaultOrg = "personal"
-	handler, err := glaceonadmission.NewHandler(mgr.GetScheme(), glaceonadmission.Options{
-		Inject:      cfg,
-		Fly:         fly,
-		Client:      mgr.GetClient(),
-		FlyTimeout:  flyTimeout,
-		PeerPrefix:  "k8s-",
-		GatewayPort: e.fly.GatewayPort(),
-		TokenSource: "secret glaceon-system/fly-api-token",
-		Log:         logr.Discard(),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	counted := admission.HandlerFunc(func(ctx context.Context, req admission.Request) admission.Response {
-		e.calls.Add(1)
-		start := time.Now()
-		resp := handler.Handle(ctx, req)
-		e.mu.Lock()
-		e.handling = append(e.handling, time.Since(start))
-		e.mu.Unlock()
-		if e.dropResponse.Load() {
-			return admission.Errored(http.StatusInternalServerError, errors.New("simulated crash after provisioning"))
-		}
-		return resp
-	})
-	mgr.GetWebhookServer().Register(glaceonadmission.Path, &webhook.Admission{Handler: counted})
-
-	err = peers.SetupWithManager(mgr, peers.Options{
-		Fly:           fly,
-		Prefix:        "k8s-",
-		Orgs:          []string{"personal"},
-		Grace:         2 * time.Second,
-		SweepInterval: 500 * time.Millisecond,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- mgr.Start(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("manager: %v", err)
+	e := &env{}
+	e.Env = managertest.Start(t, func(cfg *manager.Config) {
+		cfg.FlyTimeout = flyTimeout
+		cfg.SweepGrace, cfg.SweepInterval = 2*time.Second, 500*time.Millisecond
+		cfg.AdmissionMiddleware = func(next admission.Handler) admission.Handler {
+			return admission.HandlerFunc(func(ctx context.Context, req admission.Request) admission.Response {
+				e.calls.Add(1)
+				start := time.Now()
+				resp := next.Handle(ctx, req)
+				e.mu.Lock()
+				e.handling = append(e.handling, time.Since(start))
+				e.mu.Unlock()
+				if e.dropResponse.Load() {
+					return admission.Errored(http.StatusInternalServerError, errors.New("simulated crash after provisioning"))
+				}
+				return resp
+			})
 		}
 	})
-	if !mgr.GetCache().WaitForCacheSync(ctx) {
-		t.Fatal("cache did not sync")
-	}
-	e.c = mgr.GetClient()
-	// The webhook server listens once the manager runs; wait for it so the
-	// first pod is not refused by a closed port (failurePolicy: Fail).
-	err = wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
-		return mgr.GetWebhookServer().StartedChecker()(nil) == nil, nil
-	})
-	if err != nil {
-		t.Fatalf("webhook server did not start: %v", err)
-	}
+	e.fly, e.c = e.Fly, e.Client
 	return e
 }
 
-func (e *env) namespace(t testing.TB, name string) string {
-	t.Helper()
-	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}
-	if err := e.c.Create(context.Background(), ns); err != nil {
-		t.Fatal(err)
-	}
-	return name
-}
+func (e *env) namespace(t testing.TB, name string) string { return e.Namespace(t, name) }
 
 func annotatedPod(ns, name string, annotations map[string]string) *corev1.Pod {
 	return &corev1.Pod{
@@ -335,6 +249,28 @@ func TestAdmission(t *testing.T) {
 		waitFor(t, "orphaned peer and secret swept", func() bool {
 			return len(e.fly.Peers("personal")) == 0 && len(e.secrets(t, ns)) == 0
 		})
+	})
+
+	t.Run("the org policy ConfigMap lets a namespace use another org", func(t *testing.T) {
+		ns := e.namespace(t, "team-a")
+		policy := &corev1.ConfigMap{
+			ObjectMeta: metav1.ObjectMeta{Name: "glaceon-org-policy", Namespace: managertest.Namespace},
+			Data:       map[string]string{glaceonadmission.PolicyKey: "orgs:\n  personal: [\"*\"]\n  acme: [team-*]\n"},
+		}
+		if err := e.c.Create(ctx, policy); err != nil {
+			t.Fatal(err)
+		}
+		defer e.c.Delete(ctx, policy)
+		pod := annotatedPod(ns, "acme-user", map[string]string{inject.AnnotationTarget: "twi-ollama", inject.AnnotationOrg: "acme"})
+		// The manager's cache sees the ConfigMap within moments.
+		waitFor(t, "pod admitted under the new policy", func() bool { return e.c.Create(ctx, pod.DeepCopy()) == nil })
+		if n := len(e.fly.Peers("acme")); n != 1 {
+			t.Errorf("acme has %d peers, want 1", n)
+		}
+		if err := e.c.Delete(ctx, pod); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, "acme peer removed with its pod", func() bool { return len(e.fly.Peers("acme")) == 0 })
 	})
 
 	t.Run("pods without the annotation never reach the webhook", func(t *testing.T) {
