@@ -715,6 +715,7 @@ func (d *gqlDocument) flatten(sels []gqlSelection, typeName string, vars map[str
 		if s.spread != "" {
 			f, ok := d.fragments[s.spread]
 			if !ok {
+				//lint:ignore ST1005 the wording of graphql-ruby, which serves Fly's API
 				return nil, fmt.Errorf("Fragment %s was used, but not defined", s.spread)
 			}
 			tc, sub = f.typeCond, f.sel
