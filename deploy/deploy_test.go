@@ -45,8 +45,8 @@ func TestManifestsApply(t *testing.T) {
 	// The server validates every object, the CRD schema and the webhook's
 	// CEL match condition included.
 	kubectl([]byte(rendered), "apply", "--server-side", "--field-manager=glaceon-test", "-f", "-")
-	got := kubectl(nil, "get", "-n", "glaceon-system", "deployment/glaceon-manager", "service/glaceon-webhook", "pdb/glaceon-manager", "serviceaccount/glaceon-manager", "serviceaccount/glaceon-proxy", "-o", "name")
-	if n := len(strings.Fields(got)); n != 5 {
+	got := kubectl(nil, "get", "-n", "glaceon-system", "deployment/glaceon-manager", "service/glaceon-webhook", "pdb/glaceon-manager", "serviceaccount/glaceon-manager", "-o", "name")
+	if n := len(strings.Fields(got)); n != 4 {
 		t.Errorf("after apply: %q", got)
 	}
 	kubectl(nil, "get", "mutatingwebhookconfiguration/glaceon", "crd/machineproxies.glaceon.fly")

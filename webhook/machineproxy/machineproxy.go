@@ -91,6 +91,9 @@ func (r *reconciler) maybeProvision(ctx context.Context, mp *glaceonv1alpha1.Mac
 	}
 	obs.targets = targets
 
+	if err := r.apply(ctx, mp, serviceAccountFor(mp), &corev1.ServiceAccount{}); err != nil {
+		return r.applyFailed(ctx, mp, &obs, err)
+	}
 	deployment := &appsv1.Deployment{}
 	if err := r.apply(ctx, mp, deploymentFor(mp, targets, r.opts), deployment); err != nil {
 		return r.applyFailed(ctx, mp, &obs, err)

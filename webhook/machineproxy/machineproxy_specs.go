@@ -243,6 +243,7 @@ func proxyPodSpec(mp *glaceonv1alpha1.MachineProxy, targets []proxyTarget, cfg i
 		},
 		// The proxy never calls the Kubernetes API, and service links
 		// would put thousands of variables into big namespaces.
+		ServiceAccountName:            mp.Name,
 		AutomountServiceAccountToken:  ptr.To(false),
 		EnableServiceLinks:            ptr.To(false),
 		TerminationGracePeriodSeconds: ptr.To[int64](30),
@@ -280,6 +281,17 @@ func serviceFor(mp *glaceonv1alpha1.MachineProxy, targets []proxyTarget) *corev1
 
 // pdbFor builds the PodDisruptionBudget of a proxy with more than one
 // replica: voluntary disruptions (node drains) take one replica at a time.
+// serviceAccountFor is the proxy pods' own identity: no RBAC grants it
+// anything and its token is never mounted, but it names the proxies
+// apart from the namespace's other workloads (audit, network policies).
+func serviceAccountFor(mp *glaceonv1alpha1.MachineProxy) *corev1.ServiceAccount {
+	return &corev1.ServiceAccount{
+		TypeMeta:                     metav1.TypeMeta{APIVersion: "v1", Kind: "ServiceAccount"},
+		ObjectMeta:                   childMeta(mp),
+		AutomountServiceAccountToken: ptr.To(false),
+	}
+}
+
 func pdbFor(mp *glaceonv1alpha1.MachineProxy) *policyv1.PodDisruptionBudget {
 	return &policyv1.PodDisruptionBudget{
 		TypeMeta:   metav1.TypeMeta{APIVersion: "policy/v1", Kind: "PodDisruptionBudget"},

@@ -276,11 +276,11 @@ func TestMachineProxy(t *testing.T) {
 			t.Errorf("defaulted replicas = %d, want 2", got)
 		}
 		key := client.ObjectKey{Namespace: ns, Name: name}
-		waitFor(t, "Deployment, Service and PDB", func() bool {
+		waitFor(t, "ServiceAccount, Deployment, Service and PDB", func() bool {
 			return e.c.Get(ctx, key, &appsv1.Deployment{}) == nil && e.c.Get(ctx, key, &corev1.Service{}) == nil &&
-				e.c.Get(ctx, key, &policyv1.PodDisruptionBudget{}) == nil
+				e.c.Get(ctx, key, &policyv1.PodDisruptionBudget{}) == nil && e.c.Get(ctx, key, &corev1.ServiceAccount{}) == nil
 		})
-		for _, obj := range []client.Object{&appsv1.Deployment{}, &corev1.Service{}, &policyv1.PodDisruptionBudget{}} {
+		for _, obj := range []client.Object{&appsv1.Deployment{}, &corev1.Service{}, &policyv1.PodDisruptionBudget{}, &corev1.ServiceAccount{}} {
 			if err := e.c.Get(ctx, key, obj); err != nil {
 				t.Fatal(err)
 			}

@@ -33,6 +33,7 @@ import (
 // +kubebuilder:rbac:groups=glaceon.fly,resources=machineproxies/finalizers,verbs=update
 // +kubebuilder:rbac:groups=apps,resources=deployments,verbs=get;list;watch;create;patch
 // +kubebuilder:rbac:groups="",resources=services,verbs=get;list;watch;create;patch
+// +kubebuilder:rbac:groups="",resources=serviceaccounts,verbs=get;list;watch;create;patch
 // +kubebuilder:rbac:groups=policy,resources=poddisruptionbudgets,verbs=get;list;watch;create;patch;delete
 // +kubebuilder:rbac:groups="";events.k8s.io,resources=events,verbs=create;patch
 
@@ -91,6 +92,8 @@ func SetupWithManager(mgr ctrl.Manager, opts Options) error {
 			handler.TypedEnqueueRequestForOwner[*appsv1.Deployment](scheme, mgr.GetRESTMapper(), owner, handler.OnlyControllerOwner()))).
 		WatchesRawSource(source.Kind(children, &corev1.Service{},
 			handler.TypedEnqueueRequestForOwner[*corev1.Service](scheme, mgr.GetRESTMapper(), owner, handler.OnlyControllerOwner()))).
+		WatchesRawSource(source.Kind(children, &corev1.ServiceAccount{},
+			handler.TypedEnqueueRequestForOwner[*corev1.ServiceAccount](scheme, mgr.GetRESTMapper(), owner, handler.OnlyControllerOwner()))).
 		WatchesRawSource(source.Kind(children, &policyv1.PodDisruptionBudget{},
 			handler.TypedEnqueueRequestForOwner[*policyv1.PodDisruptionBudget](scheme, mgr.GetRESTMapper(), owner, handler.OnlyControllerOwner()))).
 		WithOptions(controller.Options{MaxConcurrentReconciles: opts.MaxConcurrentReconciles}).
