@@ -18,6 +18,7 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	eventsv1 "k8s.io/api/events/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/utils/ptr"
@@ -302,6 +303,42 @@ func TestAdmission(t *testing.T) {
 		}
 		if n := len(e.secrets(t, ns)); n != 0 {
 			t.Errorf("dry run created %d secrets", n)
+		}
+	})
+
+	t.Run("a denied Deployment pod is explained on its ReplicaSet", func(t *testing.T) {
+		ns := e.namespace(t, "explained")
+		labels := map[string]string{"app": "bad"}
+		deploy := &appsv1.Deployment{
+			ObjectMeta: metav1.ObjectMeta{Name: "bad", Namespace: ns},
+			Spec: appsv1.DeploymentSpec{
+				Replicas: ptr.To[int32](1),
+				Selector: &metav1.LabelSelector{MatchLabels: labels},
+				Template: corev1.PodTemplateSpec{
+					ObjectMeta: metav1.ObjectMeta{Labels: labels, Annotations: map[string]string{inject.AnnotationTarget: "example.com:80"}},
+					Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: "example.invalid/app:1"}}},
+				},
+			},
+		}
+		if err := e.c.Create(ctx, deploy); err != nil {
+			t.Fatal(err)
+		}
+		// Users look at `kubectl describe` of the ReplicaSet when pods do
+		// not appear: the reason must be there.
+		waitFor(t, "a GlaceonInjectionDenied event on the ReplicaSet", func() bool {
+			var events eventsv1.EventList
+			if err := e.c.List(ctx, &events, client.InNamespace(ns)); err != nil {
+				return false
+			}
+			for _, ev := range events.Items {
+				if ev.Reason == glaceonadmission.ReasonDenied && ev.Regarding.Kind == "ReplicaSet" && strings.Contains(ev.Note, "example.com") {
+					return true
+				}
+			}
+			return false
+		})
+		if err := e.c.Delete(ctx, deploy); err != nil {
+			t.Fatal(err)
 		}
 	})
 
