@@ -1,0 +1,375 @@
+package sidecar
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Defaults for the command line.
+const (
+	DefaultHealthAddr    = "127.0.0.1:9901"
+	DefaultMTU           = 1420
+	DefaultShutdownGrace = 25 * time.Second
+	MinMTU               = 1280 // IPv6 minimum
+	MaxMTU               = 9000
+)
+
+// Forward is one LISTEN=TARGET mapping.
+type Forward struct {
+	Listen netip.AddrPort // local address to listen on
+	Host   string         // target host, lower case, no trailing dot; ends in .flycast or .internal
+	Port   uint16         // target port
+}
+
+// Name is the forward's label in metrics and logs: the LISTEN=TARGET text.
+func (f Forward) Name() string { return f.Listen.String() + "=" + f.Target() }
+
+// Target is host:port.
+func (f Forward) Target() string { return f.Host + ":" + strconv.Itoa(int(f.Port)) }
+
+// Options is the parsed command line.
+type Options struct {
+	WGConfig      string
+	Forwards      []Forward
+	HealthAddr    netip.AddrPort
+	MTU           int
+	ShutdownGrace time.Duration
+	LogLevel      string // debug, info, error
+	// Tuning overrides netstack defaults, for benchmarks and debugging only
+	// (env GLACEON_TUNING, e.g. "gro=0,rcvbuf=4194304,sndbuf=1048576,cc=reno,sack=0").
+	Tuning netStackOptions
+}
+
+// UsageError is a bad flag, environment variable or config value. Its message
+// is a single line that names the field and says how to fix it.
+type UsageError struct {
+	Field string // e.g. "--forward", "GLACEON_FORWARD", "--wg-config"
+	Msg   string // what is wrong and how to fix it
+}
+
+func (e *UsageError) Error() string { return e.Field + ": " + e.Msg }
+
+func usageErr(field, format string, args ...any) *UsageError {
+	return &UsageError{Field: field, Msg: oneLine(fmt.Sprintf(format, args...))}
+}
+
+// oneLine keeps messages on one line whatever the input contained.
+func oneLine(s string) string {
+	return strings.NewReplacer("\n", `\n`, "\r", `\r`).Replace(s)
+}
+
+// Env names. Each flag has one; a flag given on the command line wins.
+const (
+	EnvWGConfig      = "GLACEON_WG_CONFIG"
+	EnvForward       = "GLACEON_FORWARD"
+	EnvHealthAddr    = "GLACEON_HEALTH_ADDR"
+	EnvMTU           = "GLACEON_MTU"
+	EnvShutdownGrace = "GLACEON_SHUTDOWN_GRACE"
+	EnvLogLevel      = "GLACEON_LOG_LEVEL"
+	EnvTuning        = "GLACEON_TUNING"
+)
+
+// ParseOptions parses the command line (without the program name) and the
+// environment (getenv may be nil). Every error is a *UsageError.
+func ParseOptions(args []string, getenv func(string) string) (*Options, error) {
+	if getenv == nil {
+		getenv = func(string) string { return "" }
+	}
+	fs := flag.NewFlagSet("glaceon-sidecar", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	var (
+		wgConfig   = fs.String("wg-config", "", "path of the wg-quick file (env "+EnvWGConfig+")")
+		healthAddr = fs.String("health-addr", "", "address for /healthz, /readyz, /metrics (default "+DefaultHealthAddr+"; env "+EnvHealthAddr+")")
+		mtu        = fs.String("mtu", "", "tunnel MTU (default 1420; env "+EnvMTU+")")
+		grace      = fs.String("shutdown-grace", "", "how long open connections may finish after SIGTERM (default 25s; env "+EnvShutdownGrace+")")
+		logLevel   = fs.String("log-level", "", "debug, info or error (default info; env "+EnvLogLevel+")")
+		forwards   []string
+	)
+	fs.Func("forward", "LISTEN=TARGET, repeatable, e.g. 127.0.0.2:80=myapp.flycast:80 (env "+EnvForward+", comma-separated)", func(s string) error {
+		forwards = append(forwards, s)
+		return nil
+	})
+	if err := fs.Parse(args); err != nil {
+		return nil, flagError(err)
+	}
+	if fs.NArg() > 0 {
+		return nil, usageErr("arguments", "unexpected argument %q: every setting is a flag, e.g. --forward 127.0.0.2:80=myapp.flycast:80", fs.Arg(0))
+	}
+	pick := func(flagName, flagVal, env string) (field, val string) {
+		if flagVal != "" {
+			return "--" + flagName, flagVal
+		}
+		if v := strings.TrimSpace(getenv(env)); v != "" {
+			return env, v
+		}
+		return "--" + flagName, ""
+	}
+
+	o := &Options{}
+	field, v := pick("wg-config", *wgConfig, EnvWGConfig)
+	if v == "" {
+		return nil, usageErr("--wg-config", "missing: give the path of the wg-quick file, e.g. --wg-config /etc/glaceon/wg.conf (or set %s)", EnvWGConfig)
+	}
+	_ = field
+	o.WGConfig = v
+
+	forwardField := "--forward"
+	if len(forwards) == 0 {
+		if env := strings.TrimSpace(getenv(EnvForward)); env != "" {
+			forwardField = EnvForward
+			for _, f := range strings.Split(env, ",") {
+				if f = strings.TrimSpace(f); f != "" {
+					forwards = append(forwards, f)
+				}
+			}
+		}
+	}
+	if len(forwards) == 0 {
+		return nil, usageErr("--forward", "missing: give at least one LISTEN=TARGET, e.g. --forward 127.0.0.2:80=myapp.flycast:80 (or set %s)", EnvForward)
+	}
+	seen := map[netip.AddrPort]string{}
+	for _, s := range forwards {
+		f, err := ParseForward(s)
+		if err != nil {
+			return nil, usageErr(forwardField, "%s", err.Error())
+		}
+		if prev, ok := seen[f.Listen]; ok {
+			return nil, usageErr(forwardField, "duplicate listen address %s (in %q and %q): give each forward its own LISTEN address or port", f.Listen, prev, s)
+		}
+		for other, prev := range seen {
+			if other.Port() == f.Listen.Port() && (other.Addr().IsUnspecified() || f.Listen.Addr().IsUnspecified()) {
+				return nil, usageErr(forwardField, "listen addresses %q and %q overlap (a wildcard address takes the port on every address): use different ports", prev, s)
+			}
+		}
+		seen[f.Listen] = s
+		o.Forwards = append(o.Forwards, f)
+	}
+
+	field, v = pick("health-addr", *healthAddr, EnvHealthAddr)
+	if v == "" {
+		v = DefaultHealthAddr
+	}
+	ap, err := parseListenAddr(v)
+	if err != nil {
+		return nil, usageErr(field, "%s", err.Error())
+	}
+	if _, clash := seen[ap]; clash {
+		return nil, usageErr(field, "%s is also a forward's listen address: pick another port for health", ap)
+	}
+	o.HealthAddr = ap
+
+	field, v = pick("mtu", *mtu, EnvMTU)
+	o.MTU = DefaultMTU
+	if v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < MinMTU || n > MaxMTU {
+			return nil, usageErr(field, "%q is not a valid MTU: give a number from %d to %d (default %d; use 1280 if the path is tunnelled again)", v, MinMTU, MaxMTU, DefaultMTU)
+		}
+		o.MTU = n
+	}
+
+	field, v = pick("shutdown-grace", *grace, EnvShutdownGrace)
+	o.ShutdownGrace = DefaultShutdownGrace
+	if v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d < 0 || d > time.Hour {
+			return nil, usageErr(field, "%q is not a valid duration: give e.g. 25s or 2m (0s to close connections at once, at most 1h)", v)
+		}
+		o.ShutdownGrace = d
+	}
+
+	field, v = pick("log-level", *logLevel, EnvLogLevel)
+	switch strings.ToLower(v) {
+	case "":
+		o.LogLevel = "info"
+	case "debug", "info", "error":
+		o.LogLevel = strings.ToLower(v)
+	default:
+		return nil, usageErr(field, "%q is not a log level: use debug, info or error", v)
+	}
+	if v := strings.TrimSpace(getenv(EnvTuning)); v != "" {
+		t, err := parseTuning(v)
+		if err != nil {
+			return nil, usageErr(EnvTuning, "%v: unset it or use e.g. gro=0,rcvbuf=4194304,sndbuf=1048576,cc=reno,sack=0", err)
+		}
+		o.Tuning = t
+	}
+	return o, nil
+}
+
+func parseTuning(s string) (netStackOptions, error) {
+	var t netStackOptions
+	for _, kv := range strings.Split(s, ",") {
+		k, v, ok := strings.Cut(strings.TrimSpace(kv), "=")
+		if !ok {
+			return t, fmt.Errorf("%q is not key=value", kv)
+		}
+		switch k {
+		case "gro", "sack":
+			b, err := strconv.ParseBool(v)
+			if err != nil {
+				return t, fmt.Errorf("%s=%q is not a boolean", k, v)
+			}
+			if k == "gro" {
+				t.DisableGRO = !b
+			} else {
+				t.DisableSACK = !b
+			}
+		case "rcvbuf", "sndbuf":
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 64<<10 || n > 64<<20 {
+				return t, fmt.Errorf("%s=%q must be bytes from 65536 to 67108864", k, v)
+			}
+			if k == "rcvbuf" {
+				t.RecvBufMax = n
+			} else {
+				t.SendBufMax = n
+			}
+		case "cc":
+			if v != "reno" && v != "cubic" {
+				return t, fmt.Errorf("cc=%q: use reno or cubic", v)
+			}
+			t.Congestion = v
+		default:
+			return t, fmt.Errorf("unknown key %q", k)
+		}
+	}
+	return t, nil
+}
+
+// flagError turns the flag package's messages into a UsageError.
+func flagError(err error) error {
+	msg := err.Error()
+	if errors.Is(err, flag.ErrHelp) {
+		return usageErr("--help", "flags: --wg-config PATH --forward LISTEN=TARGET (repeatable) [--health-addr %s] [--mtu %d] [--shutdown-grace %s] [--log-level info]", DefaultHealthAddr, DefaultMTU, DefaultShutdownGrace)
+	}
+	// "flag provided but not defined: -x" / "flag needs an argument: -x" /
+	// "invalid value ... for flag -x: ..."
+	name := "flags"
+	if i := strings.LastIndex(msg, ": -"); i >= 0 && strings.HasPrefix(msg, "flag") {
+		name = "-" + strings.TrimLeft(msg[i+2:], "-")
+		name = "-" + name
+	}
+	switch {
+	case strings.HasPrefix(msg, "flag provided but not defined"):
+		return usageErr(name, "unknown flag: the flags are --wg-config, --forward, --health-addr, --mtu, --shutdown-grace, --log-level")
+	case strings.HasPrefix(msg, "flag needs an argument"):
+		return usageErr(name, "needs a value, e.g. %s=VALUE", name)
+	}
+	return usageErr(name, "%s", msg)
+}
+
+// ParseForward parses LISTEN=TARGET, e.g. 127.0.0.2:80=myapp.flycast:80.
+func ParseForward(s string) (Forward, error) {
+	var f Forward
+	listen, target, ok := strings.Cut(strings.TrimSpace(s), "=")
+	if !ok {
+		return f, fmt.Errorf("%q is not LISTEN=TARGET: write it like 127.0.0.2:80=myapp.flycast:80", s)
+	}
+	ap, err := parseListenAddr(strings.TrimSpace(listen))
+	if err != nil {
+		return f, fmt.Errorf("listen address in %q: %v", s, err)
+	}
+	host, port, err := ParseTarget(strings.TrimSpace(target))
+	if err != nil {
+		return f, fmt.Errorf("target in %q: %v", s, err)
+	}
+	return Forward{Listen: ap, Host: host, Port: port}, nil
+}
+
+// parseListenAddr accepts IP:PORT with an IP literal (127.0.0.2:80,
+// 0.0.0.0:8080, [::1]:80) and a port from 1 to 65535.
+func parseListenAddr(s string) (netip.AddrPort, error) {
+	host, portStr, err := splitHostPort(s)
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("%q is not IP:PORT: write it like 127.0.0.2:80 or 0.0.0.0:8080", s)
+	}
+	ip, err := netip.ParseAddr(host)
+	if err != nil || ip.Zone() != "" {
+		return netip.AddrPort{}, fmt.Errorf("%q: the host must be an IP literal such as 127.0.0.2 or 0.0.0.0, not a name", s)
+	}
+	port, err := parsePort(portStr)
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("%q: %v", s, err)
+	}
+	return netip.AddrPortFrom(ip.Unmap(), port), nil
+}
+
+// ParseTarget accepts host:port where host is a DNS name ending in .flycast or
+// .internal and port is 1-65535. The host is returned in lower case without a
+// trailing dot.
+func ParseTarget(s string) (string, uint16, error) {
+	host, portStr, err := splitHostPort(s)
+	if err != nil {
+		return "", 0, fmt.Errorf("%q is not HOST:PORT: write it like myapp.flycast:80 or db.internal:5432", s)
+	}
+	host = strings.TrimSuffix(strings.ToLower(host), ".")
+	if !strings.HasSuffix(host, ".flycast") && !strings.HasSuffix(host, ".internal") {
+		return "", 0, fmt.Errorf("host %q must end in .flycast or .internal, e.g. myapp.flycast:80 or db.internal:5432", host)
+	}
+	if err := checkDNSName(host); err != nil {
+		return "", 0, fmt.Errorf("host %q: %v", host, err)
+	}
+	port, err := parsePort(portStr)
+	if err != nil {
+		return "", 0, fmt.Errorf("%q: %v", s, err)
+	}
+	return host, port, nil
+}
+
+func splitHostPort(s string) (host, port string, err error) {
+	i := strings.LastIndexByte(s, ':')
+	if i < 0 {
+		return "", "", errors.New("missing port")
+	}
+	host, port = s[:i], s[i+1:]
+	if strings.HasPrefix(host, "[") {
+		if !strings.HasSuffix(host, "]") {
+			return "", "", errors.New("bad brackets")
+		}
+		host = host[1 : len(host)-1]
+	} else if strings.ContainsAny(host, ":[]") {
+		return "", "", errors.New("IPv6 needs brackets")
+	}
+	if host == "" {
+		return "", "", errors.New("missing host")
+	}
+	return host, port, nil
+}
+
+func parsePort(s string) (uint16, error) {
+	n, err := strconv.ParseUint(s, 10, 32)
+	if err != nil || n < 1 || n > 65535 || (len(s) > 1 && s[0] == '0') {
+		return 0, fmt.Errorf("port %q out of range: give a number from 1 to 65535", s)
+	}
+	return uint16(n), nil
+}
+
+// checkDNSName checks labels: 1-63 characters of [a-z0-9-_], not starting or
+// ending with '-', at most 253 characters in all.
+func checkDNSName(h string) error {
+	if len(h) > 253 {
+		return errors.New("name longer than 253 characters")
+	}
+	for _, l := range strings.Split(h, ".") {
+		if l == "" || len(l) > 63 {
+			return errors.New("each label must have 1 to 63 characters")
+		}
+		if l[0] == '-' || l[len(l)-1] == '-' {
+			return errors.New("a label cannot start or end with '-'")
+		}
+		for i := 0; i < len(l); i++ {
+			c := l[i]
+			if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+				return fmt.Errorf("character %q is not allowed: use letters, digits and '-'", c)
+			}
+		}
+	}
+	return nil
+}

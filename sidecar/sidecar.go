@@ -1,0 +1,368 @@
+// Package sidecar is the glaceon tunnel sidecar: userspace WireGuard
+// (wireguard-go) on a tuned gVisor netstack, forwarding local TCP listeners to
+// Fly apps resolved through Fly DNS inside the tunnel, with health, readiness,
+// Prometheus metrics and graceful drain. It must not import anything from
+// Kubernetes (see deps_test.go).
+package sidecar
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"runtime"
+	"runtime/debug"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/go-logr/logr"
+
+	"github.com/glaceon/glaceon/flyapi"
+)
+
+const (
+	// handshakeStale: no handshake for this long means the tunnel is down.
+	// WireGuard re-handshakes every 2 minutes while traffic (keepalives
+	// included) flows, so a healthy tunnel stays well below it.
+	handshakeStale = 3 * time.Minute
+	// probeName is asked for through the tunnel to prove DNS works (flyctl
+	// uses the same name); any answer, NXDOMAIN included, counts.
+	probeName = "_api.internal"
+	// Probe cadence before the first success and afterwards.
+	probeIntervalStarting = 100 * time.Millisecond
+	probeInterval         = 2 * time.Second
+	probeIntervalFailing  = 500 * time.Millisecond
+	probeTimeout          = 2500 * time.Millisecond
+	// failuresBeforeReconfigure: consecutive failed checks before the
+	// watchdog re-resolves the endpoint and replaces the peer.
+	failuresBeforeReconfigure = 3
+	reconfigureBackoffMin     = 3 * time.Second
+	reconfigureBackoffMax     = 30 * time.Second
+	// idleRelease: quiet time after traffic before memory goes back to the OS.
+	idleRelease = 5 * time.Second
+)
+
+// Sidecar is a running tunnel with its listeners and health server.
+type Sidecar struct {
+	opts    *Options
+	log     logr.Logger
+	m       *metrics
+	tun     *tunnel
+	res     *resolver
+	fws     []*forwarder
+	conns   *connSet
+	health  *http.Server
+	healthL net.Listener
+	started time.Time
+
+	// readiness state
+	ready       atomic.Bool
+	draining    atomic.Bool
+	heartbeat   atomic.Int64 // unix nanos of the last watchdog round
+	stateMu     sync.Mutex
+	notReadyWhy string
+	lastHS      atomic.Int64 // unix nanos of the last handshake, 0 = none
+}
+
+// New checks the config, builds the tunnel and binds every listener (so a
+// port conflict fails here, before anything runs). Call Run next.
+func New(opts *Options, cfg *flyapi.WireGuardConfig, log logr.Logger) (*Sidecar, error) {
+	if cfg.MTU != 0 && opts.MTU == DefaultMTU && cfg.MTU >= MinMTU && cfg.MTU <= MaxMTU {
+		// An MTU line in the file applies unless the flag says otherwise.
+		opts.MTU = cfg.MTU
+	}
+	dns := cfg.DNS
+	if !dns.IsValid() {
+		dns = flyapi.DNSServerFor(cfg.Address)
+	}
+	s := &Sidecar{opts: opts, log: log, conns: newConnSet(), started: time.Now()}
+	s.m = newMetrics(s.handshakeAge)
+	t, err := newTunnel(cfg, opts.MTU, opts.Tuning, log, s.m)
+	if err != nil {
+		return nil, err
+	}
+	s.tun = t
+	s.res = newResolver(netip.AddrPortFrom(dns, 53), t.tun.dialUDP, func(r string) {
+		s.m.dnsLookups.WithLabelValues(r).Inc()
+	})
+	s.res.dialTCP = func(ctx context.Context, ap netip.AddrPort) (net.Conn, error) { return t.tun.dialTCP(ctx, ap) }
+	d := &tunnelDialer{tun: t.tun, res: s.res, lastHandshake: s.lastHandshake}
+	for _, f := range opts.Forwards {
+		fw, err := newForwarder(f, d, s.m, log, s.conns)
+		if err != nil {
+			s.closeListeners()
+			t.close()
+			return nil, &UsageError{Field: "--forward", Msg: oneLine(fmt.Sprintf("cannot listen on %s: %v: pick a free address or port, or stop what holds it", f.Listen, errors.Unwrap(err)))}
+		}
+		s.fws = append(s.fws, fw)
+	}
+	hl, err := net.Listen("tcp", opts.HealthAddr.String())
+	if err != nil {
+		s.closeListeners()
+		t.close()
+		return nil, &UsageError{Field: "--health-addr", Msg: oneLine(fmt.Sprintf("cannot listen on %s: %v: pick a free port", opts.HealthAddr, errors.Unwrap(err)))}
+	}
+	s.healthL = hl
+	s.health = &http.Server{Handler: s.healthMux(), ReadHeaderTimeout: 5 * time.Second, ErrorLog: nil}
+	return s, nil
+}
+
+// HealthAddr is where /healthz, /readyz and /metrics are served.
+func (s *Sidecar) HealthAddr() string { return s.healthL.Addr().String() }
+
+// ListenAddrs are the bound forward addresses, in --forward order.
+func (s *Sidecar) ListenAddrs() []string {
+	out := make([]string, len(s.fws))
+	for i, fw := range s.fws {
+		out[i] = fw.ln.Addr().String()
+	}
+	return out
+}
+
+// Ready reports what /readyz reports.
+func (s *Sidecar) Ready() bool { return s.ready.Load() }
+
+func (s *Sidecar) closeListeners() {
+	for _, fw := range s.fws {
+		_ = fw.ln.Close()
+	}
+}
+
+// Run brings the tunnel up and serves until ctx is cancelled, then drains:
+// listeners close, open connections get up to ShutdownGrace to finish, and
+// Run returns nil.
+func (s *Sidecar) Run(ctx context.Context) error {
+	defer s.tun.close()
+	if err := s.tun.configure(ctx, false); err != nil {
+		// Endpoint not resolvable yet: keep trying in the watchdog.
+		s.log.Info("initial wireguard configuration failed; will retry", "error", err.Error())
+	}
+	if err := s.tun.dev.Up(); err != nil {
+		s.closeListeners()
+		_ = s.healthL.Close()
+		return fmt.Errorf("bring wireguard device up: %w", err)
+	}
+
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if err := s.health.Serve(s.healthL); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			s.log.Error(err, "health server stopped")
+		}
+	}()
+
+	// dialCtx outlives ctx: a connection accepted before SIGTERM may still
+	// be dialing; it gets the grace period too, then the dial is cancelled.
+	dialCtx, cancelDials := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelDials()
+	for _, fw := range s.fws {
+		wg.Add(1)
+		fw.up.Store(true)
+		go func() { defer wg.Done(); fw.serve(dialCtx) }()
+	}
+	s.log.Info("sidecar started", "forwards", len(s.fws), "healthAddr", s.HealthAddr(),
+		"mtu", s.opts.MTU, "localAddress", s.tun.cfg.Address.String(), "dns", s.res.server.String())
+
+	wdCtx, stopWatchdog := context.WithCancel(ctx)
+	wdDone := make(chan struct{})
+	go func() { defer close(wdDone); s.watchdog(wdCtx) }()
+
+	<-ctx.Done()
+
+	// Drain.
+	s.draining.Store(true)
+	s.setReady(false, "shutting down")
+	s.closeListeners()
+	open := s.conns.count()
+	s.log.Info("shutting down: listeners closed, draining connections", "open", open, "grace", s.opts.ShutdownGrace.String())
+	forced := s.conns.drain(s.opts.ShutdownGrace)
+	cancelDials()
+	if forced > 0 {
+		s.log.Info("grace period over; closed remaining connections", "closed", forced)
+	}
+	stopWatchdog()
+	<-wdDone
+	hctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	_ = s.health.Shutdown(hctx)
+	cancel()
+	wg.Wait()
+	s.log.Info("sidecar stopped")
+	return nil
+}
+
+func (s *Sidecar) lastHandshake() time.Time {
+	n := s.lastHS.Load()
+	if n == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, n)
+}
+
+func (s *Sidecar) handshakeAge() float64 {
+	h := s.lastHandshake()
+	if h.IsZero() {
+		return -1
+	}
+	return time.Since(h).Seconds()
+}
+
+func (s *Sidecar) setReady(ok bool, why string) {
+	s.stateMu.Lock()
+	s.notReadyWhy = why
+	s.stateMu.Unlock()
+	was := s.ready.Swap(ok)
+	if ok {
+		s.m.ready.Set(1)
+	} else {
+		s.m.ready.Set(0)
+	}
+	if ok && !was {
+		s.log.Info("ready", "sinceStart", time.Since(s.started).String(), "endpoint", s.tun.endpoint())
+	} else if !ok && was {
+		s.log.Info("not ready", "reason", why)
+	}
+}
+
+// watchdog probes the tunnel, keeps readiness current and repairs the peer
+// when handshakes or DNS stop working.
+func (s *Sidecar) watchdog(ctx context.Context) {
+	failures := 0
+	backoff := reconfigureBackoffMin
+	lastReconfig := time.Now()
+	everReady := false
+	var lastMoved uint64
+	lastActivity := time.Now()
+	released := true
+	for {
+		// After a burst of traffic, hand the memory it used back to the OS
+		// once no byte has moved for a while (idle keep-alive connections
+		// may stay open) (idle RSS matters for a
+		// sidecar in every pod; the Go scavenger alone is slow to do it).
+		if moved := s.conns.moved.Load(); moved != lastMoved {
+			lastMoved, lastActivity, released = moved, time.Now(), false
+		} else if !released && time.Since(lastActivity) >= idleRelease {
+			// Two collections: the first moves sync.Pool contents (packet
+			// buffers) to the victim cache, the second frees them.
+			runtime.GC()
+			debug.FreeOSMemory()
+			released = true
+		}
+		s.heartbeat.Store(time.Now().UnixNano())
+		if hs := s.tun.lastHandshake(); !hs.IsZero() {
+			s.lastHS.Store(hs.UnixNano())
+		}
+		pctx, cancel := context.WithTimeout(ctx, probeTimeout)
+		perr := s.res.Probe(pctx, probeName)
+		cancel()
+		if ctx.Err() != nil {
+			return
+		}
+		if hs := s.tun.lastHandshake(); !hs.IsZero() {
+			s.lastHS.Store(hs.UnixNano())
+		}
+		hs := s.lastHandshake()
+		var why []string
+		if hs.IsZero() {
+			why = append(why, "no WireGuard handshake yet")
+		} else if age := time.Since(hs); age > handshakeStale {
+			why = append(why, fmt.Sprintf("last WireGuard handshake %s ago", age.Round(time.Second)))
+		}
+		if perr != nil {
+			why = append(why, "Fly DNS not answering through the tunnel")
+		}
+		for _, fw := range s.fws {
+			if !fw.up.Load() {
+				why = append(why, "listener "+fw.f.Listen.String()+" is not accepting")
+			}
+		}
+		if len(why) == 0 {
+			s.setReady(true, "")
+			everReady = true
+			failures = 0
+			backoff = reconfigureBackoffMin
+		} else {
+			s.setReady(false, strings.Join(why, "; "))
+			failures++
+			if failures >= failuresBeforeReconfigure && time.Since(lastReconfig) >= backoff {
+				s.log.Info("tunnel unhealthy; re-resolving endpoint and replacing peer",
+					"reason", strings.Join(why, "; "), "failedChecks", failures, "endpoint", s.tun.endpoint())
+				// Move on to the next resolved gateway address, if any: the
+				// current one has stopped answering.
+				if err := s.tun.configure(ctx, true); err != nil {
+					s.log.Info("reconfiguration failed", "error", err.Error())
+				}
+				s.m.reconfigs.Inc()
+				lastReconfig = time.Now()
+				backoff = min(backoff*2, reconfigureBackoffMax)
+			}
+		}
+		interval := probeInterval
+		switch {
+		case !everReady:
+			interval = probeIntervalStarting
+		case failures > 0:
+			interval = probeIntervalFailing
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(interval):
+		}
+	}
+}
+
+func (s *Sidecar) healthMux() *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
+		if err := s.healthy(); err != nil {
+			http.Error(w, "unhealthy: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
+		if s.ready.Load() {
+			_, _ = w.Write([]byte("ok\n"))
+			return
+		}
+		s.stateMu.Lock()
+		why := s.notReadyWhy
+		s.stateMu.Unlock()
+		if why == "" {
+			why = "starting"
+		}
+		http.Error(w, "not ready: "+why, http.StatusServiceUnavailable)
+	})
+	mux.Handle("/metrics", promHandler(s.m.reg))
+	return mux
+}
+
+// healthy: the watchdog loop is alive and the netstack answers a local
+// operation quickly. Never touches the network.
+func (s *Sidecar) healthy() error {
+	if hb := s.heartbeat.Load(); hb != 0 && time.Since(time.Unix(0, hb)) > probeInterval+probeTimeout+10*time.Second {
+		return errors.New("watchdog stalled")
+	}
+	done := make(chan error, 1)
+	go func() {
+		c, err := s.tun.tun.dialUDP(netip.AddrPortFrom(s.res.server.Addr(), 9))
+		if err == nil {
+			_ = c.Close()
+		}
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			return fmt.Errorf("netstack: %v", err)
+		}
+		return nil
+	case <-time.After(time.Second):
+		return errors.New("netstack not responding")
+	}
+}

@@ -1,0 +1,48 @@
+package sidecar
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+
+	"github.com/glaceon/glaceon/flyapi"
+)
+
+// LoadWireGuardConfig reads and parses the wg-quick file at path. Every error
+// is a one-line *UsageError naming --wg-config; none contains key material.
+func LoadWireGuardConfig(path string) (*flyapi.WireGuardConfig, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		hint := "check the path and that the Secret is mounted"
+		if errors.Is(err, fs.ErrPermission) {
+			hint = "make the file readable by the sidecar's user (Secret defaultMode 0400 with runAsUser, or fsGroup)"
+		}
+		return nil, usageErr("--wg-config", "cannot read %q: %v: %s", path, errors.Unwrap(err), hint)
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, flyapi.MaxConfigSize+1))
+	if err != nil {
+		return nil, usageErr("--wg-config", "cannot read %q: %v", path, err)
+	}
+	if len(data) > flyapi.MaxConfigSize {
+		return nil, usageErr("--wg-config", "%q is larger than %d bytes: give the wg-quick file written by `fly wireguard create` or `glaceon peer create`", path, flyapi.MaxConfigSize)
+	}
+	cfg, err := flyapi.ParseWireGuardConfig(data)
+	if err != nil {
+		return nil, usageErr("--wg-config", "%s: %v", path, err)
+	}
+	if !cfg.Address.IsValid() {
+		return nil, usageErr("--wg-config", "%s: [Interface] Address is missing: add Address = <peer ip>/120", path)
+	}
+	if cfg.Endpoint == "" {
+		return nil, usageErr("--wg-config", "%s: [Peer] Endpoint is missing: add Endpoint = <gateway host>:51820", path)
+	}
+	if len(cfg.AllowedIPs) == 0 {
+		return nil, usageErr("--wg-config", "%s: [Peer] AllowedIPs is missing: add AllowedIPs = <prefix48>::/48", path)
+	}
+	return cfg, nil
+}
+
+var _ = fmt.Sprintf
