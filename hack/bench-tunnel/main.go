@@ -1,0 +1,635 @@
+// Command bench-tunnel measures the glaceon sidecar end to end on loopback:
+// it starts the Fly double (flyapitest: API + userspace WireGuard gateway +
+// sample apps) in this process, runs the real sidecar binary as a separate
+// process, and compares transfers and small requests through the tunnel with
+// the same HTTP handlers served on plain loopback TCP, in the same run.
+//
+//	go run ./hack/bench-tunnel -sidecar /path/to/glaceon-sidecar [-size 1GiB]
+//
+// It samples the sidecar's peak RSS (VmHWM) and CPU time (utime+stime) from
+// /proc. See docs/benchmarks.md. Loopback only.
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/glaceon/glaceon/flyapi"
+	"github.com/glaceon/glaceon/flyapi/flyapitest"
+)
+
+func main() {
+	var (
+		sidecar  = flag.String("sidecar", "", "path of the glaceon-sidecar binary (required)")
+		sizeStr  = flag.String("size", "1GiB", "download size (e.g. 1GiB, 256MiB)")
+		upStr    = flag.String("upload", "256MiB", "upload size through /echo (0 to skip)")
+		requests = flag.Int("requests", 2000, "small keep-alive requests per side")
+		newConns = flag.Int("new-conns", 300, "small requests on new connections per side")
+		ready    = flag.Int("ready-runs", 5, "sidecar starts used to measure time to ready")
+		jsonOut  = flag.String("json", "", "also write the results as JSON to this file")
+		extraEnv = flag.String("env", "", "extra environment for the sidecar, comma-separated K=V (e.g. GOMEMLIMIT=32MiB)")
+		streams  = flag.Int("streams", 1, "parallel download streams sharing -size")
+		baseline = flag.String("baseline", "", "optional: path of hack/bench-tunnel/vanilla, measured the same way after the sidecar")
+	)
+	flag.Parse()
+	parallel = max(1, *streams)
+	if *sidecar == "" {
+		fmt.Fprintln(os.Stderr, "bench-tunnel: -sidecar is required")
+		os.Exit(2)
+	}
+	size, err := parseSize(*sizeStr)
+	if err != nil {
+		fatal("-size", err)
+	}
+	up, err := parseSize(*upStr)
+	if err != nil {
+		fatal("-upload", err)
+	}
+	res, err := run(*sidecar, size, up, *requests, *newConns, *ready, splitEnv(*extraEnv))
+	if err != nil {
+		fatal("bench", err)
+	}
+	res.Binary = "glaceon-sidecar"
+	res.print(os.Stdout)
+	all := []*Results{res}
+	if *baseline != "" {
+		fmt.Println()
+		base, err := run(*baseline, size, up, *requests, *newConns, min(*ready, 1), nil)
+		if err != nil {
+			fatal("baseline", err)
+		}
+		base.Binary = "vanilla wireguard-go tun/netstack (baseline)"
+		base.print(os.Stdout)
+		all = append(all, base)
+	}
+	if *jsonOut != "" {
+		b, _ := json.MarshalIndent(all, "", "  ")
+		if err := os.WriteFile(*jsonOut, b, 0o644); err != nil {
+			fatal("-json", err)
+		}
+	}
+}
+
+func fatal(what string, err error) {
+	fmt.Fprintf(os.Stderr, "bench-tunnel: %s: %v\n", what, err)
+	os.Exit(1)
+}
+
+func splitEnv(s string) []string {
+	var out []string
+	for _, kv := range strings.Split(s, ",") {
+		if kv = strings.TrimSpace(kv); kv != "" {
+			out = append(out, kv)
+		}
+	}
+	return out
+}
+
+func parseSize(s string) (int64, error) {
+	units := []struct {
+		suf string
+		mul int64
+	}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}, {"", 1}}
+	for _, u := range units {
+		if strings.HasSuffix(s, u.suf) {
+			n, err := strconv.ParseInt(strings.TrimSuffix(s, u.suf), 10, 64)
+			if err != nil || n < 0 {
+				return 0, fmt.Errorf("bad size %q", s)
+			}
+			return n * u.mul, nil
+		}
+	}
+	return 0, fmt.Errorf("bad size %q", s)
+}
+
+// Results are what the run measured. Ratios are tunnel / plain loopback.
+type Results struct {
+	Binary     string `json:"binary"`
+	When       string `json:"when"`
+	GoVersion  string `json:"go"`
+	CPUs       int    `json:"cpus"`
+	LoadAvg    string `json:"loadavg_before"`
+	SidecarEnv []string
+
+	TimeToReadyMs   []float64 `json:"time_to_ready_ms"`
+	IdleRSSMiB      float64   `json:"idle_rss_mib"`
+	IdleHWMMiB      float64   `json:"idle_hwm_mib"`
+	DownloadBytes   int64     `json:"download_bytes"`
+	Streams         int       `json:"streams"`
+	TunnelMbps      float64   `json:"tunnel_download_mbit_s"`
+	PlainMbps       float64   `json:"plain_download_mbit_s"`
+	PeakRSSMiB      float64   `json:"peak_rss_mib"` // VmHWM after the download
+	CPUSecPerGiB    float64   `json:"cpu_s_per_gib"`
+	UploadBytes     int64     `json:"upload_bytes"`
+	TunnelUpMbps    float64   `json:"tunnel_upload_mbit_s"`
+	PlainUpMbps     float64   `json:"plain_upload_mbit_s"`
+	PeakRSSAfterUp  float64   `json:"peak_rss_after_upload_mib"`
+	CPUSecPerGiBUp  float64   `json:"cpu_s_per_gib_moved_echo"` // bytes up + bytes down
+	RSSAfterMiB     float64   `json:"rss_after_idle_mib"`
+	KeepAlive       latency   `json:"keepalive_requests"`
+	NewConn         latency   `json:"new_connection_requests"`
+	SidecarCPUTotal float64   `json:"sidecar_cpu_s_total"`
+}
+
+type latency struct {
+	N          int     `json:"n"`
+	TunnelP50  float64 `json:"tunnel_p50_us"`
+	TunnelP99  float64 `json:"tunnel_p99_us"`
+	PlainP50   float64 `json:"plain_p50_us"`
+	PlainP99   float64 `json:"plain_p99_us"`
+	TunnelRPS  float64 `json:"tunnel_req_s"`
+	PlainRPS   float64 `json:"plain_req_s"`
+	RatioP50   float64 `json:"ratio_p50"`
+	RatioP99   float64 `json:"ratio_p99"`
+	RatioThrpt float64 `json:"ratio_req_s"`
+}
+
+func (r *Results) print(w io.Writer) {
+	fmt.Fprintf(w, "%s benchmark (%s, %s, %d CPUs, load before: %s)\n", r.Binary, r.When, r.GoVersion, r.CPUs, r.LoadAvg)
+	if len(r.SidecarEnv) > 0 {
+		fmt.Fprintf(w, "sidecar env: %s\n", strings.Join(r.SidecarEnv, " "))
+	}
+	fmt.Fprintf(w, "time to ready (ms, %d starts): %s\n", len(r.TimeToReadyMs), fmtList(r.TimeToReadyMs))
+	fmt.Fprintf(w, "idle RSS: %.1f MiB (VmHWM so far %.1f MiB)\n", r.IdleRSSMiB, r.IdleHWMMiB)
+	if r.Streams > 1 {
+		fmt.Fprintf(w, "(download split over %d parallel streams)\n", r.Streams)
+	}
+	fmt.Fprintf(w, "download %d MiB: tunnel %.0f Mbit/s, plain loopback %.0f Mbit/s, ratio %.3f\n",
+		r.DownloadBytes>>20, r.TunnelMbps, r.PlainMbps, r.TunnelMbps/r.PlainMbps)
+	fmt.Fprintf(w, "  sidecar peak RSS (VmHWM) %.1f MiB, CPU %.2f s per GiB\n", r.PeakRSSMiB, r.CPUSecPerGiB)
+	if r.UploadBytes > 0 {
+		fmt.Fprintf(w, "upload %d MiB (/echo, both ways): tunnel %.0f Mbit/s, plain %.0f Mbit/s, ratio %.3f\n",
+			r.UploadBytes>>20, r.TunnelUpMbps, r.PlainUpMbps, r.TunnelUpMbps/r.PlainUpMbps)
+		fmt.Fprintf(w, "  sidecar peak RSS (VmHWM) %.1f MiB, CPU %.2f s per GiB moved (up + down)\n", r.PeakRSSAfterUp, r.CPUSecPerGiBUp)
+	}
+	for _, l := range []struct {
+		name string
+		v    latency
+	}{{"keep-alive requests", r.KeepAlive}, {"new-connection requests", r.NewConn}} {
+		fmt.Fprintf(w, "%s (n=%d): tunnel p50 %.0f µs p99 %.0f µs %.0f req/s | plain p50 %.0f µs p99 %.0f µs %.0f req/s | ratios p50 %.2f p99 %.2f req/s %.3f\n",
+			l.name, l.v.N, l.v.TunnelP50, l.v.TunnelP99, l.v.TunnelRPS, l.v.PlainP50, l.v.PlainP99, l.v.PlainRPS, l.v.RatioP50, l.v.RatioP99, l.v.RatioThrpt)
+	}
+	fmt.Fprintf(w, "RSS after the transfers and 10 s idle: %.1f MiB; sidecar CPU total %.2f s\n", r.RSSAfterMiB, r.SidecarCPUTotal)
+}
+
+func fmtList(v []float64) string {
+	s := make([]string, len(v))
+	for i, x := range v {
+		s[i] = strconv.FormatFloat(x, 'f', 1, 64)
+	}
+	return strings.Join(s, " ")
+}
+
+// --- plain loopback server with the same handlers as the sample apps ---
+
+var pattern = func() []byte {
+	b := make([]byte, 251*256)
+	for i := range b {
+		b[i] = byte(i % 251)
+	}
+	return b
+}()
+
+func plainHandler(w http.ResponseWriter, r *http.Request) {
+	switch r.URL.Path {
+	case "/":
+		io.WriteString(w, "ok plain\n")
+	case "/bytes":
+		n, _ := strconv.ParseInt(r.URL.Query().Get("n"), 10, 64)
+		w.Header().Set("Content-Length", strconv.FormatInt(n, 10))
+		for n > 0 {
+			c := min(int64(len(pattern)), n)
+			if _, err := w.Write(pattern[:c]); err != nil {
+				return
+			}
+			n -= c
+		}
+	case "/echo":
+		_ = http.NewResponseController(w).EnableFullDuplex()
+		if r.ContentLength >= 0 {
+			w.Header().Set("Content-Length", strconv.FormatInt(r.ContentLength, 10))
+		}
+		_, _ = io.CopyBuffer(w, r.Body, make([]byte, 64<<10))
+	default:
+		http.NotFound(w, r)
+	}
+}
+
+// --- /proc sampling ---
+
+type procStat struct{ rssKiB, hwmKiB int64 }
+
+func readStatus(pid int) (procStat, error) {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return procStat{}, err
+	}
+	defer f.Close()
+	var ps procStat
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		k, v, _ := strings.Cut(sc.Text(), ":")
+		n, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+		switch k {
+		case "VmRSS":
+			ps.rssKiB = n
+		case "VmHWM":
+			ps.hwmKiB = n
+		}
+	}
+	return ps, sc.Err()
+}
+
+// cpuSeconds is utime+stime of pid.
+func cpuSeconds(pid int) (float64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	f := strings.Fields(s[i+2:])
+	// fields after ')' start at field 3 (state); utime is 14, stime 15.
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return float64(ut+st) / 100, nil // USER_HZ is 100 on Linux
+}
+
+func mib(kib int64) float64 { return float64(kib) / 1024 }
+
+// --- the run ---
+
+type sidecarProc struct {
+	cmd    *exec.Cmd
+	health string
+	listen string
+	exited chan error
+}
+
+func freePort() (string, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer ln.Close()
+	return ln.Addr().String(), nil
+}
+
+func startSidecar(bin, cfg string, env []string) (*sidecarProc, time.Duration, error) {
+	health, err := freePort()
+	if err != nil {
+		return nil, 0, err
+	}
+	listen, err := freePort()
+	if err != nil {
+		return nil, 0, err
+	}
+	cmd := exec.Command(bin, "--wg-config", cfg, "--forward", listen+"=twi-ollama.flycast:80",
+		"--health-addr", health, "--shutdown-grace", "1s", "--log-level", "error")
+	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH")}, env...)
+	cmd.Stderr = os.Stderr
+	hc := &http.Client{Timeout: time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	start := time.Now()
+	if err := cmd.Start(); err != nil {
+		return nil, 0, err
+	}
+	p := &sidecarProc{cmd: cmd, health: health, listen: listen, exited: make(chan error, 1)}
+	go func() { p.exited <- cmd.Wait() }()
+	for {
+		resp, err := hc.Get("http://" + health + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return p, time.Since(start), nil
+			}
+		}
+		select {
+		case err := <-p.exited:
+			return nil, 0, fmt.Errorf("sidecar exited before ready: %v", err)
+		case <-time.After(2 * time.Millisecond):
+		}
+		if time.Since(start) > 30*time.Second {
+			p.stop()
+			return nil, 0, errors.New("sidecar not ready after 30s")
+		}
+	}
+}
+
+func (p *sidecarProc) stop() {
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.exited:
+	case <-time.After(10 * time.Second):
+		_ = p.cmd.Process.Kill()
+		<-p.exited
+	}
+}
+
+// parallel is the number of concurrent download streams (-streams).
+var parallel = 1
+
+func download(client *http.Client, url string, n int64) (time.Duration, error) {
+	if parallel > 1 {
+		start := time.Now()
+		errc := make(chan error, parallel)
+		for i := 0; i < parallel; i++ {
+			go func() {
+				_, err := download1(client, url, n/int64(parallel))
+				errc <- err
+			}()
+		}
+		for i := 0; i < parallel; i++ {
+			if err := <-errc; err != nil {
+				return 0, err
+			}
+		}
+		return time.Since(start), nil
+	}
+	return download1(client, url, n)
+}
+
+func download1(client *http.Client, url string, n int64) (time.Duration, error) {
+	start := time.Now()
+	resp, err := client.Get(fmt.Sprintf("%s/bytes?n=%d", url, n))
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	got, err := io.CopyBuffer(io.Discard, resp.Body, make([]byte, 256<<10))
+	if err != nil {
+		return 0, err
+	}
+	if got != n {
+		return 0, fmt.Errorf("downloaded %d of %d bytes", got, n)
+	}
+	return time.Since(start), nil
+}
+
+type countingReader struct {
+	n, limit int64
+}
+
+func (r *countingReader) Read(p []byte) (int, error) {
+	if r.n >= r.limit {
+		return 0, io.EOF
+	}
+	k := int64(len(p))
+	if k > r.limit-r.n {
+		k = r.limit - r.n
+	}
+	for i := int64(0); i < k; {
+		i += int64(copy(p[i:k], pattern))
+	}
+	r.n += k
+	return int(k), nil
+}
+
+// upload POSTs n bytes to /echo and reads the echo back (both directions
+// carry n bytes).
+func upload(client *http.Client, url string, n int64) (time.Duration, error) {
+	start := time.Now()
+	req, _ := http.NewRequest(http.MethodPost, url+"/echo", &countingReader{limit: n})
+	req.ContentLength = n
+	resp, err := client.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	got, err := io.CopyBuffer(io.Discard, resp.Body, make([]byte, 256<<10))
+	if err != nil {
+		return 0, err
+	}
+	if got != n {
+		return 0, fmt.Errorf("echoed %d of %d bytes", got, n)
+	}
+	return time.Since(start), nil
+}
+
+func smallRequests(client *http.Client, url string, n int) ([]time.Duration, time.Duration, error) {
+	lat := make([]time.Duration, 0, n)
+	start := time.Now()
+	for i := 0; i < n; i++ {
+		t0 := time.Now()
+		resp, err := client.Get(url + "/")
+		if err != nil {
+			return nil, 0, err
+		}
+		_, err = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if err != nil || resp.StatusCode != 200 {
+			return nil, 0, fmt.Errorf("request %d: status %d err %v", i, resp.StatusCode, err)
+		}
+		lat = append(lat, time.Since(t0))
+	}
+	return lat, time.Since(start), nil
+}
+
+func pct(d []time.Duration, p float64) float64 {
+	s := append([]time.Duration(nil), d...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	idx := int(float64(len(s)-1) * p)
+	return float64(s[idx].Microseconds())
+}
+
+func compare(tunnel *http.Client, tunnelURL string, plain *http.Client, plainURL string, n int) (latency, error) {
+	// Warm up both.
+	if _, _, err := smallRequests(tunnel, tunnelURL, min(50, n)); err != nil {
+		return latency{}, err
+	}
+	if _, _, err := smallRequests(plain, plainURL, min(50, n)); err != nil {
+		return latency{}, err
+	}
+	tl, td, err := smallRequests(tunnel, tunnelURL, n)
+	if err != nil {
+		return latency{}, err
+	}
+	pl, pd, err := smallRequests(plain, plainURL, n)
+	if err != nil {
+		return latency{}, err
+	}
+	l := latency{N: n,
+		TunnelP50: pct(tl, .5), TunnelP99: pct(tl, .99), PlainP50: pct(pl, .5), PlainP99: pct(pl, .99),
+		TunnelRPS: float64(n) / td.Seconds(), PlainRPS: float64(n) / pd.Seconds()}
+	l.RatioP50, l.RatioP99, l.RatioThrpt = l.TunnelP50/l.PlainP50, l.TunnelP99/l.PlainP99, l.TunnelRPS/l.PlainRPS
+	return l, nil
+}
+
+func run(bin string, size, up int64, requests, newConns, readyRuns int, env []string) (*Results, error) {
+	la, _ := os.ReadFile("/proc/loadavg")
+	res := &Results{When: time.Now().UTC().Format(time.RFC3339), GoVersion: runtime.Version(), CPUs: runtime.NumCPU(),
+		LoadAvg: strings.Join(strings.Fields(string(la))[:3], " "), SidecarEnv: env}
+
+	srv, err := flyapitest.NewServer(flyapitest.Options{})
+	if err != nil {
+		return nil, err
+	}
+	defer srv.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := flyapi.New(flyapi.Options{BaseURL: srv.URL(), Token: srv.Token(), GatewayPort: srv.GatewayPort()})
+	if err != nil {
+		return nil, err
+	}
+	org, err := c.Organization(ctx, "personal")
+	if err != nil {
+		return nil, err
+	}
+	dir, err := os.MkdirTemp("", "bench-tunnel")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
+
+	// Each start gets its own peer (a fresh process must handshake anew).
+	newCfg := func(i int) (string, error) {
+		kp, err := flyapi.GenerateKeyPair()
+		if err != nil {
+			return "", err
+		}
+		created, err := c.AddPeer(ctx, flyapi.AddPeerInput{Org: *org, Name: fmt.Sprintf("k8s-bench-%d-%d", os.Getpid(), i), PublicKey: kp.Public, Region: srv.Region()})
+		if err != nil {
+			return "", err
+		}
+		wc, err := flyapi.NewWireGuardConfig(kp.Private, *created, srv.GatewayPort())
+		if err != nil {
+			return "", err
+		}
+		p := filepath.Join(dir, fmt.Sprintf("wg%d.conf", i))
+		return p, os.WriteFile(p, wc.Render(), 0o600)
+	}
+
+	// Time to ready: several cold starts.
+	for i := 0; i < readyRuns; i++ {
+		cfg, err := newCfg(100 + i)
+		if err != nil {
+			return nil, err
+		}
+		p, d, err := startSidecar(bin, cfg, env)
+		if err != nil {
+			return nil, err
+		}
+		res.TimeToReadyMs = append(res.TimeToReadyMs, float64(d.Microseconds())/1000)
+		p.stop()
+	}
+
+	cfg, err := newCfg(0)
+	if err != nil {
+		return nil, err
+	}
+	p, _, err := startSidecar(bin, cfg, env)
+	if err != nil {
+		return nil, err
+	}
+	defer p.stop()
+	pid := p.cmd.Process.Pid
+
+	plainLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	plainSrv := &http.Server{Handler: http.HandlerFunc(plainHandler)}
+	go plainSrv.Serve(plainLn)
+	defer plainSrv.Close()
+	plainURL := "http://" + plainLn.Addr().String()
+	tunnelURL := "http://" + p.listen
+
+	time.Sleep(2 * time.Second)
+	st, err := readStatus(pid)
+	if err != nil {
+		return nil, err
+	}
+	res.IdleRSSMiB, res.IdleHWMMiB = mib(st.rssKiB), mib(st.hwmKiB)
+
+	bulk := func() *http.Client {
+		return &http.Client{Transport: &http.Transport{DisableKeepAlives: true, DisableCompression: true, ReadBufferSize: 256 << 10, WriteBufferSize: 256 << 10}}
+	}
+	// Download through the tunnel.
+	var peakRSS atomic.Int64
+	stopSampling := make(chan struct{})
+	go func() {
+		for {
+			if s, err := readStatus(pid); err == nil && s.rssKiB > peakRSS.Load() {
+				peakRSS.Store(s.rssKiB)
+			}
+			select {
+			case <-stopSampling:
+				return
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
+	}()
+	cpu0, _ := cpuSeconds(pid)
+	td, err := download(bulk(), tunnelURL, size)
+	if err != nil {
+		return nil, fmt.Errorf("tunnel download: %w", err)
+	}
+	cpu1, _ := cpuSeconds(pid)
+	st, _ = readStatus(pid)
+	res.DownloadBytes = size
+	res.Streams = parallel
+	res.TunnelMbps = float64(size) * 8 / td.Seconds() / 1e6
+	res.PeakRSSMiB = mib(st.hwmKiB)
+	res.CPUSecPerGiB = (cpu1 - cpu0) / (float64(size) / (1 << 30))
+
+	pd, err := download(bulk(), plainURL, size)
+	if err != nil {
+		return nil, fmt.Errorf("plain download: %w", err)
+	}
+	res.PlainMbps = float64(size) * 8 / pd.Seconds() / 1e6
+
+	if up > 0 {
+		cpu0, _ := cpuSeconds(pid)
+		ud, err := upload(bulk(), tunnelURL, up)
+		if err != nil {
+			return nil, fmt.Errorf("tunnel upload: %w", err)
+		}
+		cpu1, _ := cpuSeconds(pid)
+		st, _ = readStatus(pid)
+		res.UploadBytes = up
+		res.TunnelUpMbps = float64(up) * 8 / ud.Seconds() / 1e6
+		res.PeakRSSAfterUp = mib(st.hwmKiB)
+		res.CPUSecPerGiBUp = (cpu1 - cpu0) / (float64(2*up) / (1 << 30))
+		pu, err := upload(bulk(), plainURL, up)
+		if err != nil {
+			return nil, fmt.Errorf("plain upload: %w", err)
+		}
+		res.PlainUpMbps = float64(up) * 8 / pu.Seconds() / 1e6
+	}
+	close(stopSampling)
+
+	ka := func() *http.Client {
+		return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 1, DisableCompression: true}}
+	}
+	if res.KeepAlive, err = compare(ka(), tunnelURL, ka(), plainURL, requests); err != nil {
+		return nil, fmt.Errorf("keep-alive requests: %w", err)
+	}
+	nc := func() *http.Client {
+		return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true, DisableCompression: true}}
+	}
+	if res.NewConn, err = compare(nc(), tunnelURL, nc(), plainURL, newConns); err != nil {
+		return nil, fmt.Errorf("new-connection requests: %w", err)
+	}
+	// The sidecar hands memory back after 5 s without traffic.
+	time.Sleep(10 * time.Second)
+	st, _ = readStatus(pid)
+	res.RSSAfterMiB = mib(st.rssKiB)
+	res.SidecarCPUTotal, _ = cpuSeconds(pid)
+	return res, nil
+}
