@@ -17,9 +17,11 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
+	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/config"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 	"sigs.k8s.io/controller-runtime/pkg/webhook"
@@ -74,6 +76,10 @@ type Config struct {
 	RemovalDeadline time.Duration
 
 	Log logr.Logger
+
+	// SkipNameValidation lets one process build several managers (tests):
+	// controller names must otherwise be unique per process.
+	SkipNameValidation bool
 
 	// AdmissionMiddleware, when set, wraps the pod webhook's handler; tests
 	// use it to observe admissions or to fail one after it provisioned.
@@ -147,6 +153,7 @@ func New(restCfg *rest.Config, fly *flyapi.Client, cfg Config) (*Manager, error)
 			Port:    cfg.WebhookPort,
 			TLSOpts: []func(*tls.Config){certManager.TLSOpts},
 		}),
+		Controller: config.Controller{SkipNameValidation: ptr.To(cfg.SkipNameValidation)},
 		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{
 			// Only the org policy: never cache the cluster's ConfigMaps.
 			&corev1.ConfigMap{}: {Namespaces: map[string]cache.Config{cfg.Namespace: {}}},

@@ -109,6 +109,8 @@ func Start(tb testing.TB, configure func(*manager.Config)) *Env {
 		MetricsAddr:      "0",
 		HealthAddr:       "0",
 		Log:              logr.Discard(),
+		// -count=N and benchmarks build one manager per run.
+		SkipNameValidation: true,
 	}
 	cfg.Inject.DefaultOrg = "personal"
 	if configure != nil {
