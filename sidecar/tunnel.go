@@ -17,6 +17,8 @@ import (
 	"golang.zx2c4.com/wireguard/device"
 
 	"github.com/glaceon/glaceon/flyapi"
+
+	"github.com/glaceon/glaceon/sidecar/udpbind"
 )
 
 // tunnel is the wireguard-go device on top of our netstack, plus the state
@@ -52,7 +54,7 @@ func newTunnel(cfg *flyapi.WireGuardConfig, mtu int, tuning netStackOptions, log
 			wlog.Info("wireguard-go error", "detail", fmt.Sprintf(format, args...))
 		},
 	}
-	dev := device.NewDevice(t, newUDPBind(), logger)
+	dev := device.NewDevice(t, udpbind.New(udpbind.Options{}), logger)
 	return &tunnel{cfg: cfg, tun: t, dev: dev, log: log, m: m, lookupHost: defaultLookupHost}, nil
 }
 

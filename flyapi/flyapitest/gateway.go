@@ -31,6 +31,8 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/transport/icmp"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
+
+	"github.com/glaceon/glaceon/sidecar/udpbind"
 )
 
 // gatewayPubFallback is returned as pubkey when the gateway is disabled.
@@ -58,7 +60,7 @@ type gateway struct {
 
 	dev  *device.Device // nil while stopped; guarded by s.mu (and devMu for readers)
 	tun  *gwTun
-	bind *loopBind
+	bind *udpbind.Bind
 
 	devMu sync.Mutex // guards dev for readers that do not hold s.mu
 
@@ -151,7 +153,7 @@ func (g *gateway) startDevice(peers []*peerRec) error {
 		return errors.New("flyapitest: gateway already running")
 	}
 	t := newGwTun(g.ep)
-	b := newLoopBind(g.s.logf)
+	b := udpbind.New(udpbind.Options{Loopback: true})
 	logger := &device.Logger{
 		Verbosef: device.DiscardLogf,
 		Errorf: func(format string, args ...any) {
@@ -174,7 +176,7 @@ func (g *gateway) startDevice(peers []*peerRec) error {
 		dev.Close()
 		return fmt.Errorf("flyapitest: gateway up on UDP port %d: %w", g.port, err)
 	}
-	port := b.localPort()
+	port := b.LocalPort()
 	if port == 0 {
 		dev.Close()
 		return errors.New("flyapitest: gateway bind did not open")

@@ -23,6 +23,8 @@ import (
 	"golang.org/x/net/dns/dnsmessage"
 	"golang.zx2c4.com/wireguard/device"
 	"golang.zx2c4.com/wireguard/tun/netstack"
+
+	"github.com/glaceon/glaceon/sidecar/udpbind"
 )
 
 // wgClient is a userspace WireGuard client like the glaceon sidecar:
@@ -70,7 +72,7 @@ func newWGClient(t testing.TB, s *Server, org, name string) *wgClient {
 		t.Fatal(err)
 	}
 	logger := &device.Logger{Verbosef: device.DiscardLogf, Errorf: device.DiscardLogf}
-	dev := device.NewDevice(tdev, newLoopBind(func(string, ...any) {}), logger)
+	dev := device.NewDevice(tdev, udpbind.New(udpbind.Options{Loopback: true}), logger)
 	uapi := fmt.Sprintf("private_key=%s\npublic_key=%s\nendpoint=%s\nallowed_ip=%s\npersistent_keepalive_interval=15\n",
 		hex.EncodeToString(priv), hex.EncodeToString(gwPub),
 		net.JoinHostPort(ep.String(), strconv.Itoa(s.GatewayPort())), p48)

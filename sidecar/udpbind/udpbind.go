@@ -1,7 +1,11 @@
-package sidecar
+// Package udpbind is a wireguard-go conn.Bind for Linux that reads and
+// writes batches with recvmmsg/sendmmsg, shared by the sidecar and the
+// test double's gateway.
+package udpbind
 
 import (
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"sync"
@@ -13,7 +17,7 @@ import (
 	"golang.zx2c4.com/wireguard/conn"
 )
 
-// udpBind is a conn.Bind for Linux that reads and writes batches with
+// Bind is a conn.Bind for Linux that reads and writes batches with
 // recvmmsg/sendmmsg and does not turn on UDP GRO.
 //
 // Why not conn.StdNetBind: with UDP GRO on, StdNetBind reads only 2 (possibly
@@ -22,7 +26,9 @@ import (
 // WireGuard gateway sending one datagram per packet) then cost a syscall per
 // 2 packets; measured on loopback this bind reads tens per call. See
 // docs/benchmarks.md.
-type udpBind struct {
+type Bind struct {
+	loopback bool
+
 	mu  sync.Mutex
 	c4  *net.UDPConn
 	c6  *net.UDPConn
@@ -37,11 +43,19 @@ const (
 	// good (they count as live heap for the GC), so this is also a memory
 	// knob; see docs/benchmarks.md.
 	bindBatchSize = 32
-	bindSocketBuf = 4 << 20 // asked for; the kernel caps it at rmem_max/wmem_max
+	bindSocketBuf = 7 << 20 // asked for; without CAP_NET_ADMIN the kernel caps it at rmem_max/wmem_max
 )
 
-func newUDPBind() *udpBind {
-	b := &udpBind{}
+// Options configures a Bind.
+type Options struct {
+	// Loopback binds 127.0.0.1 and ::1 only and refuses every other peer
+	// address: for test gateways, which must never send traffic elsewhere.
+	Loopback bool
+}
+
+// New returns a closed Bind; wireguard-go opens it.
+func New(opts Options) *Bind {
+	b := &Bind{loopback: opts.Loopback}
 	b.txs.New = func() any {
 		m := make([]ipv6.Message, bindBatchSize)
 		for i := range m {
@@ -64,19 +78,45 @@ func (e *bindEndpoint) DstToBytes() []byte  { b, _ := e.ap.MarshalBinary(); retu
 func (e *bindEndpoint) DstIP() netip.Addr   { return e.ap.Addr() }
 func (e *bindEndpoint) SrcIP() netip.Addr   { return netip.Addr{} }
 
-func (b *udpBind) ParseEndpoint(s string) (conn.Endpoint, error) {
+// ParseEndpoint parses an IP:port endpoint.
+func (b *Bind) ParseEndpoint(s string) (conn.Endpoint, error) {
 	ap, err := netip.ParseAddrPort(s)
 	if err != nil {
 		return nil, err
 	}
-	return &bindEndpoint{ap: netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())}, nil
+	ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	if b.loopback && !ap.Addr().IsLoopback() {
+		return nil, fmt.Errorf("udp bind: loopback only, not %s", ap)
+	}
+	return &bindEndpoint{ap: ap}, nil
 }
 
-func (b *udpBind) BatchSize() int       { return bindBatchSize }
-func (b *udpBind) SetMark(uint32) error { return nil }
+// BatchSize is the number of datagrams per read and write call.
+func (b *Bind) BatchSize() int { return bindBatchSize }
 
-func listenUDP(network string, port uint16) (*net.UDPConn, error) {
-	c, err := net.ListenUDP(network, &net.UDPAddr{Port: int(port)})
+// SetMark does nothing: no fwmark in userspace-only use.
+func (b *Bind) SetMark(uint32) error { return nil }
+
+// LocalPort is the UDP port the bind listens on, 0 when closed.
+func (b *Bind) LocalPort() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, c := range []*net.UDPConn{b.c4, b.c6} {
+		if c != nil {
+			return c.LocalAddr().(*net.UDPAddr).Port
+		}
+	}
+	return 0
+}
+
+func (b *Bind) listenUDP(network string, port uint16) (*net.UDPConn, error) {
+	addr := &net.UDPAddr{Port: int(port)}
+	if b.loopback && network == "udp4" {
+		addr.IP = net.IPv4(127, 0, 0, 1)
+	} else if b.loopback {
+		addr.IP = net.IPv6loopback
+	}
+	c, err := net.ListenUDP(network, addr)
 	if err != nil {
 		return nil, err
 	}
@@ -93,7 +133,8 @@ func listenUDP(network string, port uint16) (*net.UDPConn, error) {
 	return c, nil
 }
 
-func (b *udpBind) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
+// Open listens on port (0: any) on IPv4 and IPv6, where available.
+func (b *Bind) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.c4 != nil || b.c6 != nil {
@@ -105,7 +146,7 @@ func (b *udpBind) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
 	)
 	// Same port on both families; with port 0, retry if v6 has it taken.
 	for try := 0; try < 10; try++ {
-		c4, err = listenUDP("udp4", port)
+		c4, err = b.listenUDP("udp4", port)
 		if err != nil && !errors.Is(err, syscall.EAFNOSUPPORT) {
 			return nil, 0, err
 		}
@@ -113,7 +154,7 @@ func (b *udpBind) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
 		if c4 != nil {
 			actual = uint16(c4.LocalAddr().(*net.UDPAddr).Port)
 		}
-		c6, err = listenUDP("udp6", actual)
+		c6, err = b.listenUDP("udp6", actual)
 		if err == nil || c4 == nil || port != 0 || !errors.Is(err, syscall.EADDRINUSE) {
 			break
 		}
@@ -180,9 +221,10 @@ func makeReceive(read func([]ipv6.Message) (int, error)) conn.ReceiveFunc {
 	}
 }
 
-func (b *udpBind) Send(bufs [][]byte, ep conn.Endpoint) error {
+// Send writes bufs to ep in batches.
+func (b *Bind) Send(bufs [][]byte, ep conn.Endpoint) error {
 	e, ok := ep.(*bindEndpoint)
-	if !ok {
+	if !ok || (b.loopback && !e.ap.Addr().IsLoopback()) {
 		return conn.ErrWrongEndpointType
 	}
 	b.mu.Lock()
@@ -229,7 +271,8 @@ func clearMsgs(ms []ipv6.Message) {
 	}
 }
 
-func (b *udpBind) Close() error {
+// Close closes both sockets; wireguard-go may Open the bind again.
+func (b *Bind) Close() error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	var err error
@@ -245,4 +288,4 @@ func (b *udpBind) Close() error {
 	return err
 }
 
-var _ conn.Bind = (*udpBind)(nil)
+var _ conn.Bind = (*Bind)(nil)
