@@ -98,6 +98,23 @@ func startEnv(t testing.TB, flyTimeout time.Duration) *env {
 
 func (e *env) namespace(t testing.TB, name string) string { return e.Namespace(t, name) }
 
+// annotatedDeployment is a one-replica Deployment whose pod template carries
+// annotations.
+func annotatedDeployment(ns, name string, annotations map[string]string) *appsv1.Deployment {
+	labels := map[string]string{"app": name}
+	return &appsv1.Deployment{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
+		Spec: appsv1.DeploymentSpec{
+			Replicas: ptr.To[int32](1),
+			Selector: &metav1.LabelSelector{MatchLabels: labels},
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Labels: labels, Annotations: annotations},
+				Spec:       annotatedPod(ns, name, nil).Spec,
+			},
+		},
+	}
+}
+
 func annotatedPod(ns, name string, annotations map[string]string) *corev1.Pod {
 	return &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, Annotations: annotations},
@@ -129,18 +146,7 @@ func TestAdmission(t *testing.T) {
 
 	t.Run("deployment pod gets a peer, a secret and the sidecar", func(t *testing.T) {
 		ns := e.namespace(t, "deploy")
-		labels := map[string]string{"app": "web"}
-		deploy := &appsv1.Deployment{
-			ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: ns},
-			Spec: appsv1.DeploymentSpec{
-				Replicas: ptr.To[int32](1),
-				Selector: &metav1.LabelSelector{MatchLabels: labels},
-				Template: corev1.PodTemplateSpec{
-					ObjectMeta: metav1.ObjectMeta{Labels: labels, Annotations: map[string]string{inject.AnnotationTarget: "twi-ollama.flycast:80"}},
-					Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: "example.invalid/app:1"}}},
-				},
-			},
-		}
+		deploy := annotatedDeployment(ns, "web", map[string]string{inject.AnnotationTarget: "twi-ollama.flycast:80"})
 		if err := e.c.Create(ctx, deploy); err != nil {
 			t.Fatal(err)
 		}
@@ -308,18 +314,7 @@ func TestAdmission(t *testing.T) {
 
 	t.Run("a denied Deployment pod is explained on its ReplicaSet", func(t *testing.T) {
 		ns := e.namespace(t, "explained")
-		labels := map[string]string{"app": "bad"}
-		deploy := &appsv1.Deployment{
-			ObjectMeta: metav1.ObjectMeta{Name: "bad", Namespace: ns},
-			Spec: appsv1.DeploymentSpec{
-				Replicas: ptr.To[int32](1),
-				Selector: &metav1.LabelSelector{MatchLabels: labels},
-				Template: corev1.PodTemplateSpec{
-					ObjectMeta: metav1.ObjectMeta{Labels: labels, Annotations: map[string]string{inject.AnnotationTarget: "example.com:80"}},
-					Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: "example.invalid/app:1"}}},
-				},
-			},
-		}
+		deploy := annotatedDeployment(ns, "bad", map[string]string{inject.AnnotationTarget: "example.com:80"})
 		if err := e.c.Create(ctx, deploy); err != nil {
 			t.Fatal(err)
 		}
