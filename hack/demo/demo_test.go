@@ -2,32 +2,53 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/glaceon/glaceon/flyapi/flyapitest"
 )
 
 // TestDemo runs `make demo`'s program against freshly built binaries, so a
-// change that breaks the README's first command fails make test.
+// change that breaks the README's first command fails make test: once with
+// the built-in double, once in FLY_API_BASE_URL mode against an API it does
+// not start itself.
 func TestDemo(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs the whole demo")
 	}
-	// The demo reads FLY_API_* to choose a real API; the test uses the double.
-	t.Setenv("FLY_API_BASE_URL", "")
-	t.Setenv("FLY_API_TOKEN", "")
 	bin := t.TempDir()
 	build := exec.Command("go", "build", "-o", bin+"/", "github.com/glaceon/glaceon/cmd/glaceon", "github.com/glaceon/glaceon/cmd/glaceon-sidecar")
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
 	if err := build.Run(); err != nil {
 		t.Fatalf("build: %v", err)
 	}
-	d := demo{glaceonBin: filepath.Join(bin, "glaceon"), sidecarBin: filepath.Join(bin, "glaceon-sidecar")}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	if err := d.run(ctx); err != nil {
-		t.Fatalf("demo: %v", err)
+	run := func(t *testing.T) {
+		d := demo{glaceonBin: filepath.Join(bin, "glaceon"), sidecarBin: filepath.Join(bin, "glaceon-sidecar")}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		defer cancel()
+		if err := d.run(ctx); err != nil {
+			t.Fatalf("demo: %v", err)
+		}
 	}
+	t.Run("built-in double", func(t *testing.T) {
+		t.Setenv("FLY_API_BASE_URL", "")
+		t.Setenv("FLY_API_TOKEN", "")
+		run(t)
+	})
+	t.Run("FLY_API_BASE_URL", func(t *testing.T) {
+		api := flyapitest.Start(t, flyapitest.Options{Logf: func(string, ...any) {}})
+		t.Setenv("FLY_API_BASE_URL", api.URL())
+		t.Setenv("FLY_API_TOKEN", api.Token())
+		t.Setenv("FLY_WG_GATEWAY_PORT", fmt.Sprint(api.GatewayPort()))
+		t.Setenv("GLACEON_DEMO_ORG", "acme")
+		t.Setenv("GLACEON_DEMO_TARGET", "echo.flycast")
+		run(t)
+		if n := len(api.Peers("")); n != 0 {
+			t.Errorf("%d peers left at the API", n)
+		}
+	})
 }
