@@ -83,4 +83,3 @@ func TestBatchRoundTrip(t *testing.T) {
 		}
 	}
 }
-
