@@ -3,6 +3,7 @@ package machineproxy
 import (
 	"fmt"
 	"net"
+	"slices"
 	"strconv"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -81,6 +82,10 @@ func validate(mp *glaceonv1alpha1.MachineProxy, opts Options) ([]proxyTarget, fi
 	if orgOf(mp, opts) == "" {
 		errs = append(errs, field.Required(field.NewPath("spec", "org"),
 			"the glaceon manager has no default org; set it to your Fly org slug (see `fly orgs list`)"))
+	}
+	if slices.Contains(opts.ExcludedNamespaces, mp.Namespace) {
+		errs = append(errs, field.Forbidden(field.NewPath("metadata", "namespace"),
+			fmt.Sprintf("glaceon's webhook does not serve namespace %s, so proxy pods here would get no Fly peer; create the MachineProxy in another namespace (e.g. flycast)", mp.Namespace)))
 	}
 	if len(errs) > 0 {
 		return nil, errs

@@ -117,6 +117,21 @@ func TestValidateNeedsAnOrg(t *testing.T) {
 	}
 }
 
+func TestValidateRefusesNamespacesTheWebhookSkips(t *testing.T) {
+	opts := testOptions()
+	opts.ExcludedNamespaces = []string{"kube-system", "glaceon-system"}
+	mp := newMachineProxy()
+	mp.Namespace = "glaceon-system"
+	_, errs := validate(mp, opts)
+	if len(errs) != 1 || !strings.Contains(errs[0].Error(), "metadata.namespace: Forbidden: glaceon's webhook does not serve namespace glaceon-system") {
+		t.Errorf("errs = %v, want a metadata.namespace Forbidden", errs)
+	}
+	mp.Namespace = "flycast"
+	if _, errs := validate(mp, opts); len(errs) > 0 {
+		t.Errorf("flycast: %v", errs)
+	}
+}
+
 func TestDeploymentFor(t *testing.T) {
 	custom := corev1.ResourceRequirements{Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("1")}}
 	tolerations := []corev1.Toleration{{Key: "dedicated", Operator: corev1.TolerationOpEqual, Value: "proxies", Effect: corev1.TaintEffectNoSchedule}}

@@ -115,6 +115,10 @@ type Options struct {
 	ClusterDomain string
 	// MaxConcurrentReconciles of the controller. Default 2.
 	MaxConcurrentReconciles int
+	// ExcludedNamespaces are the namespaces the pod webhook never sees
+	// (its namespaceSelector): a MachineProxy there would get pods without
+	// a peer, so it is refused with a reason instead.
+	ExcludedNamespaces []string
 }
 
 func (o *Options) setDefaults() {

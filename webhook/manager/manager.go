@@ -202,7 +202,11 @@ func New(restCfg *rest.Config, fly *flyapi.Client, cfg Config) (*Manager, error)
 	if err != nil {
 		return nil, err
 	}
-	if err := machineproxy.SetupWithManager(mgr, machineproxy.Options{Inject: cfg.Inject}); err != nil {
+	if err := machineproxy.SetupWithManager(mgr, machineproxy.Options{
+		Inject: cfg.Inject,
+		// deploy/webhook's namespaceSelector.
+		ExcludedNamespaces: []string{"kube-system", cfg.Namespace},
+	}); err != nil {
 		return nil, err
 	}
 
