@@ -99,7 +99,12 @@ func newGateway(s *Server) (g *gateway, err error) {
 	snd := tcpip.TCPSendBufferSizeRangeOption{Min: 4 << 10, Default: 1 << 20, Max: 4 << 20}
 	mod := tcpip.TCPModerateReceiveBufferOption(true)
 	cc := tcpip.CongestionControlOption("cubic")
-	opts = append(opts, &sack, &rcv, &snd, &mod, &cc)
+	// gVisor backs retransmissions off up to 120 s: after a burst of
+	// losses (100 parallel streams through wireguard-go's bounded queues on
+	// a loaded machine) a stream then stalled for minutes. Fly's gateways
+	// are Linux; for a loopback double a 1 s cap is plenty.
+	maxRTO := tcpip.TCPMaxRTOOption(time.Second)
+	opts = append(opts, &sack, &rcv, &snd, &mod, &cc, &maxRTO)
 	for _, o := range opts {
 		if terr := g.st.SetTransportProtocolOption(tcp.ProtocolNumber, o); terr != nil {
 			return nil, fmt.Errorf("flyapitest: gateway netstack option %T: %v", o, terr)
