@@ -28,7 +28,7 @@ control-plane: ## Build (once, cached) etcd, kube-apiserver, kube-controller-man
 
 .PHONY: test
 test: control-plane ## Run every test: unit, fuzz seeds, envtest and end-to-end
-	KUBEBUILDER_ASSETS="$$(hack/control-plane.sh)" $(GO) test -timeout $(TEST_TIMEOUT) $(TEST_FLAGS) ./...
+	KUBEBUILDER_ASSETS="$$(hack/control-plane.sh)" $(GO) test -count=1 -timeout $(TEST_TIMEOUT) $(TEST_FLAGS) ./...
 
 .PHONY: test-short
 test-short: ## Unit tests only (no control plane)
