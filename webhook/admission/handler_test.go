@@ -167,3 +167,27 @@ func TestOrgPolicy(t *testing.T) {
 		}
 	}
 }
+
+// FuzzParseOrgPolicy: the policy ConfigMap is outside input; parsing must
+// never panic, and an accepted policy must be usable.
+func FuzzParseOrgPolicy(f *testing.F) {
+	for _, seed := range []string{
+		"orgs:\n  personal: [\"*\"]\n",
+		"orgs:\n  acme: [team-a, \"ci-*\"]\n",
+		"orgs: {}\n",
+		"orgs:\n  a: [\"[\"]\n",
+		"",
+		"orgs: [x]",
+	} {
+		f.Add(seed)
+	}
+	f.Fuzz(func(t *testing.T, doc string) {
+		p, err := ParseOrgPolicy([]byte(doc))
+		if err != nil {
+			return
+		}
+		for org := range p.Orgs {
+			p.Allows(org, "default")
+		}
+	})
+}
