@@ -366,8 +366,15 @@ func download(client *http.Client, url string, n int64) (time.Duration, error) {
 }
 
 func download1(client *http.Client, url string, n int64) (time.Duration, error) {
+	req, _ := http.NewRequest(http.MethodGet, fmt.Sprintf("%s/bytes?n=%d", url, n), nil)
+	return transfer(client, req, n, "downloaded")
+}
+
+// transfer sends req, reads the whole answer, checks that it is n bytes
+// long and returns the time it all took.
+func transfer(client *http.Client, req *http.Request, n int64, what string) (time.Duration, error) {
 	start := time.Now()
-	resp, err := client.Get(fmt.Sprintf("%s/bytes?n=%d", url, n))
+	resp, err := client.Do(req)
 	if err != nil {
 		return 0, err
 	}
@@ -377,7 +384,7 @@ func download1(client *http.Client, url string, n int64) (time.Duration, error) 
 		return 0, err
 	}
 	if got != n {
-		return 0, fmt.Errorf("downloaded %d of %d bytes", got, n)
+		return 0, fmt.Errorf("%s %d of %d bytes", what, got, n)
 	}
 	return time.Since(start), nil
 }
@@ -404,22 +411,9 @@ func (r *countingReader) Read(p []byte) (int, error) {
 // upload POSTs n bytes to /echo and reads the echo back (both directions
 // carry n bytes).
 func upload(client *http.Client, url string, n int64) (time.Duration, error) {
-	start := time.Now()
 	req, _ := http.NewRequest(http.MethodPost, url+"/echo", &countingReader{limit: n})
 	req.ContentLength = n
-	resp, err := client.Do(req)
-	if err != nil {
-		return 0, err
-	}
-	defer resp.Body.Close()
-	got, err := io.CopyBuffer(io.Discard, resp.Body, make([]byte, 256<<10))
-	if err != nil {
-		return 0, err
-	}
-	if got != n {
-		return 0, fmt.Errorf("echoed %d of %d bytes", got, n)
-	}
-	return time.Since(start), nil
+	return transfer(client, req, n, "echoed")
 }
 
 func smallRequests(client *http.Client, url string, n int) ([]time.Duration, time.Duration, error) {

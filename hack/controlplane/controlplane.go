@@ -169,7 +169,7 @@ func Start(ctx context.Context, opts Options) (_ *ControlPlane, retErr error) {
 }
 
 func (cp *ControlPlane) startControllerManager(ctx context.Context, controllers []string, out io.Writer) error {
-	port, err := freePort()
+	port, err := FreePort()
 	if err != nil {
 		return fmt.Errorf("pick a port for kube-controller-manager: %w", err)
 	}
@@ -270,7 +270,9 @@ func StartForTest(tb testing.TB, opts Options) *ControlPlane {
 	return cp
 }
 
-func freePort() (int, error) {
+// FreePort returns a TCP port free on 127.0.0.1 right now, for local
+// servers of the control plane, the manager and the demo.
+func FreePort() (int, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return 0, err

@@ -23,7 +23,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -157,11 +156,11 @@ func (d *demo) startFly(ctx context.Context) error {
 // startManager runs `glaceon manager` and registers its webhook.
 func (d *demo) startManager(ctx context.Context, cp *controlplane.ControlPlane) (func(), error) {
 	d.say("Starting `glaceon manager` (webhook + controllers) out of cluster")
-	port, err := freePort()
+	port, err := controlplane.FreePort()
 	if err != nil {
 		return nil, err
 	}
-	healthPort, err := freePort()
+	healthPort, err := controlplane.FreePort()
 	if err != nil {
 		return nil, err
 	}
@@ -383,15 +382,6 @@ func (d *demo) deleteWorkload(ctx context.Context, pod *corev1.Pod) error {
 	}
 	detail("Secret %s/%s gone, Fly peer %s gone", demoNamespace, peer, peer)
 	return nil
-}
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
 func envOr(key, fallback string) string {

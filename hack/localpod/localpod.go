@@ -17,6 +17,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"testing"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -127,6 +128,23 @@ func Start(bin string, pod *corev1.Pod, secret *corev1.Secret, dir string) (*Sid
 		close(s.done)
 	}()
 	return s, nil
+}
+
+// StartForTest starts the sidecar for tb, waits up to 30s until it is
+// ready, and stops it in tb.Cleanup.
+func StartForTest(tb testing.TB, bin string, pod *corev1.Pod, secret *corev1.Secret) *Sidecar {
+	tb.Helper()
+	s, err := Start(bin, pod, secret, tb.TempDir())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { _ = s.Stop() })
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := s.WaitReady(ctx); err != nil {
+		tb.Fatal(err)
+	}
+	return s
 }
 
 // bindable returns listen if this process may bind it, else the same host

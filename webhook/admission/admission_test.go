@@ -198,16 +198,7 @@ func TestAdmission(t *testing.T) {
 
 		// Run the injected sidecar from the pod's spec and the Secret, and
 		// fetch the app through it as the app would.
-		proc, err := localpod.Start(sidecarBin, pod, &s, t.TempDir())
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer proc.Stop()
-		readyCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		defer cancel()
-		if err := proc.WaitReady(readyCtx); err != nil {
-			t.Fatal(err)
-		}
+		proc := localpod.StartForTest(t, sidecarBin, pod, &s)
 		resp, err := (&http.Client{Timeout: 10 * time.Second}).Get("http://" + proc.Forwards["127.0.0.2:80"] + "/")
 		if err != nil {
 			t.Fatalf("GET through the pod's sidecar: %v", err)

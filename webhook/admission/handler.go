@@ -135,10 +135,10 @@ func (h *Handler) handle(ctx context.Context, req admission.Request) (admission.
 	request = request.WithDefaults(h.opts.Inject)
 	errs = append(errs, inject.Validate(pod, h.opts.Inject)...)
 	if len(errs) > 0 {
-		return h.deny(ctx, log, pod, namespace, "invalid", errs.ToAggregate().Error()), outcomeDenied, "invalid"
+		return h.deny(log, pod, namespace, "invalid", errs.ToAggregate().Error())
 	}
 	if err := h.opts.Policy.Check(ctx, request.Org, namespace); err != nil {
-		return h.deny(ctx, log, pod, namespace, "policy", err.Error()), outcomeDenied, "policy"
+		return h.deny(log, pod, namespace, "policy", err.Error())
 	}
 
 	if req.DryRun != nil && *req.DryRun {
@@ -150,7 +150,7 @@ func (h *Handler) handle(ctx context.Context, req admission.Request) (admission.
 	peer, err := h.provision(ctx, log, pod, namespace, request)
 	if err != nil {
 		reason := failureReason(err)
-		return h.deny(ctx, log, pod, namespace, reason, err.Error()), outcomeDenied, reason
+		return h.deny(log, pod, namespace, reason, err.Error())
 	}
 	resp := h.patch(req, pod, peer)
 	if !resp.Allowed {
@@ -180,12 +180,12 @@ func (h *Handler) patch(req admission.Request, pod *corev1.Pod, peer inject.Peer
 
 // deny answers with message and records it on the pod's owner, where users
 // of Deployments and Jobs look (the pod itself never exists).
-func (h *Handler) deny(_ context.Context, log logr.Logger, pod *corev1.Pod, namespace, reason, message string) admission.Response {
+func (h *Handler) deny(log logr.Logger, pod *corev1.Pod, namespace, reason, message string) (admission.Response, string, string) {
 	log.Info("denied pod", "reason", reason, "message", message)
 	if owner := controllerOf(pod, namespace); owner != nil && h.opts.Recorder != nil {
 		h.opts.Recorder.Eventf(owner, nil, corev1.EventTypeWarning, ReasonDenied, "Admit", "glaceon denied a pod: %s", message)
 	}
-	return admission.Denied("glaceon: " + message)
+	return admission.Denied("glaceon: " + message), outcomeDenied, reason
 }
 
 func controllerOf(pod *corev1.Pod, namespace string) *corev1.ObjectReference {

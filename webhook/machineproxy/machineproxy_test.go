@@ -357,16 +357,7 @@ func TestMachineProxy(t *testing.T) {
 		// container is that binary under another name.
 		runnable := pod.DeepCopy()
 		runnable.Spec.Containers[0].Name = inject.SidecarContainerName
-		proc, err := localpod.Start(sidecarBin, runnable, secret, t.TempDir())
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer proc.Stop()
-		readyCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		defer cancel()
-		if err := proc.WaitReady(readyCtx); err != nil {
-			t.Fatal(err)
-		}
+		proc := localpod.StartForTest(t, sidecarBin, runnable, secret)
 		local, ok := proc.Forwards[listen]
 		if !ok {
 			t.Fatalf("no forward listening on %s (Service port %d): %v", listen, svc.Spec.Ports[0].Port, proc.Forwards)

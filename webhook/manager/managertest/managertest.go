@@ -7,7 +7,6 @@ package managertest
 import (
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -76,7 +75,7 @@ func Start(tb testing.TB, configure func(*manager.Config)) *Env {
 		tb.Fatal(err)
 	}
 
-	port, err := freePort()
+	port, err := controlplane.FreePort()
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -166,13 +165,4 @@ func (e *Env) Namespace(tb testing.TB, name string) string {
 		tb.Fatal(err)
 	}
 	return name
-}
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }
