@@ -92,7 +92,7 @@ type listener struct {
 
 // listenAddr is the LISTEN half of --forward, e.g. "127.0.0.2:80".
 func (l listener) listenAddr() string {
-	return netip.AddrPortFrom(l.addr, uint16(l.target.Port)).String()
+	return netip.AddrPortFrom(l.addr, l.target.Port).String()
 }
 
 // plan is everything Inject adds, worked out (and checked) before the pod is
@@ -127,7 +127,7 @@ func newPlan(pod *corev1.Pod, cfg Config) (plan, field.ErrorList) {
 			p.aliases = append(p.aliases, corev1.HostAlias{IP: addr.String(), Hostnames: []string{t.Host}})
 		}
 		p.listeners = append(p.listeners, listener{target: t, addr: addr})
-		if t.Port == cfg.HealthPort {
+		if int32(t.Port) == cfg.HealthPort {
 			errs = append(errs, field.Invalid(annotationsPath.Key(AnnotationTarget), t.String(),
 				fmt.Sprintf("port %d is the sidecar's health port; ask the cluster admin to move the health port (webhook config) to reach this target", cfg.HealthPort)))
 		}
@@ -186,7 +186,7 @@ func (p *plan) checkContainers(pod *corev1.Pod, cfg Config, specPath *field.Path
 				continue
 			}
 			for _, l := range p.listeners {
-				if l.target.Port == port.ContainerPort {
+				if int32(l.target.Port) == port.ContainerPort {
 					errs = append(errs, field.Invalid(portPath, port.ContainerPort,
 						fmt.Sprintf("the sidecar listens on %s for target %s, and an app listening on all addresses cannot share the port; move the app to another port or drop the target",
 							l.listenAddr(), l.target)))

@@ -51,7 +51,7 @@ func proxyTargets(mp *glaceonv1alpha1.MachineProxy) ([]proxyTarget, field.ErrorL
 	out := make([]proxyTarget, len(targets))
 	byPort := make(map[int32]inject.Target, len(targets))
 	for i, t := range targets {
-		port := t.Port
+		port := int32(t.Port)
 		if mp.Spec.Port != nil {
 			port = *mp.Spec.Port
 		}
