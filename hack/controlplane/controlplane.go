@@ -41,6 +41,9 @@ var DefaultControllers = []string{
 	"replicaset-controller",
 	"namespace-controller",
 	"disruption-controller",
+	// Fills the stock admin/edit/view ClusterRoles from their aggregated
+	// parts, so a tenant bound to "edit" has the rules it has in a cluster.
+	"clusterrole-aggregation-controller",
 }
 
 // Options configures Start.

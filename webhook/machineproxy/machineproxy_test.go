@@ -7,7 +7,6 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
@@ -39,6 +38,7 @@ import (
 	"github.com/glaceon/glaceon/flyapi/flyapitest"
 	"github.com/glaceon/glaceon/hack/controlplane"
 	"github.com/glaceon/glaceon/hack/localpod"
+	"github.com/glaceon/glaceon/hack/testkit"
 	glaceonadmission "github.com/glaceon/glaceon/webhook/admission"
 	glaceonv1alpha1 "github.com/glaceon/glaceon/webhook/api/v1alpha1"
 	"github.com/glaceon/glaceon/webhook/inject"
@@ -334,9 +334,7 @@ func TestMachineProxy(t *testing.T) {
 	})
 
 	t.Run("one replica's sidecar serves the app through the Service port", func(t *testing.T) {
-		if sidecarBin == "" {
-			t.Fatal("glaceon-sidecar did not build: " + sidecarBuildErr)
-		}
+		sidecarBin := testkit.SidecarBinary(t)
 		pod := e.pods(t, ns, name)[0]
 		secret := &corev1.Secret{}
 		if err := e.c.Get(ctx, client.ObjectKey{Namespace: ns, Name: localpod.PeerSecretName(&pod)}, secret); err != nil {
@@ -561,26 +559,7 @@ func logTo(t *testing.T) {
 	t.Cleanup(func() { testLog.CompareAndSwap(t, nil) })
 }
 
-// sidecarBin is the glaceon-sidecar binary TestMain builds for the
-// stretch subtest; empty (with sidecarBuildErr) if it did not build.
-var sidecarBin, sidecarBuildErr string
-
 func TestMain(m *testing.M) {
 	flag.Parse()
-	dir, err := os.MkdirTemp("", "glaceon-machineproxy-test-")
-	if err != nil {
-		panic(err)
-	}
-	if !testing.Short() {
-		bin := filepath.Join(dir, "glaceon-sidecar")
-		out, err := exec.Command("go", "build", "-o", bin, "github.com/glaceon/glaceon/cmd/glaceon-sidecar").CombinedOutput()
-		if err == nil {
-			sidecarBin = bin
-		} else {
-			sidecarBuildErr = fmt.Sprintf("%v: %s", err, out)
-		}
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
+	os.Exit(testkit.Run(m))
 }

@@ -84,6 +84,9 @@ type Config struct {
 	// AdmissionMiddleware, when set, wraps the pod webhook's handler; tests
 	// use it to observe admissions or to fail one after it provisioned.
 	AdmissionMiddleware func(ctrladmission.Handler) ctrladmission.Handler
+	// PeerOptions, when set, adjusts the peer lifecycle's options after New
+	// filled them in (tests: no sweeper, fast retries).
+	PeerOptions func(*peers.Options)
 }
 
 // Validate reports every problem with cfg.
@@ -191,15 +194,18 @@ func New(restCfg *rest.Config, fly *flyapi.Client, cfg Config) (*Manager, error)
 	if len(sweepOrgs) == 0 && cfg.Inject.DefaultOrg != "" {
 		sweepOrgs = []string{cfg.Inject.DefaultOrg}
 	}
-	err = peers.SetupWithManager(mgr, peers.Options{
+	peerOpts := peers.Options{
 		Fly:             fly,
 		Prefix:          cfg.PeerPrefix,
 		Orgs:            sweepOrgs,
 		Grace:           cfg.SweepGrace,
 		SweepInterval:   cfg.SweepInterval,
 		RemovalDeadline: cfg.RemovalDeadline,
-	})
-	if err != nil {
+	}
+	if cfg.PeerOptions != nil {
+		cfg.PeerOptions(&peerOpts)
+	}
+	if err := peers.SetupWithManager(mgr, peerOpts); err != nil {
 		return nil, err
 	}
 	if err := machineproxy.SetupWithManager(mgr, machineproxy.Options{
