@@ -37,8 +37,17 @@ import (
 )
 
 // WebhookTimeout is the timeoutSeconds of deploy/webhook's configuration;
-// the Fly calls of one admission must finish well within it.
+// the Fly calls of one admission must finish well within it. A test ties
+// the two.
 const WebhookTimeout = 15 * time.Second
+
+// ExcludedNamespaces are the namespaces deploy/webhook's namespaceSelector
+// keeps away from the webhook when glaceon runs in namespace; a test ties
+// the two. MachineProxies there are refused, since their pods would get no
+// peer.
+func ExcludedNamespaces(namespace string) []string {
+	return []string{"kube-system", namespace}
+}
 
 // Config is everything the manager is told. Zero durations take the
 // defaults of the packages they configure.
@@ -209,9 +218,8 @@ func New(restCfg *rest.Config, fly *flyapi.Client, cfg Config) (*Manager, error)
 		return nil, err
 	}
 	if err := machineproxy.SetupWithManager(mgr, machineproxy.Options{
-		Inject: cfg.Inject,
-		// deploy/webhook's namespaceSelector.
-		ExcludedNamespaces: []string{"kube-system", cfg.Namespace},
+		Inject:             cfg.Inject,
+		ExcludedNamespaces: ExcludedNamespaces(cfg.Namespace),
 	}); err != nil {
 		return nil, err
 	}

@@ -32,8 +32,8 @@
 // finalizer) before the pod exists; this package never creates peers.
 package peers
 
-// RBAC of the peer lifecycle controller. The manager's own needs (leases for
-// leader election, the webhook's) are declared elsewhere.
+// RBAC of the peer lifecycle controller, granted in deploy/rbac (the one
+// truth of the manager's RBAC, with the leases and the webhook's needs).
 //
 // secrets: list/watch feed the cache (metadata only), get/list serve the
 // sweeper's uncached double checks, patch adds the ownerReference and adds or
@@ -42,7 +42,3 @@ package peers
 // pods: list/watch feed the cache, list serves the sweeper's double check.
 // events: both APIs, since client-go's recorders write events.k8s.io/v1 and
 // older tooling reads core events.
-//
-// +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch;patch;delete
-// +kubebuilder:rbac:groups="",resources=pods,verbs=get;list;watch
-// +kubebuilder:rbac:groups="";events.k8s.io,resources=events,verbs=create;patch
