@@ -2,7 +2,7 @@
 // talks to, in the spirit of net/http/httptest:
 //
 //   - a GraphQL endpoint (POST {URL}/graphql) for the operations in
-//     shared/fly-api.md §2 (organization, organizations, personalOrganization,
+//     docs/fly-api.md (organization, organizations, personalOrganization,
 //     nearestRegion, platform, app, addWireGuardPeer, removeWireGuardPeer,
 //     validateWireGuardPeers) with FlyV1/Bearer auth and scriptable faults
 //     (Server.Faults). Documents are parsed, not string-matched, and answers
@@ -652,7 +652,7 @@ func randB64(n int, url bool) string {
 	return base64.StdEncoding.EncodeToString(b)
 }
 
-// normTokenSegs applies fly-api.md §1.3: trim, strip Bearer/FlyV1 schemes
+// normTokenSegs applies docs/fly-api.md ("Transport"): trim, strip Bearer/FlyV1 schemes
 // (case-insensitively, repeatedly), split on commas, trim each part.
 func normTokenSegs(tok string) []string {
 	tok = strings.TrimSpace(tok)

@@ -1,6 +1,6 @@
 // Package peers is glaceon's peer lifecycle controller: it makes sure that no
 // Fly WireGuard peer created at admission outlives the pod it was made for
-// (design.md §3, "nothing leaks").
+// (docs/architecture.md, "Peer lifecycle").
 //
 // Two single-purpose parts run in the manager, both only on the leader:
 //
