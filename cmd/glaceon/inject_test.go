@@ -258,3 +258,63 @@ func TestInjectWorkloads(t *testing.T) {
 		t.Errorf("second injection differs (exit %d, %s)", code, stderr)
 	}
 }
+
+// TestInjectMatchesWebhookGoldens runs the webhook's golden cases
+// (webhook/inject/testdata) through `glaceon inject`: the offline output
+// must be what the webhook injects, but for the placeholder peer.
+func TestInjectMatchesWebhookGoldens(t *testing.T) {
+	inputs, err := filepath.Glob(filepath.Join("..", "..", "webhook", "inject", "testdata", "*.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cases := 0
+	for _, input := range inputs {
+		if strings.HasSuffix(input, ".injected.yaml") {
+			continue
+		}
+		cases++
+		name := strings.TrimSuffix(filepath.Base(input), ".yaml")
+		t.Run(name, func(t *testing.T) {
+			// The goldens' config: webhook/inject's testConfig and testPeer.
+			code, stdout, stderr := runCLI(t, "inject", "-f", input, "--org", "acme", "--image", "registry.example/glaceon-sidecar:v0.0.0-test")
+			if code != exitOK {
+				t.Fatalf("exit %d: %s", code, stderr)
+			}
+			var got, want corev1.Pod
+			if err := yaml.UnmarshalStrict([]byte(stdout), &got); err != nil {
+				t.Fatal(err)
+			}
+			data, err := os.ReadFile(strings.TrimSuffix(input, ".yaml") + ".injected.yaml")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := yaml.UnmarshalStrict(data, &want); err != nil {
+				t.Fatal(err)
+			}
+			if got.Annotations[inject.AnnotationPeer] != inject.PlaceholderPeerName {
+				t.Fatalf("peer annotation %q, want the placeholder", got.Annotations[inject.AnnotationPeer])
+			}
+			got.Annotations[inject.AnnotationPeer] = want.Annotations[inject.AnnotationPeer]
+			for i := range got.Spec.Volumes {
+				if v := &got.Spec.Volumes[i]; v.Name == inject.PeerVolumeName && v.Secret != nil {
+					if v.Secret.SecretName != inject.PlaceholderSecretName {
+						t.Fatalf("peer Secret %q, want the placeholder", v.Secret.SecretName)
+					}
+					for _, w := range want.Spec.Volumes {
+						if w.Name == inject.PeerVolumeName && w.Secret != nil {
+							v.Secret.SecretName = w.Secret.SecretName
+						}
+					}
+				}
+			}
+			gotYAML, _ := yaml.Marshal(&got)
+			wantYAML, _ := yaml.Marshal(&want)
+			if string(gotYAML) != string(wantYAML) {
+				t.Errorf("glaceon inject differs from the webhook's golden file (peer aside):\n got:\n%s\nwant:\n%s", gotYAML, wantYAML)
+			}
+		})
+	}
+	if cases < 5 {
+		t.Fatalf("only %d golden cases found", cases)
+	}
+}
