@@ -1372,8 +1372,8 @@ func TestIntegrationAuth(t *testing.T) {
 		name string
 		opts flyapitest.Options
 	}{
-		{"HTTP 401", flyapitest.Options{}},
-		{"UNAUTHORIZED code", flyapitest.Options{UnauthorizedAsGraphQL: true}},
+		{"UNAUTHORIZED code (the real API)", flyapitest.Options{}},
+		{"HTTP 401", flyapitest.Options{UnauthorizedHTTP401: true}},
 	}
 	for _, tc := range rejected {
 		t.Run("rejected/"+tc.name, func(t *testing.T) {
