@@ -520,6 +520,12 @@ func (c *Client) Peer(ctx context.Context, orgSlug, name string) (*Peer, error) 
 	if err != nil {
 		return nil, notFoundDetail(err, orgSlug, name)
 	}
+	return decodePeer(data, orgSlug, name)
+}
+
+// decodePeer decodes and checks the data of a single-peer lookup.
+func decodePeer(data []byte, orgSlug, name string) (*Peer, error) {
+	const op = OpPeer
 	var resp struct {
 		Organization *struct {
 			WireGuardPeer *peerNode `json:"wireGuardPeer"`

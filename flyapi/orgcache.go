@@ -83,6 +83,11 @@ func (c *orgCache) clear() {
 // must reach Fly (is the token accepted, does the org exist), call
 // Organization.
 func (c *Client) CachedOrganization(ctx context.Context, slug string) (*Organization, error) {
+	// Ask the provider first: a rotated token empties the cache, and with
+	// no usable token there is no org to return.
+	if _, err := c.currentAuth(ctx, OpOrganization); err != nil {
+		return nil, err
+	}
 	if o, ok := c.orgs.get(slug); ok {
 		return &o, nil
 	}
