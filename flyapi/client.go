@@ -12,16 +12,16 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
 
 	"github.com/go-logr/logr"
-)
 
-// Version is the glaceon version sent in the User-Agent; set with
-// -ldflags "-X github.com/glaceon/glaceon/flyapi.Version=v1.2.3".
-var Version = "dev"
+	"github.com/glaceon/glaceon/flyapi/version"
+	"github.com/glaceon/glaceon/flyapi/wgquick"
+)
 
 // DefaultBaseURL is the Fly API base; requests go to BaseURL + "/graphql".
 const DefaultBaseURL = "https://api.fly.io"
@@ -76,7 +76,7 @@ type Options struct {
 	// OrgCacheTTL is how long CachedOrganization keeps a lookup: 0 means
 	// DefaultOrgCacheTTL, negative disables the cache.
 	OrgCacheTTL time.Duration
-	// UserAgent defaults to "glaceon/" + Version.
+	// UserAgent defaults to "glaceon/" + version.Version.
 	UserAgent string
 	// HTTPClient defaults to a client with a 30s timeout that does not follow
 	// redirects.
@@ -89,7 +89,7 @@ type Options struct {
 	// full jitter; 0 means the defaults (100ms, 2s).
 	RetryBaseDelay, RetryMaxDelay time.Duration
 	// GatewayPort is not sent anywhere: it is carried for NewWireGuardConfig
-	// users (FLY_WG_GATEWAY_PORT). 0 means DefaultGatewayPort.
+	// users (FLY_WG_GATEWAY_PORT). 0 means wgquick.DefaultGatewayPort.
 	GatewayPort int
 }
 
@@ -111,6 +111,9 @@ func (o Options) GoString() string { return "flyapi.Options" + o.String() }
 
 // Format implements fmt.Formatter so no verb prints the token.
 func (o Options) Format(f fmt.State, verb rune) { formatRedacted(f, verb, o.String(), o.GoString()) }
+
+// redacted replaces a secret in printed values.
+const redacted = "<redacted>"
 
 func formatRedacted(f fmt.State, verb rune, s, gs string) {
 	if verb == 'v' && f.Flag('#') {
@@ -147,9 +150,9 @@ func optionsFromEnv(getenv func(string) string) (Options, error) {
 		o.BaseURL = v
 	}
 	if v := strings.TrimSpace(getenv(EnvGatewayPort)); v != "" {
-		n, err := parsePort(v)
-		if err != nil || n == 0 {
-			return o, fmt.Errorf("invalid %s %q: use a UDP port number in 1..65535 (default %d)", EnvGatewayPort, truncate(v, 20), DefaultGatewayPort)
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > 65535 || strings.Trim(v, "0123456789") != "" {
+			return o, fmt.Errorf("invalid %s %q: use a UDP port number in 1..65535 (default %d)", EnvGatewayPort, truncate(v, 20), wgquick.DefaultGatewayPort)
 		}
 		o.GatewayPort = n
 	}
@@ -205,13 +208,13 @@ func New(opts Options) (*Client, error) {
 	}
 	ua := opts.UserAgent
 	if ua == "" {
-		ua = "glaceon/" + Version
+		ua = "glaceon/" + version.Version
 	}
 	if strings.ContainsFunc(ua, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
 		return nil, errors.New("flyapi: user agent contains control characters")
 	}
 	if opts.GatewayPort < 0 || opts.GatewayPort > 65535 {
-		return nil, fmt.Errorf("flyapi: gateway port %d out of range: use 1..65535 (0 for %d)", opts.GatewayPort, DefaultGatewayPort)
+		return nil, fmt.Errorf("flyapi: gateway port %d out of range: use 1..65535 (0 for %d)", opts.GatewayPort, wgquick.DefaultGatewayPort)
 	}
 	c := &Client{
 		endpoint:    u + "/graphql",
@@ -263,12 +266,12 @@ func New(opts Options) (*Client, error) {
 		c.maxDelay = c.baseDelay
 	}
 	if c.gatewayPort == 0 {
-		c.gatewayPort = DefaultGatewayPort
+		c.gatewayPort = wgquick.DefaultGatewayPort
 	}
 	return c, nil
 }
 
-// GatewayPort is Options.GatewayPort, or DefaultGatewayPort.
+// GatewayPort is Options.GatewayPort, or wgquick.DefaultGatewayPort.
 func (c *Client) GatewayPort() int { return c.gatewayPort }
 
 // Endpoint is the GraphQL URL requests go to.

@@ -13,6 +13,9 @@ import (
 	"time"
 
 	"github.com/go-logr/logr/funcr"
+
+	"github.com/glaceon/glaceon/flyapi/version"
+	"github.com/glaceon/glaceon/flyapi/wgquick"
 )
 
 func TestRequestShape(t *testing.T) {
@@ -47,7 +50,7 @@ func TestRequestShape(t *testing.T) {
 		"Content-Type":  "application/json; charset=utf-8",
 		"Accept":        "application/json; charset=utf-8",
 		"Authorization": testTokenHdr,
-		"User-Agent":    "glaceon/" + Version,
+		"User-Agent":    "glaceon/" + version.Version,
 	} {
 		if got := h.Get(k); got != want {
 			t.Errorf("header %s = %q, want %q", k, got, want)
@@ -101,7 +104,7 @@ func TestNewValidation(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Endpoint() != "https://api.fly.io/graphql" || c.GatewayPort() != DefaultGatewayPort || c.maxRetries != DefaultMaxRetries {
+	if c.Endpoint() != "https://api.fly.io/graphql" || c.GatewayPort() != wgquick.DefaultGatewayPort || c.maxRetries != DefaultMaxRetries {
 		t.Fatalf("defaults: %s %d %d", c.Endpoint(), c.GatewayPort(), c.maxRetries)
 	}
 	c, _ = New(Options{Token: "fm2_x", MaxRetries: -1, GatewayPort: 1234})
@@ -610,7 +613,7 @@ func TestLogsHaveNoSecrets(t *testing.T) {
 	log := funcr.New(func(prefix, args string) { logged.WriteString(prefix + " " + args + "\n") }, funcr.Options{Verbosity: 9})
 	f := newFakeFly(t)
 	c := f.client(t, func(o *Options) { o.Logger = log })
-	kp, err := GenerateKeyPair()
+	kp, err := wgquick.GenerateKeyPair()
 	if err != nil {
 		t.Fatal(err)
 	}

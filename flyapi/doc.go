@@ -1,11 +1,23 @@
 // Package flyapi is glaceon's small client for the Fly.io GraphQL API (the
 // WireGuard peer operations: organization lookup, nearest gateway region,
-// add / list / remove / validate peers), plus WireGuard key pairs and the
-// wg-quick file `fly wireguard create` writes.
+// add / list / remove / validate peers), and NewWireGuardConfig, which turns
+// an addWireGuardPeer response into the wg-quick file `fly wireguard create`
+// writes.
 //
 // The wire contract is ../shared/fly-api.md (fly-go and flyctl behaviour).
-// The package must stay small: it is imported by the tunnel sidecar, so it
-// depends on the standard library and logr only (no client-go).
+// The package depends on the standard library and logr only (no client-go).
+//
+// # The flyapi tree
+//
+// flyapi is the bottom of glaceon's import graph: everything glaceon knows
+// about Fly. Its leaf packages import only the standard library (and
+// wireguard-go for the bind), so the sidecar, the manager and the test
+// double use them without importing each other or this client:
+//
+//   - flyapi/wgquick: the wg-quick file and WireGuard keys;
+//   - flyapi/udpbind: the UDP transport to Fly's WireGuard gateways;
+//   - flyapi/version: the release version glaceon announces in User-Agent;
+//   - flyapi/flyapitest: the Fly API and gateway double for tests.
 //
 // # Errors
 //
@@ -28,7 +40,7 @@
 // context ends the error wraps both the context error and the last API error.
 // addWireGuardPeer is retried directly only when the request certainly did
 // not take effect (429, dial/DNS failure, MAINTENANCE); after an ambiguous
-// failure AddPeer lists the peers and reconciles by name and public key (see
+// failure AddPeer looks the peer up by name and reconciles by public key (see
 // AddPeer).
 //
 // # Decisions where fly-api.md leaves room
@@ -61,14 +73,9 @@
 // Every client reports glaceon_fly_api_* to its Metrics (DefaultMetrics
 // unless set) under its Options.Org label; register them with
 // RegisterMetrics.
-//   - wg-quick parsing: ListenPort is validated then ignored; DNS defaults
-//     to <prefix48>::3; Address must be IPv6; PostUp/Table/PresharedKey and
-//     other wg-quick keys are rejected (see ParseWireGuardConfig).
 //
 // # Secrets
 //
-// KeyPair, WireGuardConfig, Options and Client implement fmt.Formatter (and
-// logr.Marshaler where relevant) so that printing them with any verb never
-// shows a private key or token. Key itself prints its base64 value: do not
-// format a bare private Key.
+// Options and Client implement fmt.Formatter so that printing them with any
+// verb never shows the token (wgquick does the same for keys).
 package flyapi

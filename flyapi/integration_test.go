@@ -20,6 +20,7 @@ import (
 
 	"github.com/glaceon/glaceon/flyapi"
 	"github.com/glaceon/glaceon/flyapi/flyapitest"
+	"github.com/glaceon/glaceon/flyapi/wgquick"
 )
 
 const (
@@ -67,9 +68,9 @@ func integCtx(t *testing.T, d time.Duration) context.Context {
 	return ctx
 }
 
-func integKey(t *testing.T) flyapi.KeyPair {
+func integKey(t *testing.T) wgquick.KeyPair {
 	t.Helper()
-	kp, err := flyapi.GenerateKeyPair()
+	kp, err := wgquick.GenerateKeyPair()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -106,7 +107,7 @@ func integNamed(srv *flyapitest.Server, org, name string) []flyapitest.PeerState
 
 // integOnePeer asserts that the double has exactly one peer called name in
 // org, with public key pub, and returns it.
-func integOnePeer(t *testing.T, srv *flyapitest.Server, org, name string, pub flyapi.Key) flyapitest.PeerState {
+func integOnePeer(t *testing.T, srv *flyapitest.Server, org, name string, pub wgquick.Key) flyapitest.PeerState {
 	t.Helper()
 	got := integNamed(srv, org, name)
 	if len(got) != 1 {
@@ -128,7 +129,7 @@ func integNoPeer(t *testing.T, srv *flyapitest.Server, org, name string) {
 // integCheckCreated asserts that a CreatedPeer describes the peer the double
 // holds now: same address, the double's gateway key and endpoint, and that
 // it makes a valid wg-quick file.
-func integCheckCreated(t *testing.T, srv *flyapitest.Server, c *flyapi.Client, cp *flyapi.CreatedPeer, kp flyapi.KeyPair, org, name string) {
+func integCheckCreated(t *testing.T, srv *flyapitest.Server, c *flyapi.Client, cp *flyapi.CreatedPeer, kp wgquick.KeyPair, org, name string) {
 	t.Helper()
 	if cp == nil {
 		t.Fatal("AddPeer returned a nil CreatedPeer without an error")
@@ -153,7 +154,7 @@ func integCheckCreated(t *testing.T, srv *flyapitest.Server, c *flyapi.Client, c
 	if err != nil {
 		t.Fatalf("NewWireGuardConfig: %v", err)
 	}
-	back, err := flyapi.ParseWireGuardConfig(cfg.Render())
+	back, err := wgquick.Parse(cfg.Render())
 	if err != nil {
 		t.Fatalf("ParseWireGuardConfig(Render()): %v", err)
 	}
@@ -408,7 +409,7 @@ func TestIntegrationPeerLifecycle(t *testing.T) {
 				t.Fatal(err)
 			}
 
-			keys := map[string]flyapi.KeyPair{}
+			keys := map[string]wgquick.KeyPair{}
 			created := map[string]*flyapi.CreatedPeer{}
 			for i := 0; i < nPeers; i++ {
 				name := fmt.Sprintf("integ-peer-%d", i)
@@ -682,24 +683,24 @@ func TestIntegrationAddPeerRejected(t *testing.T) {
 	acme := integOrgOf(t, srv, integOrg)
 	tests := []struct {
 		name     string
-		in       func(kp flyapi.KeyPair) flyapi.AddPeerInput
+		in       func(kp wgquick.KeyPair) flyapi.AddPeerInput
 		wantErr  func(error) bool
 		wantSub  string
 		wantReqs int
 	}{
-		{name: "invalid name, refused by the client", in: func(kp flyapi.KeyPair) flyapi.AddPeerInput {
+		{name: "invalid name, refused by the client", in: func(kp wgquick.KeyPair) flyapi.AddPeerInput {
 			return flyapi.AddPeerInput{Org: acme, Name: "Bad_Name", PublicKey: kp.Public}
 		}, wantErr: flyapi.IsInvalid, wantReqs: 0},
-		{name: "zero public key, refused by the client", in: func(flyapi.KeyPair) flyapi.AddPeerInput {
+		{name: "zero public key, refused by the client", in: func(wgquick.KeyPair) flyapi.AddPeerInput {
 			return flyapi.AddPeerInput{Org: acme, Name: "integ-rej"}
 		}, wantErr: flyapi.IsInvalid, wantReqs: 0},
-		{name: "region without a gateway", in: func(kp flyapi.KeyPair) flyapi.AddPeerInput {
+		{name: "region without a gateway", in: func(kp wgquick.KeyPair) flyapi.AddPeerInput {
 			return flyapi.AddPeerInput{Org: acme, Name: "integ-rej", PublicKey: kp.Public, Region: "gru"}
 		}, wantErr: flyapi.IsInvalid, wantSub: "gru", wantReqs: 1},
-		{name: "unknown org slug names the slug", in: func(kp flyapi.KeyPair) flyapi.AddPeerInput {
+		{name: "unknown org slug names the slug", in: func(kp wgquick.KeyPair) flyapi.AddPeerInput {
 			return flyapi.AddPeerInput{Org: flyapi.Organization{Slug: "nope-org"}, Name: "integ-rej", PublicKey: kp.Public}
 		}, wantErr: flyapi.IsNotFound, wantSub: `"nope-org"`, wantReqs: 1},
-		{name: "stale org ID", in: func(kp flyapi.KeyPair) flyapi.AddPeerInput {
+		{name: "stale org ID", in: func(kp wgquick.KeyPair) flyapi.AddPeerInput {
 			return flyapi.AddPeerInput{Org: flyapi.Organization{ID: "T3JnYW5pemF0aW9uLzE=", Slug: integOrg}, Name: "integ-rej", PublicKey: kp.Public}
 		}, wantErr: flyapi.IsNotFound, wantReqs: 1},
 	}
@@ -738,7 +739,7 @@ func TestIntegrationAddPeerRejected(t *testing.T) {
 type integState struct {
 	org     flyapi.Organization
 	name    string
-	kp      flyapi.KeyPair
+	kp      wgquick.KeyPair
 	seeded  []string
 	knownIP string
 
@@ -1434,7 +1435,7 @@ func TestIntegrationConcurrent(t *testing.T) {
 		flyapitest.Fault{Op: "organization", Kind: flyapitest.FaultDropConnection, Times: 2},
 	)
 	ctx := integCtx(t, integTimeout)
-	keys := make([]flyapi.KeyPair, workers)
+	keys := make([]wgquick.KeyPair, workers)
 	errs := make(chan error, workers)
 	for i := range keys {
 		keys[i] = integKey(t)

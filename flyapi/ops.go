@@ -7,6 +7,8 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+
+	"github.com/glaceon/glaceon/flyapi/wgquick"
 )
 
 // GraphQL documents (fly-api.md §2). Whitespace is irrelevant to the server.
@@ -61,7 +63,7 @@ func (o Organization) slugFor() string {
 type AddPeerInput struct {
 	Org       Organization
 	Name      string
-	PublicKey Key
+	PublicKey wgquick.Key
 	Region    string
 	Network   string
 }
@@ -71,7 +73,7 @@ type CreatedPeer struct {
 	Name             string
 	PeerIP           netip.Addr
 	EndpointHost     string // gateway host name (or IP) without port
-	GatewayPublicKey Key
+	GatewayPublicKey wgquick.Key
 	Network          string
 }
 
@@ -370,8 +372,8 @@ func mentionsPublicKey(m string) bool {
 	return strings.Contains(m, "pubkey") || strings.Contains(m, "public key")
 }
 
-func samePublicKey(listed string, ours Key) bool {
-	k, err := ParseKey(listed)
+func samePublicKey(listed string, ours wgquick.Key) bool {
+	k, err := wgquick.ParseKey(listed)
 	return err == nil && k == ours
 }
 
@@ -447,11 +449,11 @@ func decodeAddPeer(data []byte) (*CreatedPeer, *Error) {
 	}
 	cp.PeerIP = ip
 	host := strings.TrimSpace(*p.EndpointIP)
-	if err := validateEndpointHost(host); err != nil {
+	if err := wgquick.ValidateEndpointHost(host); err != nil {
 		return nil, invalidResponse(op, "addWireGuardPeer.endpointip", "%v", err)
 	}
 	cp.EndpointHost = strings.Trim(host, "[]")
-	k, err := ParseKey(*p.PubKey)
+	k, err := wgquick.ParseKey(*p.PubKey)
 	if err != nil {
 		return nil, invalidResponse(op, "addWireGuardPeer.pubkey", "%v", err)
 	}

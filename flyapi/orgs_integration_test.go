@@ -15,6 +15,7 @@ import (
 
 	"github.com/glaceon/glaceon/flyapi"
 	"github.com/glaceon/glaceon/flyapi/flyapitest"
+	"github.com/glaceon/glaceon/flyapi/wgquick"
 )
 
 // TestIntegrationRequestsPerPeerIndependentOfOrgSize: a peer's whole life
@@ -159,7 +160,7 @@ func TestIntegrationDuplicateNameReplace(t *testing.T) {
 	ctx := integCtx(t, integTimeout)
 	org := integOrgOf(t, srv, integOrg)
 	first, second := integKey(t), integKey(t)
-	for _, kp := range []flyapi.KeyPair{first, second} {
+	for _, kp := range []wgquick.KeyPair{first, second} {
 		if _, err := c.AddPeer(ctx, flyapi.AddPeerInput{Org: org, Name: "integ-dup", PublicKey: kp.Public}); err != nil {
 			t.Fatalf("AddPeer: %v", err)
 		}

@@ -7,11 +7,13 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/glaceon/glaceon/flyapi/wgquick"
 )
 
-func testAddInput(t *testing.T, f *fakeFly) (AddPeerInput, KeyPair) {
+func testAddInput(t *testing.T, f *fakeFly) (AddPeerInput, wgquick.KeyPair) {
 	t.Helper()
-	kp, err := GenerateKeyPair()
+	kp, err := wgquick.GenerateKeyPair()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -80,7 +82,7 @@ func TestAddPeerInputValidation(t *testing.T) {
 		{"too long", func(in *AddPeerInput) { in.Name = strings.Repeat("a", 64) }, "more than 63"},
 		{"interactive prefix", func(in *AddPeerInput) { in.Name = "interactive-abc" }, "interactive-"},
 		{"leading dash", func(in *AddPeerInput) { in.Name = "-abc" }, "start or end"},
-		{"zero key", func(in *AddPeerInput) { in.PublicKey = Key{} }, "public key is empty"},
+		{"zero key", func(in *AddPeerInput) { in.PublicKey = wgquick.Key{} }, "public key is empty"},
 		{"bad region", func(in *AddPeerInput) { in.Region = "ORD" }, "region"},
 		{"bad network", func(in *AddPeerInput) { in.Network = "1net" }, "start with a letter"},
 		{"no org", func(in *AddPeerInput) { in.Org = Organization{} }, "organization ID and slug"},

@@ -14,6 +14,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/glaceon/glaceon/flyapi"
+	"github.com/glaceon/glaceon/flyapi/wgquick"
 	"github.com/glaceon/glaceon/webhook/inject"
 )
 
@@ -49,7 +50,7 @@ func (h *Handler) provision(ctx context.Context, log logr.Logger, pod *corev1.Po
 	if err != nil {
 		return inject.Peer{}, h.flyFailure("organization", req.Org, err)
 	}
-	keys, err := flyapi.GenerateKeyPair()
+	keys, err := wgquick.GenerateKeyPair()
 	if err != nil {
 		return inject.Peer{}, &provisionError{reason: "internal", msg: "generate WireGuard key pair: " + err.Error(), err: err}
 	}
