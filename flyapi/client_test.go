@@ -120,8 +120,16 @@ func TestSecretsNotPrinted(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	holder, err := NewTokenHolder(secret, "secret ns/x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hc, err := New(Options{Tokens: holder})
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, verb := range []string{"%v", "%+v", "%#v", "%s", "%q", "%x", "%d"} {
-		for name, v := range map[string]any{"Options": opts, "*Options": &opts, "*Client": c, "Client": *c} {
+		for name, v := range map[string]any{"Options": opts, "*Options": &opts, "*Client": c, "*TokenHolder": holder, "provider *Client": hc, "provider Options": Options{Tokens: holder}} {
 			out := fmt.Sprintf(verb, v)
 			if strings.Contains(out, "TOPSECRET") || strings.Contains(out, fmt.Sprintf("%x", "TOPSECRET")) {
 				t.Errorf("%s %s leaks the token: %s", name, verb, out)
@@ -610,7 +618,7 @@ func TestLogsHaveNoSecrets(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.inject("addWireGuardPeer", fault{apply: true, status: 502})
-	f.inject("listPeers", fault{status: 503})
+	f.inject("getPeer", fault{status: 503})
 	created, err := c.AddPeer(context.Background(), AddPeerInput{Org: f.orgs["acme"], Name: "k8s-log", PublicKey: kp.Public})
 	if err != nil {
 		t.Fatal(err)

@@ -40,7 +40,7 @@
 // context ends the error wraps both the context error and the last API error.
 // addWireGuardPeer is retried directly only when the request certainly did
 // not take effect (429, dial/DNS failure, MAINTENANCE); after an ambiguous
-// failure AddPeer lists the peers and reconciles by name and public key (see
+// failure AddPeer looks the peer up by name and reconciles by public key (see
 // AddPeer).
 //
 // # Decisions where the contract leaves room
@@ -58,7 +58,21 @@
 //     public key, AddPeer removes and recreates it once (the gateway key and
 //     endpoint are only in the create response) and logs it.
 //   - ListPeers requests first: 100 and also the peer "network" field.
-//   - RemovePeer lists before and after removal when it knows the slug.
+//   - RemovePeer never lists: it sends the mutation and, when it knows the
+//     slug, confirms with one organization.wireGuardPeer(name:) lookup (also
+//     after running out of retries, which may hide an applied removal).
+//     Only a missing peer is "already removed"; a missing organization is an
+//     error (Error.Object, IsPeerNotFound, IsOrgNotFound).
+//   - AddPeer sends the default network ("default") as "" like flyctl.
+//
+// # One client per org
+//
+// Options.Tokens (a TokenProvider such as *TokenHolder) is asked for the
+// token on every request, so a rotated token is used at once; a change
+// empties the org cache. CachedOrganization caches lookups (OrgCacheTTL).
+// Every client reports glaceon_fly_api_* to its Metrics (DefaultMetrics
+// unless set) under its Options.Org label; register them with
+// RegisterMetrics.
 //
 // # Secrets
 //

@@ -126,3 +126,68 @@ func FuzzDecodeResponse(f *testing.F) {
 		}
 	})
 }
+
+// FuzzPeerLookup: whatever the API answers to organization.wireGuardPeer,
+// the client never panics, never calls a missing organization a missing
+// peer (or both), and never returns a peer of another name.
+func FuzzPeerLookup(f *testing.F) {
+	for _, body := range []string{
+		`{"data":{"organization":{"wireGuardPeer":{"id":"1","name":"k8s-a","pubkey":"k","region":"ord","peerip":"fdaa::2","network":null}}}}`,
+		`{"data":{"organization":null},"errors":[{"message":"Could not find WireGuardPeer","path":["organization","wireGuardPeer"],"extensions":{"code":"NOT_FOUND"}}]}`,
+		`{"data":{"organization":null}}`,
+		`{"data":{"organization":{"wireGuardPeer":null}}}`,
+		`{"data":null,"errors":[{"message":"Could not find Organization","path":["organization"]}]}`,
+		`{"data":null,"errors":[{"message":"Not found","path":["organization","wireGuardPeer",3],"extensions":{"code":"NOT_FOUND"}}]}`,
+		`{"data":null,"errors":[{"message":"not found","extensions":{"code":"NOT_FOUND"}}]}`,
+		`{"data":{"organization":{"wireGuardPeer":{"name":"other"}}}}`,
+		`{"data":{"organization":{"wireGuardPeer":"x"}}}`,
+	} {
+		f.Add(200, []byte(body), "k8s-a")
+	}
+	f.Fuzz(func(t *testing.T, status int, body []byte, name string) {
+		var (
+			p   *Peer
+			err error
+		)
+		data, apiErr := decodeResponse(status, http.Header{}, body)
+		if apiErr != nil {
+			apiErr.Op = OpPeer
+			err = notFoundDetail(apiErr, "acme", name)
+		} else {
+			p, err = decodePeer(data, "acme", name)
+		}
+		if IsPeerNotFound(err) && IsOrgNotFound(err) {
+			t.Fatalf("both peer and org not found: %v", err)
+		}
+		if (p == nil) == (err == nil) {
+			t.Fatalf("peer %v with error %v", p, err)
+		}
+		if p != nil && p.Name != name {
+			t.Fatalf("asked for %q, got %q", name, p.Name)
+		}
+		if err != nil {
+			_ = err.Error()
+		}
+	})
+}
+
+// FuzzNotFoundObject: the classification of a not-found error is total and
+// only ever names one of the two objects.
+func FuzzNotFoundObject(f *testing.F) {
+	f.Add("Could not find WireGuardPeer", "organization", "wireGuardPeer")
+	f.Add("Could not find Organization", "removeWireGuardPeer", "")
+	f.Add("Not found", "", "")
+	f.Fuzz(func(t *testing.T, msg, p1, p2 string) {
+		var path []any
+		for _, p := range []string{p1, p2} {
+			if p != "" {
+				path = append(path, p)
+			}
+		}
+		switch o := notFoundObjectOf(msg, path); o {
+		case "", ObjectOrganization, ObjectWireGuardPeer:
+		default:
+			t.Fatalf("object %q", o)
+		}
+	})
+}
