@@ -129,6 +129,14 @@ func (w *wsGateway) start() error {
 		ReadHeaderTimeout: 10 * time.Second,
 		TLSConfig:         &tls.Config{Certificates: []tls.Certificate{w.cert}, NextProtos: []string{"http/1.1"}},
 		ErrorLog:          nil,
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			if tc, ok := c.(*tls.Conn); ok {
+				if cc, ok := tc.NetConn().(*transport.CorkConn); ok {
+					return context.WithValue(ctx, corkKey{}, cc)
+				}
+			}
+			return ctx
+		},
 	}
 	w.mu.Lock()
 	w.ln, w.srv = ln, srv
@@ -136,7 +144,7 @@ func (w *wsGateway) start() error {
 	w.wg.Add(1)
 	go func() {
 		defer w.wg.Done()
-		_ = srv.Serve(tls.NewListener(ln, srv.TLSConfig))
+		_ = srv.Serve(tls.NewListener(corkListener{ln}, srv.TLSConfig))
 	}()
 	return nil
 }
@@ -178,7 +186,8 @@ func (w *wsGateway) serve(rw http.ResponseWriter, r *http.Request) {
 		http.Error(rw, "Origin must be wss://<host>/", http.StatusForbidden)
 		return
 	}
-	c, err := transport.Accept(rw, r, &websocket.AcceptOptions{InsecureSkipVerify: true})
+	cork, _ := r.Context().Value(corkKey{}).(*transport.CorkConn)
+	c, err := transport.Accept(rw, r, &websocket.AcceptOptions{InsecureSkipVerify: true}, cork)
 	if err != nil {
 		w.rejected.Add(1)
 		w.g.logf("websocket rejected: %v", err)
@@ -367,12 +376,10 @@ func (b *gwBind) Close() error {
 
 func (b *gwBind) Send(bufs [][]byte, ep conn.Endpoint) error {
 	if e, ok := ep.(*gwWSEndpoint); ok {
-		for _, p := range bufs {
-			if err := e.c.WriteDatagram(p); err != nil {
-				e.c.Fail(transport.ErrWrite, err)
-				return nil // the client re-dials; UDP would not report it either
-			}
-			b.w.dgOut.Add(1)
+		n, err := e.c.WriteBatch(bufs)
+		b.w.dgOut.Add(int64(n))
+		if err != nil {
+			e.c.Fail(transport.ErrWrite, err) // the client re-dials
 		}
 		return nil
 	}
@@ -425,4 +432,17 @@ func (s *Server) WebSocketStats() WebSocketStats {
 		return WebSocketStats{}
 	}
 	return s.gw.ws.stats()
+}
+
+type corkKey struct{}
+
+// corkListener hands out corkable TCP connections (see transport.CorkConn).
+type corkListener struct{ net.Listener }
+
+func (l corkListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return transport.NewCorkConn(c), nil
 }

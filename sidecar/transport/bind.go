@@ -398,16 +398,16 @@ func (b *Bind) sendWS(bufs [][]byte) error {
 		b.Stats.Dropped.Add(uint64(len(bufs)))
 		return nil
 	}
-	var bytes uint64
-	for i, p := range bufs {
-		if err := c.WriteDatagram(p); err != nil {
-			c.Fail(ErrWrite, err)
-			b.Stats.Dropped.Add(uint64(len(bufs) - i))
-			break
-		}
-		bytes += uint64(len(p))
-		b.Stats.FramesOut[PathWebSocket].Add(1)
+	n, err := c.WriteBatch(bufs)
+	if err != nil {
+		c.Fail(ErrWrite, err)
+		b.Stats.Dropped.Add(uint64(len(bufs) - n))
 	}
+	var bytes uint64
+	for _, p := range bufs[:n] {
+		bytes += uint64(len(p))
+	}
+	b.Stats.FramesOut[PathWebSocket].Add(uint64(n))
 	b.Stats.BytesOut[PathWebSocket].Add(bytes)
 	b.lastOut[PathWebSocket].Store(time.Now().UnixNano())
 	return nil

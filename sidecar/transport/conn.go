@@ -51,13 +51,17 @@ func (k ErrorKind) String() string {
 	return [...]string{"dial", "read", "write", "protocol", "idle"}[k]
 }
 
+// noDeadline is the context of every read and write: a context that can
+// end costs coder/websocket a timer registration per message; Fail closes
+// the connection instead, which ends any read or write in progress.
+var noDeadline = context.Background()
+
 // Conn is one WebSocket carrying frames, client or server side. Reads come
 // from a single goroutine; writes may come from several.
 type Conn struct {
-	ws     *websocket.Conn
-	ctx    context.Context
-	cancel context.CancelFunc
-	br     *bufio.Reader
+	ws   *websocket.Conn
+	br   *bufio.Reader
+	cork *CorkConn // may be nil
 
 	wmu  sync.Mutex
 	wbuf []byte
@@ -71,11 +75,11 @@ type Conn struct {
 }
 
 // NewConn wraps an established WebSocket (after Dial or Accept, magic
-// already exchanged). The connection lives until Fail or Close.
-func NewConn(ws *websocket.Conn) *Conn {
+// already exchanged). cork, if not nil, is the TCP connection under it, for
+// WriteBatch. The connection lives until Fail or Close.
+func NewConn(ws *websocket.Conn, cork *CorkConn) *Conn {
 	ws.SetReadLimit(messageReadLimit)
-	ctx, cancel := context.WithCancel(context.Background())
-	c := &Conn{ws: ws, ctx: ctx, cancel: cancel, done: make(chan struct{}), wbuf: make([]byte, 0, 2048)}
+	c := &Conn{ws: ws, cork: cork, done: make(chan struct{}), wbuf: make([]byte, 0, 2048)}
 	c.br = bufio.NewReaderSize(&messageStream{c: c}, 64<<10)
 	c.touch()
 	return c
@@ -92,7 +96,7 @@ type messageStream struct {
 func (m *messageStream) Read(p []byte) (int, error) {
 	for {
 		if m.cur == nil {
-			typ, r, err := m.c.ws.Reader(m.c.ctx)
+			typ, r, err := m.c.ws.Reader(noDeadline)
 			if err != nil {
 				return 0, err
 			}
@@ -155,7 +159,34 @@ func (c *Conn) WriteDatagram(p []byte) error {
 	defer c.wmu.Unlock()
 	c.wbuf = AppendFrame(c.wbuf[:0], p)
 	c.touch()
-	return c.ws.Write(c.ctx, websocket.MessageText, c.wbuf)
+	return c.ws.Write(noDeadline, websocket.MessageText, c.wbuf)
+}
+
+// WriteBatch sends each datagram as its own frame and message, with one
+// system call for the lot when the connection can be corked. It returns
+// how many were sent.
+func (c *Conn) WriteBatch(bufs [][]byte) (int, error) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.cork != nil {
+		c.cork.Cork()
+	}
+	c.touch()
+	sent := 0
+	var err error
+	for _, p := range bufs {
+		c.wbuf = AppendFrame(c.wbuf[:0], p)
+		if err = c.ws.Write(noDeadline, websocket.MessageText, c.wbuf); err != nil {
+			break
+		}
+		sent++
+	}
+	if c.cork != nil {
+		if uerr := c.cork.Uncork(); uerr != nil && err == nil {
+			err, sent = uerr, 0
+		}
+	}
+	return sent, err
 }
 
 // KeepAlive writes a zero-length frame every KeepaliveAfter of silence
@@ -183,8 +214,7 @@ func (c *Conn) KeepAlive() {
 func (c *Conn) Fail(kind ErrorKind, err error) {
 	c.failOnce.Do(func() {
 		c.err, c.kind = err, kind
-		c.cancel()
-		_ = c.ws.CloseNow()
+		_ = c.ws.CloseNow() // unblocks a read or write in progress
 		close(c.done)
 	})
 }
@@ -233,6 +263,18 @@ func Dial(ctx context.Context, o DialOptions) (*Conn, error) {
 	if tr.DialContext == nil {
 		tr.DialContext = (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 15 * time.Second}).DialContext
 	}
+	// One connection per Dial (no keep-alives): the last one dialled is
+	// the WebSocket's.
+	var cork *CorkConn
+	dial := tr.DialContext
+	tr.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := dial(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		cork = NewCorkConn(c)
+		return cork, nil
+	}
 	defer tr.CloseIdleConnections()
 	ws, resp, err := websocket.Dial(ctx, o.URL, &websocket.DialOptions{
 		HTTPClient: &http.Client{Transport: tr},
@@ -244,7 +286,7 @@ func Dial(ctx context.Context, o DialOptions) (*Conn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("websocket dial %s: %w", o.URL, err)
 	}
-	c := NewConn(ws)
+	c := NewConn(ws, cork)
 	var magic [4]byte
 	binary.BigEndian.PutUint32(magic[:], Magic)
 	if err := c.WriteRaw(magic[:]); err != nil {
@@ -255,12 +297,13 @@ func Dial(ctx context.Context, o DialOptions) (*Conn, error) {
 }
 
 // Accept upgrades a gateway-side request and reads the client's magic.
-func Accept(w http.ResponseWriter, r *http.Request, opts *websocket.AcceptOptions) (*Conn, error) {
+// cork, if not nil, is the TCP connection under the request.
+func Accept(w http.ResponseWriter, r *http.Request, opts *websocket.AcceptOptions, cork *CorkConn) (*Conn, error) {
 	ws, err := websocket.Accept(w, r, opts)
 	if err != nil {
 		return nil, err
 	}
-	c := NewConn(ws)
+	c := NewConn(ws, cork)
 	if err := ReadMagic(c.br); err != nil {
 		c.Fail(ErrProtocol, err)
 		return nil, err
@@ -274,7 +317,7 @@ func Accept(w http.ResponseWriter, r *http.Request, opts *websocket.AcceptOption
 func (c *Conn) WriteRaw(b []byte) error {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	return c.ws.Write(c.ctx, websocket.MessageText, b)
+	return c.ws.Write(noDeadline, websocket.MessageText, b)
 }
 
 // WriteBinary sends b in one binary message, which the framing forbids
@@ -282,7 +325,7 @@ func (c *Conn) WriteRaw(b []byte) error {
 func (c *Conn) WriteBinary(b []byte) error {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	return c.ws.Write(c.ctx, websocket.MessageBinary, b)
+	return c.ws.Write(noDeadline, websocket.MessageBinary, b)
 }
 
 func insecureTLS() *tls.Config {

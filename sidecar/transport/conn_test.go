@@ -19,7 +19,7 @@ func gatewayServer(t *testing.T) (url string, conns chan *Conn, errs chan error,
 	conns, errs, origins = make(chan *Conn, 4), make(chan error, 4), make(chan string, 4)
 	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		origins <- r.Header.Get("Origin")
-		c, err := Accept(w, r, &websocket.AcceptOptions{InsecureSkipVerify: true})
+		c, err := Accept(w, r, &websocket.AcceptOptions{InsecureSkipVerify: true}, nil)
 		if err != nil {
 			errs <- err
 			return
