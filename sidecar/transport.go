@@ -14,9 +14,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.zx2c4.com/wireguard/device"
 
-	"github.com/glaceon/glaceon/flyapi"
+	"github.com/glaceon/glaceon/flyapi/udpbind"
+	"github.com/glaceon/glaceon/flyapi/wgquick"
+	"github.com/glaceon/glaceon/flyapi/wgws"
 	"github.com/glaceon/glaceon/sidecar/transport"
-	"github.com/glaceon/glaceon/sidecar/udpbind"
 )
 
 // Transport is how the sidecar reaches the Fly gateway.
@@ -89,16 +90,16 @@ var (
 
 // newTransportBind builds the Bind that carries WireGuard over UDP and/or
 // the gateway's WebSocket at wss://<Endpoint host>:<port>/.
-func newTransportBind(cfg *flyapi.WireGuardConfig, wsPort int, log logr.Logger) (*transport.Bind, string, error) {
+func newTransportBind(cfg *wgquick.Config, wsPort int, log logr.Logger) (*transport.Bind, string, error) {
 	host, _, err := net.SplitHostPort(cfg.Endpoint)
 	if err != nil {
 		return nil, "", fmt.Errorf("endpoint %q: %w", cfg.Endpoint, err)
 	}
-	url := transport.GatewayURL(host, wsPort)
+	url := wgws.GatewayURL(host, wsPort)
 	b := transport.New(transport.Options{
 		UDP: udpbind.New(udpbind.Options{}),
 		// HTTPS_PROXY / NO_PROXY, as flyctl honours them.
-		Dial: transport.DialOptions{URL: url, Proxy: http.ProxyFromEnvironment},
+		Dial: wgws.DialOptions{URL: url, Proxy: http.ProxyFromEnvironment},
 		Log:  log.WithName("websocket"),
 	})
 	return b, url, nil
@@ -151,7 +152,7 @@ func newTransportCtl(mode Transport, t *tunnel, log logr.Logger, reg *prometheus
 		counterFunc("glaceon_websocket_connects_total", "WebSocket connections to the gateway established.", nil, &b.Stats.WSConnects),
 		counterFunc("glaceon_transport_dropped_total", "Datagrams dropped because their transport was not connected.", nil, &b.Stats.Dropped),
 	)
-	for k := transport.ErrDial; k <= transport.ErrIdle; k++ {
+	for k := wgws.ErrDial; k <= wgws.ErrIdle; k++ {
 		reg.MustRegister(counterFunc("glaceon_websocket_errors_total",
 			"WebSocket failures by stage (dial, read, write, protocol, idle).",
 			prometheus.Labels{"stage": k.String()}, &b.Stats.WSErrors[k]))
@@ -305,10 +306,11 @@ func (c *transportCtl) run(ctx context.Context, lastHandshake func() time.Time) 
 }
 
 // silent: datagrams went out over p recently but nothing came back for d
-// (and the path has been in use for at least d).
+// (and the path has been in use for at least d), while the receivers sat
+// waiting: a stalled consumer on our side is not a dead path.
 func silent(b *transport.Bind, p transport.Path, d time.Duration, since time.Time) bool {
 	now := time.Now()
-	if now.Sub(since) < d {
+	if now.Sub(since) < d || !b.Idle(p) {
 		return false
 	}
 	in, out := b.LastIn(p), b.LastOut(p)

@@ -16,15 +16,14 @@ import (
 	"github.com/go-logr/logr"
 	"golang.zx2c4.com/wireguard/device"
 
-	"github.com/glaceon/glaceon/flyapi"
-
+	"github.com/glaceon/glaceon/flyapi/wgquick"
 	"github.com/glaceon/glaceon/sidecar/transport"
 )
 
 // tunnel is the wireguard-go device on top of our netstack, plus the state
 // the watchdog needs (endpoint candidates, which one is in use).
 type tunnel struct {
-	cfg *flyapi.WireGuardConfig
+	cfg *wgquick.Config
 	tun *netTun
 	dev *device.Device
 	log logr.Logger
@@ -41,7 +40,7 @@ type tunnel struct {
 	current   int              // index into endpoints
 }
 
-func newTunnel(cfg *flyapi.WireGuardConfig, opts *Options, log logr.Logger, m *metrics) (*tunnel, error) {
+func newTunnel(cfg *wgquick.Config, opts *Options, log logr.Logger, m *metrics) (*tunnel, error) {
 	tuning := opts.Tuning
 	tuning.MTU, tuning.Local = opts.MTU, cfg.Address
 	bind, wsURL, err := newTransportBind(cfg, opts.WebSocketPort, log)

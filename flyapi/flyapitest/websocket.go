@@ -26,8 +26,8 @@ import (
 	"github.com/coder/websocket"
 	"golang.zx2c4.com/wireguard/conn"
 
-	"github.com/glaceon/glaceon/sidecar/transport"
-	"github.com/glaceon/glaceon/sidecar/udpbind"
+	"github.com/glaceon/glaceon/flyapi/udpbind"
+	"github.com/glaceon/glaceon/flyapi/wgws"
 )
 
 // EnvWebSocketPort is read when Options.WebSocketPort is 0, like
@@ -73,7 +73,7 @@ type wsGateway struct {
 	mu      sync.Mutex
 	ln      net.Listener
 	srv     *http.Server
-	conns   map[*transport.Conn]struct{}
+	conns   map[*wgws.Conn]struct{}
 	origins []string
 	wg      sync.WaitGroup
 }
@@ -92,7 +92,7 @@ func newWSGateway(g *gateway, port int) (*wsGateway, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &wsGateway{g: g, port: port, cert: cert, conns: map[*transport.Conn]struct{}{}}, nil
+	return &wsGateway{g: g, port: port, cert: cert, conns: map[*wgws.Conn]struct{}{}}, nil
 }
 
 func selfSigned() (tls.Certificate, error) {
@@ -131,7 +131,7 @@ func (w *wsGateway) start() error {
 		ErrorLog:          nil,
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
 			if tc, ok := c.(*tls.Conn); ok {
-				if cc, ok := tc.NetConn().(*transport.CorkConn); ok {
+				if cc, ok := tc.NetConn().(*wgws.CorkConn); ok {
 					return context.WithValue(ctx, corkKey{}, cc)
 				}
 			}
@@ -155,7 +155,7 @@ func (w *wsGateway) stop() {
 	srv := w.srv
 	w.srv, w.ln = nil, nil
 	conns := w.conns
-	w.conns = map[*transport.Conn]struct{}{}
+	w.conns = map[*wgws.Conn]struct{}{}
 	w.mu.Unlock()
 	if srv != nil {
 		_ = srv.Close()
@@ -186,8 +186,8 @@ func (w *wsGateway) serve(rw http.ResponseWriter, r *http.Request) {
 		http.Error(rw, "Origin must be wss://<host>/", http.StatusForbidden)
 		return
 	}
-	cork, _ := r.Context().Value(corkKey{}).(*transport.CorkConn)
-	c, err := transport.Accept(rw, r, &websocket.AcceptOptions{InsecureSkipVerify: true}, cork)
+	cork, _ := r.Context().Value(corkKey{}).(*wgws.CorkConn)
+	c, err := wgws.Accept(rw, r, &websocket.AcceptOptions{InsecureSkipVerify: true}, cork)
 	if err != nil {
 		w.rejected.Add(1)
 		w.g.logf("websocket rejected: %v", err)
@@ -220,7 +220,7 @@ func (w *wsGateway) serve(rw http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ep := &gwWSEndpoint{c: c, w: w}
-	buf := make([]byte, transport.MaxDatagram)
+	buf := make([]byte, wgws.MaxDatagram)
 	for {
 		n, err := c.ReadDatagram(buf)
 		if err != nil {
@@ -238,16 +238,16 @@ func (w *wsGateway) serve(rw http.ResponseWriter, r *http.Request) {
 	}
 }
 
-func (w *wsGateway) injectFault(c *transport.Conn, f WebSocketFault) {
+func (w *wsGateway) injectFault(c *wgws.Conn, f WebSocketFault) {
 	switch f {
 	case WSFaultOversized:
 		var hdr [4]byte
 		binary.BigEndian.PutUint32(hdr[:], 1<<20)
 		_ = c.WriteRaw(hdr[:])
 	case WSFaultBinaryMessage:
-		_ = c.WriteBinary(transport.AppendFrame(nil, make([]byte, 148)))
+		_ = c.WriteBinary(wgws.AppendFrame(nil, make([]byte, 148)))
 	case WSFaultTruncated:
-		_ = c.WriteRaw(transport.AppendFrame(nil, make([]byte, 148))[:40])
+		_ = c.WriteRaw(wgws.AppendFrame(nil, make([]byte, 148))[:40])
 		return // and close: the client sees the stream end inside a frame
 	}
 	// Hold the connection until the client drops it.
@@ -259,7 +259,7 @@ func (w *wsGateway) injectFault(c *transport.Conn, f WebSocketFault) {
 
 // gwWSEndpoint is a client reached over one WebSocket.
 type gwWSEndpoint struct {
-	c *transport.Conn
+	c *wgws.Conn
 	w *wsGateway
 }
 
@@ -379,7 +379,7 @@ func (b *gwBind) Send(bufs [][]byte, ep conn.Endpoint) error {
 		n, err := e.c.WriteBatch(bufs)
 		b.w.dgOut.Add(int64(n))
 		if err != nil {
-			e.c.Fail(transport.ErrWrite, err) // the client re-dials
+			e.c.Fail(wgws.ErrWrite, err) // the client re-dials
 		}
 		return nil
 	}
@@ -436,7 +436,7 @@ func (s *Server) WebSocketStats() WebSocketStats {
 
 type corkKey struct{}
 
-// corkListener hands out corkable TCP connections (see transport.CorkConn).
+// corkListener hands out corkable TCP connections (see wgws.CorkConn).
 type corkListener struct{ net.Listener }
 
 func (l corkListener) Accept() (net.Conn, error) {
@@ -444,5 +444,5 @@ func (l corkListener) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return transport.NewCorkConn(c), nil
+	return wgws.NewCorkConn(c), nil
 }

@@ -1,3 +1,8 @@
+// Package transport carries WireGuard datagrams to the Fly gateway over UDP
+// or, where UDP is blocked, over a WebSocket (flyapi/wgws), behind one
+// wireguard-go conn.Bind. The WireGuard session does not know which path a
+// datagram took: switching paths keeps keys and counters, so TCP
+// connections inside the tunnel survive a switch.
 package transport
 
 import (
@@ -13,6 +18,8 @@ import (
 
 	"github.com/go-logr/logr"
 	"golang.zx2c4.com/wireguard/conn"
+
+	"github.com/glaceon/glaceon/flyapi/wgws"
 )
 
 // Path is how datagrams reach the gateway.
@@ -60,7 +67,7 @@ const (
 	initiationFresh = 5 * time.Second
 )
 
-// UDP is the UDP bind underneath (sidecar/udpbind).
+// UDP is the UDP bind underneath (flyapi/udpbind).
 type UDP interface {
 	conn.Bind
 }
@@ -68,10 +75,10 @@ type UDP interface {
 // Options configures a Bind.
 type Options struct {
 	UDP  UDP
-	Dial DialOptions // URL must be set for the WebSocket path
+	Dial wgws.DialOptions // URL must be set for the WebSocket path
 	Log  logr.Logger
-	// DialFunc replaces Dial (tests).
-	DialFunc func(ctx context.Context, o DialOptions) (*Conn, error)
+	// DialFunc replaces wgws.Dial (tests).
+	DialFunc func(ctx context.Context, o wgws.DialOptions) (*wgws.Conn, error)
 }
 
 // Stats are cumulative counters, safe to read at any time.
@@ -80,7 +87,7 @@ type Stats struct {
 	BytesOut, BytesIn   [numPaths]atomic.Uint64
 	Dropped             atomic.Uint64 // datagrams for the WebSocket while it was down
 	WSConnects          atomic.Uint64
-	WSErrors            [numErrorKinds]atomic.Uint64
+	WSErrors            [wgws.NumErrorKinds]atomic.Uint64
 }
 
 // Bind is a conn.Bind that sends every datagram over the current Path and
@@ -96,6 +103,9 @@ type Bind struct {
 
 	lastOut [numPaths]atomic.Int64 // unix nanos
 	wsUp    atomic.Int64           // unix nanos a WebSocket was last up
+	// funcs and waiting count the receive functions per path and those
+	// blocked waiting for a datagram (not handing one to wireguard-go).
+	funcs, waiting [numPaths]atomic.Int32
 	lastIn  [numPaths]atomic.Int64
 
 	udpTarget atomic.Pointer[conn.Endpoint] // last UDP endpoint from UAPI
@@ -109,14 +119,14 @@ type Bind struct {
 	open     chan struct{} // nil when closed; closed by Close
 	wsCancel context.CancelFunc
 	wsDone   chan struct{}
-	cur      *Conn
+	cur      *wgws.Conn
 	curCh    chan struct{} // closed when cur changes
 }
 
 // New returns a closed Bind on PathUDP.
 func New(o Options) *Bind {
 	if o.DialFunc == nil {
-		o.DialFunc = Dial
+		o.DialFunc = wgws.Dial
 	}
 	b := &Bind{opts: o, curCh: make(chan struct{})}
 	b.wsEP = wsEndpoint{url: o.Dial.URL}
@@ -147,6 +157,14 @@ func unixNano(n int64) time.Time {
 		return time.Time{}
 	}
 	return time.Unix(0, n)
+}
+
+// Idle reports whether every receive function of p is waiting for a
+// datagram. When one is not, wireguard-go (or the netstack behind it) is
+// slow to take what arrived: silence on p then says nothing about the path.
+func (b *Bind) Idle(p Path) bool {
+	n := b.funcs[p].Load()
+	return n > 0 && b.waiting[p].Load() == n
 }
 
 // HasUDPTarget reports whether a UDP endpoint was configured.
@@ -194,7 +212,7 @@ func (b *Bind) ResetWebSocket(why error) {
 	c := b.cur
 	b.mu.Unlock()
 	if c != nil {
-		c.Fail(ErrIdle, why)
+		c.Fail(wgws.ErrIdle, why)
 	}
 }
 
@@ -228,9 +246,9 @@ func (b *Bind) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
 	b.open = open
 	out := make([]conn.ReceiveFunc, 0, len(fns)+1)
 	for _, fn := range fns {
-		out = append(out, b.wrapUDP(fn))
+		out = append(out, b.counted(PathUDP, b.wrapUDP(fn)))
 	}
-	out = append(out, b.receiveWS(open))
+	out = append(out, b.counted(PathWebSocket, b.receiveWS(open)))
 	if b.Path() == PathWebSocket {
 		b.startWSLocked()
 	}
@@ -248,6 +266,22 @@ func (b *Bind) Close() error {
 	b.stopWSLocked()
 	b.mu.Unlock()
 	return err
+}
+
+// counted keeps funcs and waiting up to date for fn.
+func (b *Bind) counted(p Path, fn conn.ReceiveFunc) conn.ReceiveFunc {
+	b.funcs[p].Add(1)
+	return func(bufs [][]byte, sizes []int, eps []conn.Endpoint) (int, error) {
+		b.waiting[p].Add(1)
+		n, err := fn(bufs, sizes, eps)
+		b.waiting[p].Add(-1)
+		if err != nil {
+			// wireguard-go stops calling a function that failed (the bind
+			// is closing).
+			b.funcs[p].Add(-1)
+		}
+		return n, err
+	}
 }
 
 func (b *Bind) wrapUDP(fn conn.ReceiveFunc) conn.ReceiveFunc {
@@ -308,11 +342,11 @@ func (b *Bind) receiveWS(open chan struct{}) conn.ReceiveFunc {
 	}
 }
 
-func readErrorKind(err error) ErrorKind {
-	if errors.Is(err, ErrFrameTooLarge) || errors.Is(err, ErrWrongMessageType) || strings.Contains(err.Error(), "does not fit") {
-		return ErrProtocol
+func readErrorKind(err error) wgws.ErrorKind {
+	if errors.Is(err, wgws.ErrFrameTooLarge) || errors.Is(err, wgws.ErrWrongMessageType) || strings.Contains(err.Error(), "does not fit") {
+		return wgws.ErrProtocol
 	}
-	return ErrRead
+	return wgws.ErrRead
 }
 
 // ParseEndpoint accepts the UDP gateway address (IP:port) or the WebSocket
@@ -400,7 +434,7 @@ func (b *Bind) sendWS(bufs [][]byte) error {
 	}
 	n, err := c.WriteBatch(bufs)
 	if err != nil {
-		c.Fail(ErrWrite, err)
+		c.Fail(wgws.ErrWrite, err)
 		b.Stats.Dropped.Add(uint64(len(bufs) - n))
 	}
 	var bytes uint64
@@ -437,7 +471,7 @@ func (b *Bind) stopWSLocked() {
 	b.mu.Lock()
 }
 
-func (b *Bind) setConn(c *Conn) {
+func (b *Bind) setConn(c *wgws.Conn) {
 	b.wsUp.Store(time.Now().UnixNano())
 	b.mu.Lock()
 	b.cur = c
@@ -459,7 +493,7 @@ func (b *Bind) runWS(ctx context.Context) {
 			if ctx.Err() != nil {
 				return
 			}
-			b.Stats.WSErrors[ErrDial].Add(1)
+			b.Stats.WSErrors[wgws.ErrDial].Add(1)
 			wait := jitter(backoff)
 			log.Info("websocket connect failed; retrying", "url", b.opts.Dial.URL, "error", err.Error(), "retryIn", wait.String())
 			if !sleep(ctx, wait) {
@@ -506,7 +540,7 @@ func (b *Bind) runWS(ctx context.Context) {
 // resendInitiation sends a recent handshake initiation again over c: it
 // was probably lost on the path we just left, and wireguard-go would
 // otherwise wait up to 5 s to retry.
-func (b *Bind) resendInitiation(c *Conn) {
+func (b *Bind) resendInitiation(c *wgws.Conn) {
 	if p := b.freshInitiation(); p != nil {
 		_ = b.sendWS([][]byte{p})
 	}

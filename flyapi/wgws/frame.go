@@ -1,8 +1,7 @@
-// Package transport carries WireGuard datagrams to the Fly gateway over UDP
-// or, where UDP is blocked, over a WebSocket, behind one wireguard-go
-// conn.Bind. The WireGuard session does not know which path a datagram took:
-// switching paths keeps keys and counters, so TCP connections inside the
-// tunnel survive a switch.
+// Package wgws is WireGuard over WebSocket as Fly's gateways serve it to
+// flyctl: the client Dial, the gateway-side Accept, and the framing both
+// speak. It is a leaf of the flyapi tree, shared by the sidecar's transport
+// and the test double's gateway.
 //
 // The WebSocket framing is the one flyctl speaks (its wg/ws.go): after the
 // upgrade the client writes the 4-byte big-endian Magic; then each datagram
@@ -10,7 +9,7 @@
 // The peer answers with frames of the same shape. Readers treat the messages
 // as one byte stream (older flyctl split length and payload in two
 // messages). A zero-length frame is a keepalive.
-package transport
+package wgws
 
 import (
 	"encoding/binary"

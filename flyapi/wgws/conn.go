@@ -1,4 +1,4 @@
-package transport
+package wgws
 
 import (
 	"bufio"
@@ -41,11 +41,12 @@ const (
 	ErrWrite                     // the stream broke while writing
 	ErrProtocol                  // bad frame, wrong message type, bad magic
 	ErrIdle                      // nothing came back while datagrams went out
-	numErrorKinds
+	// NumErrorKinds is the number of kinds, for arrays indexed by kind.
+	NumErrorKinds
 )
 
 func (k ErrorKind) String() string {
-	if k < 0 || k >= numErrorKinds {
+	if k < 0 || k >= NumErrorKinds {
 		return "closed"
 	}
 	return [...]string{"dial", "read", "write", "protocol", "idle"}[k]
