@@ -106,7 +106,7 @@ type Bind struct {
 	// funcs and waiting count the receive functions per path and those
 	// blocked waiting for a datagram (not handing one to wireguard-go).
 	funcs, waiting [numPaths]atomic.Int32
-	lastIn  [numPaths]atomic.Int64
+	lastIn         [numPaths]atomic.Int64
 
 	udpTarget atomic.Pointer[conn.Endpoint] // last UDP endpoint from UAPI
 	wsEP      wsEndpoint
