@@ -194,6 +194,7 @@ func proxyPodSpec(mp *glaceonv1alpha1.MachineProxy, targets []proxyTarget, cfg i
 		ports = append(ports, corev1.ContainerPort{Name: t.portName, ContainerPort: t.listenPort, Protocol: corev1.ProtocolTCP})
 	}
 	args = append(args, "--health-addr", net.JoinHostPort(cfg.HealthListenHost, strconv.Itoa(int(cfg.HealthPort))))
+	args = append(args, inject.TransportArgs(mp.Spec.Transport)...)
 	ports = append(ports, corev1.ContainerPort{Name: inject.HealthPortName, ContainerPort: cfg.HealthPort, Protocol: corev1.ProtocolTCP})
 
 	spread := func(key string) corev1.TopologySpreadConstraint {
