@@ -526,6 +526,9 @@ func run(bin, transport string, size, up int64, requests, newConns, readyRuns, b
 		if err != nil {
 			return "", err
 		}
+		// Its own deadline: the starts in between take seconds each.
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
 		created, err := c.AddPeer(ctx, flyapi.AddPeerInput{Org: *org, Name: fmt.Sprintf("k8s-bench-%d-%d", os.Getpid(), i), PublicKey: kp.Public, Region: srv.Region()})
 		if err != nil {
 			return "", err
