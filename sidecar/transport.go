@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.zx2c4.com/wireguard/device"
 
+	"github.com/glaceon/glaceon/flyapi/target"
 	"github.com/glaceon/glaceon/flyapi/udpbind"
 	"github.com/glaceon/glaceon/flyapi/wgquick"
 	"github.com/glaceon/glaceon/flyapi/wgws"
@@ -57,7 +58,7 @@ func webSocketPort(getenv func(string) string) (int, error) {
 	if v == "" {
 		return DefaultWebSocketPort, nil
 	}
-	p, err := parsePort(v)
+	p, err := target.ParsePort(v)
 	if err != nil {
 		return 0, usageErr(EnvWebSocketPort, "%v (unset it: Fly gateways serve WebSockets on 443; it is for tests only)", err)
 	}
