@@ -6,6 +6,7 @@
 //	    [--health-addr 127.0.0.1:9901] [--mtu 1420] [--shutdown-grace 25s]
 //
 // Bad flags or config: one line on stderr naming the field, exit status 2.
+// `glaceon-sidecar --version` prints the version and commit.
 package main
 
 import (
@@ -20,6 +21,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/glaceon/glaceon/flyapi/version"
 	"github.com/glaceon/glaceon/sidecar"
 )
 
@@ -38,6 +40,10 @@ func fail(err error) int {
 }
 
 func run() int {
+	if len(os.Args) == 2 && (os.Args[1] == "--version" || os.Args[1] == "-version") {
+		fmt.Printf("glaceon-sidecar %s\n", version.String())
+		return 0
+	}
 	opts, err := sidecar.ParseOptions(os.Args[1:], os.Getenv)
 	if err != nil {
 		return fail(err)
@@ -71,6 +77,7 @@ func run() int {
 	if err != nil {
 		return fail(err)
 	}
+	log.Info("starting", "version", version.Version)
 	log.Info("memory limit", "bytes", limit, "source", limitSource)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()

@@ -11,6 +11,8 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/utils/ptr"
+
+	"github.com/glaceon/glaceon/flyapi/version"
 )
 
 // SidecarMode selects how the sidecar runs in the pod.
@@ -34,9 +36,40 @@ const (
 	SidecarModePeerOnly SidecarMode = "peer-only"
 )
 
-// DefaultSidecarImage is the image DefaultConfig uses. Release builds set it
-// with -ldflags "-X github.com/glaceon/glaceon/webhook/inject.DefaultSidecarImage=…".
-var DefaultSidecarImage = "ghcr.io/glaceon/glaceon-sidecar:dev"
+// SidecarRepository is the repository of the glaceon-sidecar image. Release
+// builds (hack/release) set it to the registry they push to, with
+// -ldflags "-X github.com/glaceon/glaceon/webhook/inject.SidecarRepository=…".
+var SidecarRepository = "ghcr.io/glaceon/glaceon-sidecar"
+
+// DefaultSidecarImage is the image DefaultConfig uses: the sidecar of this
+// binary's own version, so a manager never injects a sidecar of another
+// release by default.
+var DefaultSidecarImage = SidecarRepository + ":" + ImageTag(version.Version)
+
+// ImageTag turns a version into a valid image tag
+// ([A-Za-z0-9_][A-Za-z0-9_.-]{0,127}): other characters become '-' ('_'
+// first), and an empty version is "dev". hack/release tags images with it.
+func ImageTag(version string) string {
+	var sb strings.Builder
+	for i, r := range version {
+		ok := r == '_' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || (i > 0 && (r == '.' || r == '-'))
+		switch {
+		case ok:
+		case i == 0:
+			r = '_'
+		default:
+			r = '-'
+		}
+		sb.WriteRune(r)
+		if sb.Len() >= 128 {
+			break
+		}
+	}
+	if sb.Len() == 0 {
+		return "dev"
+	}
+	return sb.String()
+}
 
 // Config is the operator's side of injection: the same for every pod.
 type Config struct {
