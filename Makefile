@@ -50,8 +50,11 @@ generate: ## Generate deepcopy code (controller-gen)
 	@if [[ -d webhook/api ]]; then "$$(hack/tool.sh controller-gen)" object paths=./webhook/api/...; fi
 
 .PHONY: manifests
-manifests: ## Generate the CRD into deploy/ (controller-gen)
+manifests: ## Generate the CRDs into deploy/crd and the chart's crds/ (controller-gen)
 	@if [[ -d webhook/api ]]; then "$$(hack/tool.sh controller-gen)" crd paths=./webhook/api/... output:crd:artifacts:config=deploy/crd; fi
+	@# Helm installs crds/ untemplated: copies of deploy/crd (deploy/chart_test.go checks).
+	@rm -f deploy/chart/crds/*.yaml; for f in deploy/crd/*.yaml; do \
+	  [[ "$$(basename "$$f")" == kustomization.yaml ]] || cp "$$f" deploy/chart/crds/; done
 
 .PHONY: bench
 bench: ## Run the benchmarks (see docs/benchmarks.md)
