@@ -101,9 +101,6 @@ func (b buildInfo) ldflags() string {
 		"-s", "-w",
 		"-X", versionPackage + ".Version=" + b.Version,
 		"-X", versionPackage + ".Commit=" + b.Commit,
-		// The Fly client's User-Agent, until it reads flyapi/version (the
-		// linker ignores -X of a variable that does not exist).
-		"-X", "github.com/glaceon/glaceon/flyapi.Version=" + b.Version,
 		"-X", sidecarRepositoryVar + "=" + b.repo(sidecarImage().Name),
 	}, " ")
 }
