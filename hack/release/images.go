@@ -12,7 +12,6 @@ import (
 	"os/exec"
 	"path"
 	"path/filepath"
-	"runtime"
 	"sort"
 	"strings"
 	"time"
@@ -117,7 +116,7 @@ func platformString(p v1.Platform) string {
 // buildBinary cross-compiles one static binary. The environment is pinned
 // so that the user's GOFLAGS, GOAMD64 or CGO setting cannot change a digest.
 func buildBinary(ctx context.Context, b buildInfo, spec imageSpec, p v1.Platform, out string) error {
-	cmd := exec.CommandContext(ctx, goTool(), "build", "-trimpath", "-buildvcs=false", "-ldflags", b.ldflags(), "-o", out, spec.Package)
+	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-buildvcs=false", "-ldflags", b.ldflags(), "-o", out, spec.Package)
 	cmd.Dir = b.Root
 	cmd.Env = append(os.Environ(),
 		"CGO_ENABLED=0", "GOOS="+p.OS, "GOARCH="+p.Architecture,
@@ -129,20 +128,6 @@ func buildBinary(ctx context.Context, b buildInfo, spec imageSpec, p v1.Platform
 		return fmt.Errorf("go build %s for %s: %w\n%s", spec.Package, platformString(p), err, stderr.String())
 	}
 	return nil
-}
-
-// goTool is the go command that runs this program (GOROOT/bin/go), so the
-// binaries are built with the same toolchain as the tool itself.
-func goTool() string {
-	if g := filepath.Join(runtime.GOROOT(), "bin", "go"); fileExists(g) {
-		return g
-	}
-	return "go"
-}
-
-func fileExists(p string) bool {
-	_, err := os.Stat(p)
-	return err == nil
 }
 
 // caBundle is the Mozilla root store as served by golang.org/x/crypto's

@@ -71,7 +71,11 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	fs.StringVar(&b.Commit, "commit", "", "commit stamped into binaries and labels (default: git rev-parse HEAD)")
 	fs.StringVar(&b.Source, "source", defaultSource, "org.opencontainers.image.source")
 	fs.StringVar(&created, "created", os.Getenv("SOURCE_DATE_EPOCH"), "image creation time in Unix seconds (default: $SOURCE_DATE_EPOCH, else the commit's time)")
-	fs.StringVar(&platforms, "platforms", "linux/amd64,linux/arm64/v8", "comma-separated platforms")
+	var defaults []string
+	for _, p := range defaultPlatforms {
+		defaults = append(defaults, platformString(p))
+	}
+	fs.StringVar(&platforms, "platforms", strings.Join(defaults, ","), "comma-separated platforms")
 	fs.StringVar(&kubectl, "kubectl", "kubectl", "kubectl used to render deploy/ (install)")
 	fs.BoolVar(&insecure, "insecure", false, "push over plain HTTP (loopback and *.local registries always are)")
 	if err := fs.Parse(args[1:]); err != nil {
