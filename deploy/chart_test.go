@@ -131,6 +131,7 @@ func TestChartLint(t *testing.T) {
 	for _, bad := range []struct{ set, names string }{
 		{"webhook.failurePolicy=Sometimes", "failurePolicy"},
 		{"sidecar.mode=sometimes", "mode"},
+		{"sidecar.transport=tcp", "transport"},
 		{"replicas=0", "replicas"},
 		{"image.digest=latest", "digest"},
 		{"sidecar.resources.requests.gpu=1", "gpu"},
@@ -167,7 +168,7 @@ func TestChartApplies(t *testing.T) {
 	// Every knob turned: still valid, and the flags reach the manager.
 	changed := runTool(t, nil, h, "template", "glaceon", "chart", "--namespace", ns, "--include-crds",
 		"--set", "replicas=3,image.digest=sha256:"+strings.Repeat("a", 64),
-		"--set", "sidecar.image.repository=registry.example/glaceon-sidecar,sidecar.image.tag=v9,sidecar.mode=classic",
+		"--set", "sidecar.image.repository=registry.example/glaceon-sidecar,sidecar.image.tag=v9,sidecar.mode=classic,sidecar.transport=websocket",
 		"--set", "sidecar.resources.requests.cpu=20m,sidecar.resources.limits.memory=64Mi,sidecar.image.pullPolicy=Always",
 		"--set", "webhook.failurePolicy=Ignore,webhook.timeoutSeconds=20,webhook.flyTimeout=12s",
 		"--set", "defaultRegion=yyz,peerPrefix=k8s-prod-,podDisruptionBudget.minAvailable=2",
@@ -177,6 +178,7 @@ func TestChartApplies(t *testing.T) {
 		"image: ghcr.io/glaceon/glaceon@sha256:aaaa",
 		"- --sidecar-image=registry.example/glaceon-sidecar:v9",
 		"- --sidecar-mode=classic",
+		"- --sidecar-transport=websocket",
 		"- --sidecar-requests=cpu=20m",
 		"- --sidecar-limits=memory=64Mi",
 		"- --sidecar-image-pull-policy=Always",

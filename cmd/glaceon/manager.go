@@ -29,6 +29,7 @@ func runManager(env *cliEnv, args []string) error {
 	fs.StringVar(&sweepOrgs, "sweep-orgs", "", "comma-separated orgs whose orphaned peers (with --peer-prefix) the sweeper removes (default: --default-org)")
 	fs.StringVar(&cfg.Inject.Image, "sidecar-image", inject.DefaultSidecarImage, "glaceon-sidecar image injected into pods")
 	fs.StringVar(&sidecarMode, "sidecar-mode", string(inject.SidecarModeNative), "native (init container with restartPolicy Always, Kubernetes 1.29+) or classic")
+	fs.StringVar(&cfg.Inject.Transport, "sidecar-transport", "", "default transport of every sidecar: auto, udp or websocket (glaceon.fly/transport and MachineProxy spec.transport override it; default: the sidecar's, auto)")
 	fs.Func("sidecar-image-pull-policy", "imagePullPolicy of the injected sidecar: Always, IfNotPresent or Never (default IfNotPresent)", func(s string) error {
 		switch p := corev1.PullPolicy(s); p {
 		case corev1.PullAlways, corev1.PullIfNotPresent, corev1.PullNever:

@@ -67,6 +67,7 @@ func TestManagerSidecarFlags(t *testing.T) {
 		{[]string{"--sidecar-requests=memory=256Mi"}, "is above --sidecar-limits memory=128Mi"},
 		{[]string{"--sidecar-image-pull-policy=Sometimes"}, `"Sometimes" is not Always, IfNotPresent or Never`},
 		{[]string{"--sidecar-limits=gpu=1"}, `resource "gpu"`},
+		{[]string{"--sidecar-transport=tcp"}, `sidecar transport "tcp" is not one of auto, udp, websocket`},
 	} {
 		var stderr bytes.Buffer
 		code := run(append([]string{"manager"}, tc.args...), nil, &bytes.Buffer{}, &stderr)

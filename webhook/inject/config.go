@@ -10,6 +10,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/util/validation"
+	"k8s.io/apimachinery/pkg/util/validation/field"
 	"k8s.io/utils/ptr"
 
 	"github.com/glaceon/glaceon/flyapi/version"
@@ -86,6 +87,10 @@ type Config struct {
 	HealthListenHost string
 	// Mode is the default sidecar mode; glaceon.fly/inject-mode overrides it.
 	Mode SidecarMode
+	// Transport is the default --transport of every sidecar (auto, udp,
+	// websocket); glaceon.fly/transport and MachineProxy spec.transport
+	// override it. "" leaves the sidecar's own default (auto).
+	Transport string
 	// DefaultOrg and DefaultRegion apply when a pod does not set
 	// glaceon.fly/org or glaceon.fly/region. DefaultRegion may be empty
 	// (Fly then picks the gateway).
@@ -150,6 +155,11 @@ func (c Config) Validate() error {
 	var errs []error
 	if c.Image == "" {
 		errs = append(errs, errors.New("sidecar image is empty"))
+	}
+	if c.Transport != "" {
+		if fe := ValidateTransport(c.Transport, field.NewPath("transport")); len(fe) > 0 {
+			errs = append(errs, fmt.Errorf("sidecar transport %q is not one of %s", c.Transport, strings.Join(Transports, ", ")))
+		}
 	}
 	switch c.ImagePullPolicy {
 	case "", corev1.PullAlways, corev1.PullIfNotPresent, corev1.PullNever:
