@@ -3,9 +3,12 @@ package main
 import (
 	"fmt"
 	"os"
+	"sort"
 	"strings"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
@@ -26,6 +29,17 @@ func runManager(env *cliEnv, args []string) error {
 	fs.StringVar(&sweepOrgs, "sweep-orgs", "", "comma-separated orgs whose orphaned peers (with --peer-prefix) the sweeper removes (default: --default-org)")
 	fs.StringVar(&cfg.Inject.Image, "sidecar-image", inject.DefaultSidecarImage, "glaceon-sidecar image injected into pods")
 	fs.StringVar(&sidecarMode, "sidecar-mode", string(inject.SidecarModeNative), "native (init container with restartPolicy Always, Kubernetes 1.29+) or classic")
+	fs.StringVar(&cfg.Inject.Transport, "sidecar-transport", "", "default transport of every sidecar: auto, udp or websocket (glaceon.fly/transport and MachineProxy spec.transport override it; default: the sidecar's, auto)")
+	fs.Func("sidecar-image-pull-policy", "imagePullPolicy of the injected sidecar: Always, IfNotPresent or Never (default IfNotPresent)", func(s string) error {
+		switch p := corev1.PullPolicy(s); p {
+		case corev1.PullAlways, corev1.PullIfNotPresent, corev1.PullNever:
+			cfg.Inject.ImagePullPolicy = p
+			return nil
+		}
+		return fmt.Errorf("%q is not Always, IfNotPresent or Never", s)
+	})
+	fs.Var(resourceListFlag{&cfg.Inject.Resources.Requests}, "sidecar-requests", "resource requests of the injected sidecar, e.g. cpu=10m,memory=32Mi (default "+formatResourceList(cfg.Inject.Resources.Requests)+")")
+	fs.Var(resourceListFlag{&cfg.Inject.Resources.Limits}, "sidecar-limits", "resource limits of the injected sidecar, e.g. memory=128Mi; empty for none (default "+formatResourceList(cfg.Inject.Resources.Limits)+")")
 	fs.StringVar(&cfg.PeerPrefix, "peer-prefix", "k8s-", "prefix of the Fly peer names this cluster creates; give each cluster sharing an org its own, e.g. k8s-prod-")
 	fs.DurationVar(&cfg.FlyTimeout, "fly-timeout", 10*time.Second, "deadline of the Fly calls of one admission; keep it under the webhook's timeoutSeconds (15s)")
 	fs.StringVar(&cfg.WebhookHost, "webhook-host", "", "address the webhook server binds (default all)")
@@ -48,6 +62,9 @@ func runManager(env *cliEnv, args []string) error {
 		return err
 	}
 	cfg.Inject.Mode = inject.SidecarMode(sidecarMode)
+	if err := checkRequestsWithinLimits(cfg.Inject.Resources); err != nil {
+		return usagef("manager: %v", err)
+	}
 	cfg.SweepOrgs, cfg.WebhookExtraSANs = splitList(sweepOrgs), splitList(extraSANs)
 	if err := cfg.Validate(); err != nil {
 		return usagef("manager: %v", err)
@@ -76,7 +93,7 @@ func runManager(env *cliEnv, args []string) error {
 	}
 
 	ctx := ctrl.SetupSignalHandler()
-	log.Info("starting manager", "version", version.Version, "namespace", cfg.Namespace, "defaultOrg", cfg.Inject.DefaultOrg, "fly", flyOpts.BaseURL)
+	log.Info("starting manager", "version", version.Version, "commit", version.Commit, "namespace", cfg.Namespace, "defaultOrg", cfg.Inject.DefaultOrg, "fly", flyOpts.BaseURL)
 	go func() {
 		if err := mgr.Certs.WaitForReady(ctx); err == nil {
 			log.Info("webhook certificate ready")
@@ -103,4 +120,83 @@ func envOr(key, fallback string) string {
 		return v
 	}
 	return fallback
+}
+
+// resourceListFlag is a flag holding a resource list as
+// name=quantity,… (cpu, memory, ephemeral-storage); empty means none.
+type resourceListFlag struct{ list *corev1.ResourceList }
+
+func (f resourceListFlag) String() string {
+	if f.list == nil {
+		return ""
+	}
+	return formatResourceList(*f.list)
+}
+
+func (f resourceListFlag) Set(s string) error {
+	l, err := parseResourceList(s)
+	if err != nil {
+		return err
+	}
+	*f.list = l
+	return nil
+}
+
+// sidecarResourceNames are the resources a sidecar's requests and limits may name.
+var sidecarResourceNames = []corev1.ResourceName{corev1.ResourceCPU, corev1.ResourceMemory, corev1.ResourceEphemeralStorage}
+
+// parseResourceList parses "cpu=10m,memory=32Mi".
+func parseResourceList(s string) (corev1.ResourceList, error) {
+	l := corev1.ResourceList{}
+	for _, part := range splitList(s) {
+		k, v, ok := strings.Cut(part, "=")
+		k, v = strings.TrimSpace(k), strings.TrimSpace(v)
+		if !ok || v == "" {
+			return nil, fmt.Errorf("%q: want name=quantity, e.g. memory=128Mi", part)
+		}
+		name := corev1.ResourceName(k)
+		known := false
+		for _, n := range sidecarResourceNames {
+			known = known || n == name
+		}
+		if !known {
+			return nil, fmt.Errorf("%q: resource %q is not cpu, memory or ephemeral-storage", part, k)
+		}
+		if _, dup := l[name]; dup {
+			return nil, fmt.Errorf("%q: %s given twice", s, k)
+		}
+		q, err := resource.ParseQuantity(v)
+		if err != nil {
+			return nil, fmt.Errorf("%q: %q is not a quantity such as 10m, 32Mi or 1: %w", part, v, err)
+		}
+		if q.Sign() < 0 {
+			return nil, fmt.Errorf("%q: a quantity cannot be negative", part)
+		}
+		l[name] = q
+	}
+	return l, nil
+}
+
+// formatResourceList prints a resource list the way parseResourceList reads it.
+func formatResourceList(l corev1.ResourceList) string {
+	parts := make([]string, 0, len(l))
+	for name, q := range l {
+		parts = append(parts, string(name)+"="+q.String())
+	}
+	sort.Strings(parts)
+	if len(parts) == 0 {
+		return "none"
+	}
+	return strings.Join(parts, ",")
+}
+
+// checkRequestsWithinLimits catches what the API server would refuse on
+// every injected pod: a request above its limit.
+func checkRequestsWithinLimits(r corev1.ResourceRequirements) error {
+	for name, req := range r.Requests {
+		if lim, ok := r.Limits[name]; ok && req.Cmp(lim) > 0 {
+			return fmt.Errorf("--sidecar-requests %s=%s is above --sidecar-limits %s=%s; raise the limit or lower the request", name, req.String(), name, lim.String())
+		}
+	}
+	return nil
 }
