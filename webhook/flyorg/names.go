@@ -1,0 +1,36 @@
+package flyorg
+
+import "time"
+
+// Names of this package's controller, and the reasons of the FlyOrg Ready
+// condition and of its Events. Reasons are API for people who alert on
+// them: do not rename.
+const (
+	// ControllerName names the FlyOrg controller (logs, metrics, Events).
+	ControllerName = "glaceon-flyorg"
+
+	// ReasonReady: the token is accepted and the org was found.
+	ReasonReady = "OrganizationFound"
+	// ReasonTokenSecretMissing: the token Secret does not exist.
+	ReasonTokenSecretMissing = "TokenSecretMissing"
+	// ReasonTokenSecretInvalid: the Secret lacks the key, or holds
+	// something that is not a Fly token.
+	ReasonTokenSecretInvalid = "TokenSecretInvalid"
+	// ReasonUnauthorized: the Fly API rejected the token.
+	ReasonUnauthorized = "Unauthorized"
+	// ReasonOrgNotFound: the token works but cannot see the org slug.
+	ReasonOrgNotFound = "OrganizationNotFound"
+	// ReasonFlyUnavailable: the Fly API did not answer the check (rate
+	// limit, outage, timeout); checked again soon.
+	ReasonFlyUnavailable = "FlyUnavailable"
+	// ReasonInvalidSpec: a namespace pattern is not a valid path.Match
+	// pattern.
+	ReasonInvalidSpec = "InvalidSpec"
+)
+
+// Defaults for Options.
+const (
+	DefaultRecheckInterval = 5 * time.Minute
+	DefaultRetryInterval   = 30 * time.Second
+	DefaultFlyTimeout      = 30 * time.Second
+)
