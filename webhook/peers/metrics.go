@@ -24,10 +24,10 @@ const (
 	resultError   = "error"
 
 	kindFlyPeer = "flypeer"
-	kindFly    = "fly"
+	kindFly     = "fly"
 
-	opListPeers    = "list_peers"
-	opRemovePeer   = "remove_peer"
+	opListPeers  = "list_peers"
+	opRemovePeer = "remove_peer"
 )
 
 var (
