@@ -25,8 +25,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
-	"github.com/glaceon/glaceon/flyapi"
 	"github.com/glaceon/glaceon/flyapi/flyapitest"
+	"github.com/glaceon/glaceon/flyapi/wgquick"
 	"github.com/glaceon/glaceon/hack/localpod"
 	glaceonadmission "github.com/glaceon/glaceon/webhook/admission"
 	glaceonv1alpha1 "github.com/glaceon/glaceon/webhook/api/v1alpha1"
@@ -175,7 +175,7 @@ func TestAdmission(t *testing.T) {
 		if len(s.Finalizers) != 0 || len(s.Data) != 1 {
 			t.Errorf("secret has finalizers %v and keys %d; want none and only the wg-quick file", s.Finalizers, len(s.Data))
 		}
-		cfg, err := flyapi.ParseWireGuardConfig(s.Data[inject.SecretKeyWGConfig])
+		cfg, err := wgquick.Parse(s.Data[inject.SecretKeyWGConfig])
 		if err != nil {
 			t.Fatalf("secret holds no valid wg-quick file: %v", err)
 		}

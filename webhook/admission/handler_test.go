@@ -20,6 +20,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
 	"github.com/glaceon/glaceon/flyapi"
+	"github.com/glaceon/glaceon/flyapi/wgquick"
 	glaceonv1alpha1 "github.com/glaceon/glaceon/webhook/api/v1alpha1"
 	"github.com/glaceon/glaceon/webhook/flyorg"
 	"github.com/glaceon/glaceon/webhook/inject"
@@ -103,7 +104,7 @@ func annotated() *corev1.Pod {
 // the same namespace, so it passes unchanged and nothing is written.
 func TestReinvocationMakesNoPeer(t *testing.T) {
 	name := "k8s-default-web-test-abcdef"
-	fp := peers.NewFlyPeer(name, "personal", "", flyapi.Key{}, "default")
+	fp := peers.NewFlyPeer(name, "personal", "", wgquick.Key{}, "default")
 	h, writes := newTestHandler(t, readyOrg(), fp)
 	injected, err := inject.Inject(annotated(), injectCfg(), inject.Peer{Name: name, SecretName: name})
 	if err != nil {

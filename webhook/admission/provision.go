@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"time"
 
 	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
@@ -12,6 +11,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/glaceon/glaceon/flyapi"
+	"github.com/glaceon/glaceon/flyapi/wgquick"
 	glaceonv1alpha1 "github.com/glaceon/glaceon/webhook/api/v1alpha1"
 	"github.com/glaceon/glaceon/webhook/flyorg"
 	"github.com/glaceon/glaceon/webhook/inject"
@@ -54,7 +54,7 @@ func (h *Handler) step(name string) error {
 // then the Secret with the wg-quick file, then the FlyPeer's status. On a
 // failure it undoes what it made within the admission's deadline.
 func (h *Handler) provision(ctx context.Context, log logr.Logger, fly flyorg.FlyAPI, org *glaceonv1alpha1.FlyOrg, pod *corev1.Pod, namespace string, req inject.Request) (inject.Peer, *glaceonv1alpha1.FlyPeer, error) {
-	keys, err := flyapi.GenerateKeyPair()
+	keys, err := wgquick.GenerateKeyPair()
 	if err != nil {
 		return inject.Peer{}, nil, &provisionError{reason: "internal", msg: "generate WireGuard key pair: " + err.Error(), err: err}
 	}
@@ -72,13 +72,11 @@ func (h *Handler) provision(ctx context.Context, log logr.Logger, fly flyorg.Fly
 	}
 
 	flyCtx, cancel := context.WithTimeout(ctx, h.opts.FlyTimeout)
-	start := time.Now()
 	created, err := fly.AddPeer(flyCtx, flyapi.AddPeerInput{
 		Org:  flyapi.Organization{ID: org.Status.OrganizationID, Slug: org.SlugOrName()},
 		Name: name, PublicKey: keys.Public, Region: req.Region,
 	})
 	cancel()
-	flyAPIDuration.WithLabelValues("addWireGuardPeer").Observe(time.Since(start).Seconds())
 	if err != nil {
 		h.rollback(ctx, log, fp, false)
 		return inject.Peer{}, nil, h.flyFailure("addWireGuardPeer", org, err)
@@ -141,12 +139,6 @@ func (h *Handler) rollback(ctx context.Context, log logr.Logger, fp *glaceonv1al
 // flyFailure turns a Fly API error into a denial that names the FlyOrg and
 // says what to do.
 func (h *Handler) flyFailure(op string, org *glaceonv1alpha1.FlyOrg, err error) error {
-	kind := "other"
-	var fe *flyapi.Error
-	if errors.As(err, &fe) {
-		kind = fe.Kind.String()
-	}
-	flyAPIErrors.WithLabelValues(op, kind).Inc()
 	source := h.opts.Orgs.TokenSource(org)
 	var msg, reason string
 	switch {

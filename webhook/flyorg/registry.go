@@ -37,9 +37,11 @@ type TokenError struct {
 func (e *TokenError) Error() string { return e.Message }
 func (e *TokenError) Unwrap() error { return e.Err }
 
-// Registry holds one Fly API client per token Secret and follows the
-// Secrets: a changed Secret (new resourceVersion) is read again, uncached,
-// and a new client built. Safe for concurrent use.
+// Registry holds one Fly API client per FlyOrg (its metrics labelled with
+// the FlyOrg) and follows the token Secrets: a changed Secret (new
+// resourceVersion) is read again, uncached, and its token handed to the
+// client's TokenHolder, used from the next request on. Safe for
+// concurrent use.
 type Registry struct {
 	namespace string
 	// meta is a metadata-only cache of the Secrets in namespace: it tells
@@ -50,12 +52,14 @@ type Registry struct {
 	fly     flyapi.Options
 
 	mu      sync.Mutex
-	clients map[types.NamespacedName]*tokenClient
+	clients map[string]*orgClient // by FlyOrg name
 }
 
-type tokenClient struct {
-	resourceVersion string
+type orgClient struct {
+	secret          types.NamespacedName
 	key             string
+	resourceVersion string
+	tokens          *flyapi.TokenHolder
 	fly             FlyAPI
 }
 
@@ -64,7 +68,7 @@ type tokenClient struct {
 // fly is the template of every client's options (its Token is ignored).
 func NewRegistry(namespace string, meta, secrets client.Reader, fly flyapi.Options) *Registry {
 	fly.Token, fly.TokenSource = "", ""
-	return &Registry{namespace: namespace, meta: meta, secrets: secrets, fly: fly, clients: map[types.NamespacedName]*tokenClient{}}
+	return &Registry{namespace: namespace, meta: meta, secrets: secrets, fly: fly, clients: map[string]*orgClient{}}
 }
 
 // Namespace is where token Secrets live.
@@ -95,9 +99,9 @@ func (r *Registry) Client(ctx context.Context, org *glaceonv1alpha1.FlyOrg) (Fly
 	}
 	tk := tokenKey(org)
 	r.mu.Lock()
-	c, ok := r.clients[key]
+	c, ok := r.clients[org.Name]
 	r.mu.Unlock()
-	if ok && c.resourceVersion == meta.ResourceVersion && c.key == tk {
+	if ok && c.secret == key && c.key == tk && c.resourceVersion == meta.ResourceVersion {
 		return c.fly, nil
 	}
 
@@ -110,18 +114,27 @@ func (r *Registry) Client(ctx context.Context, org *glaceonv1alpha1.FlyOrg) (Fly
 		return nil, &TokenError{Reason: ReasonTokenSecretInvalid,
 			Message: fmt.Sprintf("%s has no key %q (or it is empty): put the Fly token under that key, or fix spec.tokenSecretRef.key of FlyOrg %s", source, tk, org.Name)}
 	}
-	opts := r.fly
-	opts.Token, opts.TokenSource = string(token), source
-	fly, err := flyapi.New(opts)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	c, ok = r.clients[org.Name]
+	if !ok {
+		opts := r.fly
+		opts.Tokens, opts.Org = &flyapi.TokenHolder{}, org.Name
+		fly, err := flyapi.New(opts)
+		if err != nil {
+			return nil, &TokenError{Reason: ReasonTokenSecretInvalid, Err: err, Message: fmt.Sprintf("build the Fly client of FlyOrg %s: %v", org.Name, err)}
+		}
+		c = &orgClient{tokens: opts.Tokens.(*flyapi.TokenHolder), fly: fly}
+		r.clients[org.Name] = c
+	}
+	err := c.tokens.Set(string(token), source)
 	clear(token)
 	if err != nil {
 		return nil, &TokenError{Reason: ReasonTokenSecretInvalid, Err: err,
 			Message: fmt.Sprintf("the token in %s is not a Fly API token: %v; create one with `fly tokens create org`", source, err)}
 	}
-	r.mu.Lock()
-	r.clients[key] = &tokenClient{resourceVersion: secret.ResourceVersion, key: tk, fly: fly}
-	r.mu.Unlock()
-	return fly, nil
+	c.secret, c.key, c.resourceVersion = key, tk, secret.ResourceVersion
+	return c.fly, nil
 }
 
 func (r *Registry) secretError(org *glaceonv1alpha1.FlyOrg, source string, err error) error {
@@ -129,7 +142,7 @@ func (r *Registry) secretError(org *glaceonv1alpha1.FlyOrg, source string, err e
 		// Drop a client built from a Secret that is gone: a deleted token
 		// must stop working.
 		r.mu.Lock()
-		delete(r.clients, types.NamespacedName{Namespace: r.namespace, Name: org.Spec.TokenSecretRef.Name})
+		delete(r.clients, org.Name)
 		r.mu.Unlock()
 		return &TokenError{Reason: ReasonTokenSecretMissing, Err: err,
 			Message: fmt.Sprintf("%s does not exist: create it (kubectl -n %s create secret generic %s --from-literal=%s=\"$(fly tokens create org)\") or fix spec.tokenSecretRef of FlyOrg %s",

@@ -22,7 +22,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
-	"github.com/glaceon/glaceon/flyapi"
+	"github.com/glaceon/glaceon/flyapi/wgquick"
 	"github.com/glaceon/glaceon/flyapi/flyapitest"
 	glaceonadmission "github.com/glaceon/glaceon/webhook/admission"
 	glaceonv1alpha1 "github.com/glaceon/glaceon/webhook/api/v1alpha1"
@@ -140,7 +140,7 @@ func TestOwnership(t *testing.T) {
 		}
 		forbidden("creates a FlyOrg", tenant.Create(ctx, &glaceonv1alpha1.FlyOrg{ObjectMeta: metav1.ObjectMeta{Name: "evil"},
 			Spec: glaceonv1alpha1.FlyOrgSpec{TokenSecretRef: glaceonv1alpha1.SecretKeyRef{Name: managertest.TokenSecret}, Namespaces: []string{"*"}}}))
-		forbidden("creates a FlyPeer", tenant.Create(ctx, peers.NewFlyPeer("k8s-evil", managertest.DefaultFlyOrg, "", flyapi.Key{}, tenantNS)))
+		forbidden("creates a FlyPeer", tenant.Create(ctx, peers.NewFlyPeer("k8s-evil", managertest.DefaultFlyOrg, "", wgquick.Key{}, tenantNS)))
 		var fp glaceonv1alpha1.FlyPeer
 		forbidden("reads a FlyPeer", tenant.Get(ctx, client.ObjectKey{Name: victimPeer}, &fp))
 		fp = glaceonv1alpha1.FlyPeer{ObjectMeta: metav1.ObjectMeta{Name: victimPeer}}
@@ -391,7 +391,7 @@ func TestManagerKilledAtEachStep(t *testing.T) {
 func TestFlyRequestsPerPod(t *testing.T) {
 	fly, ops := startDouble(t)
 	for i := range 2000 {
-		keys, err := flyapi.GenerateKeyPair()
+		keys, err := wgquick.GenerateKeyPair()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -467,7 +467,7 @@ func TestTwoClustersShareAnOrg(t *testing.T) {
 		return n
 	}
 	orphan := func(n *peers.Namer, org string) string {
-		keys, _ := flyapi.GenerateKeyPair()
+		keys, _ := wgquick.GenerateKeyPair()
 		name := n.New(&corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "orphan"}}, "shop")
 		if _, err := fly.AddPeer(org, name, keys.Public.String()); err != nil {
 			t.Fatal(err)

@@ -13,8 +13,8 @@ import (
 	"github.com/glaceon/glaceon/webhook/flyorg"
 )
 
-// flyOps reaches Fly with the client of a FlyOrg, with a per-call timeout
-// and error metrics.
+// flyOps reaches Fly with the client of a FlyOrg, with a per-call timeout.
+// The client records the glaceon_fly_api_* metrics, labelled by FlyOrg.
 type flyOps struct {
 	orgs    *flyorg.Registry
 	reader  client.Reader // FlyOrgs (the manager's cache)
@@ -53,8 +53,8 @@ func (f *flyOps) removePeer(ctx context.Context, fp *glaceonv1alpha1.FlyPeer) er
 		}
 		if orgID == "" {
 			err = fmt.Errorf("FlyOrg %q has no organization ID yet (see its Ready condition)", org.Name)
-		} else if err = fly.RemovePeer(ctx, flyapi.Organization{ID: orgID}, fp.Name); err != nil {
-			flyErrors.WithLabelValues(opRemovePeer, errorKind(err)).Inc()
+		} else {
+			err = fly.RemovePeer(ctx, flyapi.Organization{ID: orgID}, fp.Name)
 		}
 	}
 	if err != nil {
@@ -69,23 +69,14 @@ func (f *flyOps) removePeer(ctx context.Context, fp *glaceonv1alpha1.FlyPeer) er
 func (f *flyOps) removeByName(ctx context.Context, fly flyorg.FlyAPI, orgID, name string) error {
 	ctx, cancel := context.WithTimeout(ctx, f.timeout)
 	defer cancel()
-	if err := fly.RemovePeer(ctx, flyapi.Organization{ID: orgID}, name); err != nil {
-		flyErrors.WithLabelValues(opRemovePeer, errorKind(err)).Inc()
-		return err
-	}
-	return nil
+	return fly.RemovePeer(ctx, flyapi.Organization{ID: orgID}, name)
 }
 
 // listPeers lists the peers of org slug.
 func (f *flyOps) listPeers(ctx context.Context, fly flyorg.FlyAPI, slug string) ([]flyapi.Peer, error) {
 	ctx, cancel := context.WithTimeout(ctx, f.timeout)
 	defer cancel()
-	peers, err := fly.ListPeers(ctx, slug)
-	if err != nil {
-		flyErrors.WithLabelValues(opListPeers, errorKind(err)).Inc()
-		return nil, err
-	}
-	return peers, nil
+	return fly.ListPeers(ctx, slug)
 }
 
 // isContextDeadline reports a Fly call cut by its timeout.

@@ -14,7 +14,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
-	"github.com/glaceon/glaceon/flyapi"
+	"github.com/glaceon/glaceon/flyapi/wgquick"
 	glaceonv1alpha1 "github.com/glaceon/glaceon/webhook/api/v1alpha1"
 	"github.com/glaceon/glaceon/webhook/inject"
 )
@@ -30,7 +30,7 @@ var podGVK = corev1.SchemeGroupVersion.WithKind("Pod")
 
 // NewFlyPeer is the FlyPeer admission writes before it calls Fly: phase
 // Provisioning (no status yet), our finalizer, the pod's namespace.
-func NewFlyPeer(name, org, region string, publicKey flyapi.Key, namespace string) *glaceonv1alpha1.FlyPeer {
+func NewFlyPeer(name, org, region string, publicKey wgquick.Key, namespace string) *glaceonv1alpha1.FlyPeer {
 	return &glaceonv1alpha1.FlyPeer{
 		ObjectMeta: metav1.ObjectMeta{
 			Name:       name,
