@@ -22,8 +22,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
-	"github.com/glaceon/glaceon/flyapi/wgquick"
 	"github.com/glaceon/glaceon/flyapi/flyapitest"
+	"github.com/glaceon/glaceon/flyapi/wgquick"
 	glaceonadmission "github.com/glaceon/glaceon/webhook/admission"
 	glaceonv1alpha1 "github.com/glaceon/glaceon/webhook/api/v1alpha1"
 	"github.com/glaceon/glaceon/webhook/inject"
