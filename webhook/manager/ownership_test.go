@@ -32,39 +32,6 @@ import (
 	"github.com/glaceon/glaceon/webhook/peers"
 )
 
-// flyLog counts the double's requests by top-level GraphQL field
-// (addWireGuardPeer, removeWireGuardPeer, organization, …).
-type flyLog struct {
-	mu  sync.Mutex
-	ops map[string]int
-}
-
-func (l *flyLog) logf(format string, args ...any) {
-	line := fmt.Sprintf(format, args...)
-	const p = "flyapitest: POST /graphql "
-	if !strings.HasPrefix(line, p) {
-		return
-	}
-	op, _, _ := strings.Cut(strings.TrimPrefix(line, p), " ")
-	l.mu.Lock()
-	if l.ops == nil {
-		l.ops = map[string]int{}
-	}
-	l.ops[op]++
-	l.mu.Unlock()
-}
-
-func (l *flyLog) count(op string) int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.ops[op]
-}
-
-func startDouble(t testing.TB) (*flyapitest.Server, *flyLog) {
-	l := &flyLog{}
-	return flyapitest.Start(t, flyapitest.Options{Logf: l.logf}), l
-}
-
 // fastSweeps: a short grace so the tests see sweeps (the floor is lifted
 // for tests only).
 func fastSweeps(cfg *manager.Config) {
@@ -119,7 +86,7 @@ func hasPeer(fly *flyapitest.Server, org, name string) bool {
 // deploy/rbac, and a tenant holding the stock edit role in one namespace
 // tries what a hostile tenant would (issue 10, defects 2, 3, 5, 6, 8).
 func TestOwnership(t *testing.T) {
-	fly, ops := startDouble(t)
+	fly := flyapitest.Start(t, flyapitest.Options{})
 	e := managertest.StartWith(t, managertest.Options{AsServiceAccount: true, Fly: fly, Configure: fastSweeps})
 	ctx := context.Background()
 	victimNS := e.Namespace(t, "victim")
@@ -153,7 +120,7 @@ func TestOwnership(t *testing.T) {
 	})
 
 	t.Run("forged, relabelled and deleted Secrets change nothing at Fly", func(t *testing.T) {
-		removesBefore := ops.count("removeWireGuardPeer")
+		removesBefore := fly.OpRequests("removeWireGuardPeer")
 		// The old attack: a Secret in the tenant's namespace that names the
 		// victim's peer, with glaceon's labels and finalizer.
 		forged := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{
@@ -180,7 +147,7 @@ func TestOwnership(t *testing.T) {
 		}
 		// Several sweeps past the grace period.
 		time.Sleep(e.Config.SweepGrace + 5*e.Config.SweepInterval)
-		if n := ops.count("removeWireGuardPeer") - removesBefore; n != 0 {
+		if n := fly.OpRequests("removeWireGuardPeer") - removesBefore; n != 0 {
 			t.Errorf("forged and deleted Secrets caused %d removeWireGuardPeer requests", n)
 		}
 		if !hasPeer(fly, "personal", victimPeer) || !hasPeer(fly, "personal", ownPeer) {
@@ -344,7 +311,7 @@ func clusterWatches(t *testing.T, cfg *rest.Config, resourceName string) int {
 // process dying there: no clean-up runs) leaves nothing once the grace
 // period is over: no Fly peer, no FlyPeer, no Secret.
 func TestManagerKilledAtEachStep(t *testing.T) {
-	fly, _ := startDouble(t)
+	fly := flyapitest.Start(t, flyapitest.Options{})
 	var crashAt struct {
 		sync.Mutex
 		step string
@@ -389,7 +356,7 @@ func TestManagerKilledAtEachStep(t *testing.T) {
 // (defect 7). Counted at the double, with the sweeper's interval long
 // enough to stay out of the count.
 func TestFlyRequestsPerPod(t *testing.T) {
-	fly, ops := startDouble(t)
+	fly := flyapitest.Start(t, flyapitest.Options{})
 	for i := range 2000 {
 		keys, err := wgquick.GenerateKeyPair()
 		if err != nil {
@@ -420,7 +387,7 @@ func TestFlyRequestsPerPod(t *testing.T) {
 	}
 	waitFor(t, "peer removed", func() bool { return !hasPeer(fly, "personal", name) && len(e.FlyPeers(t)) == 0 })
 	if n := fly.Requests() - before; n > 3 {
-		t.Errorf("one pod's life took %d Fly requests (ops so far %v), want at most 3", n, ops.ops)
+		t.Errorf("one pod's life took %d Fly requests (%v since the start), want at most 3", n, fly.RequestCounts())
 	}
 	if len(fly.Peers("personal")) != 2000 {
 		t.Errorf("the org's other peers changed: %d", len(fly.Peers("personal")))
@@ -433,7 +400,7 @@ func TestFlyRequestsPerPod(t *testing.T) {
 // orphans are gone and every other peer is still there (defects 1 and 4:
 // the second FlyOrg's org is swept too).
 func TestTwoClustersShareAnOrg(t *testing.T) {
-	fly, _ := startDouble(t)
+	fly := flyapitest.Start(t, flyapitest.Options{})
 	a := managertest.StartWith(t, managertest.Options{AsServiceAccount: true, Fly: fly, Configure: fastSweeps})
 	b := managertest.StartWith(t, managertest.Options{AsServiceAccount: true, Fly: fly, Configure: fastSweeps})
 	ctx := context.Background()
