@@ -318,6 +318,9 @@ func TestManagerKilledAtEachStep(t *testing.T) {
 	}
 	e := managertest.StartWith(t, managertest.Options{AsServiceAccount: true, Fly: fly, Configure: func(cfg *manager.Config) {
 		fastSweeps(cfg)
+		// The longest Fly deadline allowed: what is left of the webhook's
+		// timeout must still hold the clean-up.
+		cfg.FlyTimeout = manager.AdmissionTimeout - glaceonadmission.MinCleanupTime
 		cfg.AdmissionTestHook = func(step string) error {
 			crashAt.Lock()
 			defer crashAt.Unlock()
@@ -340,15 +343,36 @@ func TestManagerKilledAtEachStep(t *testing.T) {
 			crashAt.Lock()
 			crashAt.step = ""
 			crashAt.Unlock()
-			waitFor(t, "nothing left after the grace period", func() bool {
-				var secrets corev1.SecretList
-				if err := e.Client.List(ctx, &secrets, client.InNamespace(ns)); err != nil {
-					return false
-				}
-				return len(e.FlyPeers(t)) == 0 && len(fly.Peers("personal")) == 0 && len(secrets.Items) == 0
-			})
+			nothingLeft(t, e, fly, ns)
 		})
 	}
+
+	// Issue 15 item 8: Fly answers after the admission's Fly deadline; the
+	// denial with its reason, and the clean-up, still fit in the webhook's
+	// timeoutSeconds (the API server would otherwise answer with its own
+	// timeout and the explanation would be lost).
+	t.Run("Fly slower than the deadline", func(t *testing.T) {
+		ns := e.Namespace(t, "slow")
+		fly.Faults().Set(flyapitest.Fault{Op: "addWireGuardPeer", Kind: flyapitest.FaultSlow, Delay: manager.WebhookTimeout})
+		defer fly.Faults().Clear()
+		err := e.Client.Create(ctx, pod(ns, "p", nil))
+		if err == nil || !strings.Contains(err.Error(), fmt.Sprintf("Fly API did not answer within %s", e.Config.FlyTimeout)) || !strings.Contains(err.Error(), "retrying is safe") {
+			t.Fatalf("create = %v, want glaceon's own denial, not the API server's timeout", err)
+		}
+		fly.Faults().Clear()
+		nothingLeft(t, e, fly, ns)
+	})
+}
+
+func nothingLeft(t *testing.T, e *managertest.Env, fly *flyapitest.Server, ns string) {
+	t.Helper()
+	waitFor(t, "nothing left after the grace period", func() bool {
+		var secrets corev1.SecretList
+		if err := e.Client.List(context.Background(), &secrets, client.InNamespace(ns)); err != nil {
+			return false
+		}
+		return len(e.FlyPeers(t)) == 0 && len(fly.Peers("personal")) == 0 && len(secrets.Items) == 0
+	})
 }
 
 // TestFlyRequestsPerPod: a pod's whole life costs at most 3 Fly requests
