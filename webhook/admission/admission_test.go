@@ -48,6 +48,9 @@ type env struct {
 
 	mu       sync.Mutex
 	handling []time.Duration // time spent in the webhook per request
+	// steps[pod][step] is when an admission reached each step, for the
+	// benchmark's cost of each write.
+	steps map[string]map[string]time.Time
 }
 
 // sidecarBin is the glaceon-sidecar binary built by TestMain.
@@ -78,6 +81,19 @@ func startEnv(t testing.TB, flyTimeout time.Duration) *env {
 	e.Env = managertest.Start(t, func(cfg *manager.Config) {
 		cfg.FlyTimeout = flyTimeout
 		cfg.SweepGrace, cfg.SweepInterval, cfg.AllowShortGrace = 2*time.Second, 500*time.Millisecond, true
+		cfg.AdmissionTestHook = func(step, pod string) error {
+			now := time.Now()
+			e.mu.Lock()
+			defer e.mu.Unlock()
+			if e.steps == nil {
+				e.steps = map[string]map[string]time.Time{}
+			}
+			if e.steps[pod] == nil {
+				e.steps[pod] = map[string]time.Time{}
+			}
+			e.steps[pod][step] = now
+			return nil
+		}
 		cfg.AdmissionMiddleware = func(next admission.Handler) admission.Handler {
 			return admission.HandlerFunc(func(ctx context.Context, req admission.Request) admission.Response {
 				e.calls.Add(1)
@@ -473,5 +489,29 @@ func BenchmarkAdmission50Concurrent(b *testing.B) {
 	e.mu.Lock()
 	b.ReportMetric(pct(e.handling, 0.50), "webhook-p50-ms")
 	b.ReportMetric(pct(e.handling, 0.99), "webhook-p99-ms")
+	// The cost of each step of one admission, from the test hook: the
+	// FlyPeer written before the Fly call, the Fly call, the Secret, and
+	// the FlyPeer's status (with the patch built).
+	between := func(from, to string) []time.Duration {
+		var d []time.Duration
+		for _, st := range e.steps {
+			if a, ok := st[from]; ok {
+				if z, ok := st[to]; ok {
+					d = append(d, z.Sub(a))
+				}
+			}
+		}
+		return d
+	}
+	for _, m := range []struct{ name, from, to string }{
+		{"flypeer-create", glaceonadmission.StepBeforeFlyPeer, glaceonadmission.StepAfterFlyPeer},
+		{"fly-add", glaceonadmission.StepAfterFlyPeer, glaceonadmission.StepAfterFly},
+		{"secret-create", glaceonadmission.StepAfterFly, glaceonadmission.StepAfterSecret},
+		{"flypeer-status", glaceonadmission.StepAfterSecret, glaceonadmission.StepBeforeResponse},
+	} {
+		if d := between(m.from, m.to); len(d) > 0 {
+			b.ReportMetric(pct(d, 0.50), m.name+"-p50-ms")
+		}
+	}
 	e.mu.Unlock()
 }

@@ -70,10 +70,10 @@ type Options struct {
 	Recorder    events.EventRecorder
 	Log         logr.Logger
 
-	// TestHook, when set, is called at each step (Step*); an error ends
-	// the admission at once with no clean-up, as if the process died
-	// there. Tests only.
-	TestHook func(step string) error
+	// TestHook, when set, is called at each step (Step*) with the pod's
+	// name (or generateName); an error ends the admission at once with no
+	// clean-up, as if the process died there. Tests and benchmarks only.
+	TestHook func(step, pod string) error
 }
 
 // MinCleanupTime is the part of Options.Timeout kept free of Fly calls:
@@ -191,7 +191,7 @@ func (h *Handler) handle(ctx context.Context, req admission.Request) (admission.
 		h.rollback(ctx, log, fp, true)
 		return resp, outcomeErrored, "patch"
 	}
-	if err := h.step(StepBeforeResponse); err != nil {
+	if err := h.step(StepBeforeResponse, pod); err != nil {
 		return admission.Errored(http.StatusInternalServerError, err), outcomeErrored, "crashed"
 	}
 	log.Info("injected glaceon sidecar", "peer", peer.Name, "flyorg", org.Name, "copy", copied, "targets", inject.FormatTargets(request.Targets))

@@ -39,11 +39,11 @@ func failureReason(err error) string {
 	return "internal"
 }
 
-func (h *Handler) step(name string) error {
+func (h *Handler) step(name string, pod *corev1.Pod) error {
 	if h.opts.TestHook == nil {
 		return nil
 	}
-	if err := h.opts.TestHook(name); err != nil {
+	if err := h.opts.TestHook(name, podDisplayName(pod)); err != nil {
 		return fmt.Errorf("%w (%s): %v", errCrashed, name, err)
 	}
 	return nil
@@ -59,7 +59,7 @@ func (h *Handler) provision(ctx context.Context, log logr.Logger, fly flyorg.Fly
 		return inject.Peer{}, nil, &provisionError{reason: "internal", msg: "generate WireGuard key pair: " + err.Error(), err: err}
 	}
 	name := h.opts.Namer.New(pod, namespace)
-	if err := h.step(StepBeforeFlyPeer); err != nil {
+	if err := h.step(StepBeforeFlyPeer, pod); err != nil {
 		return inject.Peer{}, nil, err
 	}
 	fp := peers.NewFlyPeer(name, org.Name, req.Region, keys.Public, namespace)
@@ -67,7 +67,7 @@ func (h *Handler) provision(ctx context.Context, log logr.Logger, fly flyorg.Fly
 		return inject.Peer{}, nil, &provisionError{reason: "flypeer", err: err,
 			msg: fmt.Sprintf("record FlyPeer %s: %v; nothing was created at Fly, retrying is safe", name, err)}
 	}
-	if err := h.step(StepAfterFlyPeer); err != nil {
+	if err := h.step(StepAfterFlyPeer, pod); err != nil {
 		return inject.Peer{}, nil, err
 	}
 
@@ -82,7 +82,7 @@ func (h *Handler) provision(ctx context.Context, log logr.Logger, fly flyorg.Fly
 		return inject.Peer{}, nil, h.flyFailure("addWireGuardPeer", org, err)
 	}
 	peersCreated.Inc()
-	if err := h.step(StepAfterFly); err != nil {
+	if err := h.step(StepAfterFly, pod); err != nil {
 		return inject.Peer{}, nil, err
 	}
 
@@ -96,7 +96,7 @@ func (h *Handler) provision(ctx context.Context, log logr.Logger, fly flyorg.Fly
 		return inject.Peer{}, nil, &provisionError{reason: "secret", err: err,
 			msg: fmt.Sprintf("store the WireGuard config of peer %s in a Secret in namespace %s: %v; the peer is being removed again, retrying is safe", name, namespace, err)}
 	}
-	if err := h.step(StepAfterSecret); err != nil {
+	if err := h.step(StepAfterSecret, pod); err != nil {
 		return inject.Peer{}, nil, err
 	}
 

@@ -97,7 +97,7 @@ type Config struct {
 	// use it to observe admissions or to fail one after it provisioned.
 	AdmissionMiddleware func(ctrladmission.Handler) ctrladmission.Handler
 	// AdmissionTestHook is admission.Options.TestHook (tests only).
-	AdmissionTestHook func(step string) error
+	AdmissionTestHook func(step, pod string) error
 }
 
 // Validate reports every problem with cfg.

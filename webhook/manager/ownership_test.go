@@ -321,7 +321,7 @@ func TestManagerKilledAtEachStep(t *testing.T) {
 		// The longest Fly deadline allowed: what is left of the webhook's
 		// timeout must still hold the clean-up.
 		cfg.FlyTimeout = manager.AdmissionTimeout - glaceonadmission.MinCleanupTime
-		cfg.AdmissionTestHook = func(step string) error {
+		cfg.AdmissionTestHook = func(step, _ string) error {
 			crashAt.Lock()
 			defer crashAt.Unlock()
 			if step == crashAt.step {

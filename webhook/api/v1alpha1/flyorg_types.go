@@ -92,7 +92,7 @@ type FlyOrgStatus struct {
 	//
 	// +optional
 	OrganizationID string `json:"organizationID,omitempty"`
-	// Peers is the number of FlyPeers in this org.
+	// Peers is the number of FlyPeers of this FlyOrg at the last check.
 	//
 	// +optional
 	Peers int32 `json:"peers,omitempty"`
