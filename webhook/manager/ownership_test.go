@@ -362,6 +362,25 @@ func TestManagerKilledAtEachStep(t *testing.T) {
 		fly.Faults().Clear()
 		nothingLeft(t, e, fly, ns)
 	})
+
+	// The state is in the cluster, not in the manager's memory: a manager
+	// that dies mid-admission and never comes back is cleaned up after by
+	// the next one.
+	t.Run("a new manager cleans up after a dead one", func(t *testing.T) {
+		ns := e.Namespace(t, "restarted")
+		crashAt.Lock()
+		crashAt.step = glaceonadmission.StepAfterSecret
+		crashAt.Unlock()
+		if err := e.Client.Create(ctx, pod(ns, "p", nil)); err == nil {
+			t.Fatal("pod created although the admission died")
+		}
+		e.Stop()
+		if len(e.FlyPeers(t)) != 1 || len(fly.Peers("personal")) != 1 {
+			t.Fatalf("want the dead admission's FlyPeer and Fly peer before the restart")
+		}
+		next := managertest.StartWith(t, managertest.Options{AsServiceAccount: true, Fly: fly, ControlPlane: e.ControlPlane, Configure: fastSweeps})
+		nothingLeft(t, next, fly, ns)
+	})
 }
 
 func nothingLeft(t *testing.T, e *managertest.Env, fly *flyapitest.Server, ns string) {
