@@ -430,15 +430,6 @@ func waitForPod(t *testing.T, c client.Client, ns string) *corev1.Pod {
 	return &pods.Items[0]
 }
 
-func containsString(list []string, s string) bool {
-	for _, v := range list {
-		if v == s {
-			return true
-		}
-	}
-	return false
-}
-
 // waitFor polls cond for up to a minute.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
