@@ -19,6 +19,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	eventsv1 "k8s.io/api/events/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/utils/ptr"
@@ -278,10 +279,25 @@ func TestAdmission(t *testing.T) {
 		if n := len(e.fly.Peers("acme")); n != 1 {
 			t.Errorf("acme has %d peers, want 1", n)
 		}
+		// Deleting the FlyOrg waits for its FlyPeers: their finalizers need
+		// its token.
+		if err := e.c.Delete(ctx, &glaceonv1alpha1.FlyOrg{ObjectMeta: metav1.ObjectMeta{Name: "acme"}}); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, "acme waiting for its FlyPeer", func() bool {
+			c := e.FlyOrgReady(t, "acme")
+			return c != nil && c.Reason == "WaitingForFlyPeers"
+		})
+		if err := e.c.Create(ctx, annotatedPod(ns, "too-late", map[string]string{inject.AnnotationTarget: "twi-ollama", inject.AnnotationOrg: "acme"})); err == nil || !strings.Contains(err.Error(), `FlyOrg "acme" is being deleted`) {
+			t.Errorf("a pod for a deleted FlyOrg: %v", err)
+		}
 		if err := e.c.Delete(ctx, pod); err != nil {
 			t.Fatal(err)
 		}
-		waitFor(t, "acme peer removed with its pod", func() bool { return len(e.fly.Peers("acme")) == 0 })
+		waitFor(t, "acme peer removed with its pod, then the FlyOrg gone", func() bool {
+			var org glaceonv1alpha1.FlyOrg
+			return len(e.fly.Peers("acme")) == 0 && apierrors.IsNotFound(e.c.Get(ctx, client.ObjectKey{Name: "acme"}, &org))
+		})
 	})
 
 	t.Run("pods without the annotation never reach the webhook", func(t *testing.T) {

@@ -14,6 +14,7 @@ import (
 	"k8s.io/client-go/tools/events"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 
 	"github.com/glaceon/glaceon/flyapi"
@@ -36,8 +37,8 @@ type check struct {
 	orgID   string
 }
 
-// Reconcile: Get → NotFound → (no deletion path: a FlyOrg holds nothing at
-// Fly) → check → status.
+// Reconcile: Get → NotFound → deletion (wait for the FlyOrg's FlyPeers) →
+// finalizer → check → status.
 func (r *reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
 	log := logf.FromContext(ctx)
 	var org glaceonv1alpha1.FlyOrg
@@ -48,7 +49,14 @@ func (r *reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 		return ctrl.Result{}, fmt.Errorf("get FlyOrg: %w", err)
 	}
 	if !org.DeletionTimestamp.IsZero() {
-		return ctrl.Result{}, nil
+		return r.deleting(ctx, &org)
+	}
+	if !controllerutil.ContainsFinalizer(&org, FinalizerFlyPeers) {
+		orig := org.DeepCopy()
+		controllerutil.AddFinalizer(&org, FinalizerFlyPeers)
+		if err := r.client.Patch(ctx, &org, client.MergeFromWithOptions(orig, client.MergeFromWithOptimisticLock{})); err != nil {
+			return ctrl.Result{}, fmt.Errorf("add finalizer %s: %w", FinalizerFlyPeers, err)
+		}
 	}
 
 	c := r.check(ctx, &org)
@@ -85,6 +93,37 @@ func (r *reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 		return ctrl.Result{RequeueAfter: r.opts.RetryInterval}, nil
 	}
 	return ctrl.Result{RequeueAfter: r.opts.RecheckInterval}, nil
+}
+
+// deleting lets a deleted FlyOrg go once none of its FlyPeers is left: until
+// then their finalizers need its token to remove their Fly peers.
+func (r *reconciler) deleting(ctx context.Context, org *glaceonv1alpha1.FlyOrg) (ctrl.Result, error) {
+	if !controllerutil.ContainsFinalizer(org, FinalizerFlyPeers) {
+		return ctrl.Result{}, nil
+	}
+	n, err := r.countPeers(ctx, org.Name)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	if n > 0 {
+		msg := fmt.Sprintf("deleted; waiting for its %d FlyPeers to go (they go with their pods) so that their Fly peers are removed with this FlyOrg's token", n)
+		if cond := meta.FindStatusCondition(org.Status.Conditions, glaceonv1alpha1.ConditionReady); cond == nil || cond.Reason != ReasonDeleting || org.Status.Peers != n {
+			meta.SetStatusCondition(&org.Status.Conditions, metav1.Condition{
+				Type: glaceonv1alpha1.ConditionReady, Status: metav1.ConditionFalse, Reason: ReasonDeleting, Message: msg, ObservedGeneration: org.Generation,
+			})
+			org.Status.Peers = n
+			if err := r.client.Status().Update(ctx, org); err != nil && !apierrors.IsNotFound(err) {
+				return ctrl.Result{}, fmt.Errorf("update FlyOrg status: %w", err)
+			}
+		}
+		return ctrl.Result{RequeueAfter: deletionRecheck}, nil
+	}
+	orig := org.DeepCopy()
+	controllerutil.RemoveFinalizer(org, FinalizerFlyPeers)
+	if err := r.client.Patch(ctx, org, client.MergeFromWithOptions(orig, client.MergeFromWithOptimisticLock{})); err != nil && !apierrors.IsNotFound(err) {
+		return ctrl.Result{}, fmt.Errorf("remove finalizer %s: %w", FinalizerFlyPeers, err)
+	}
+	return ctrl.Result{}, nil
 }
 
 // check validates the spec, reads the token and looks the org up at Fly.

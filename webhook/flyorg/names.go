@@ -26,6 +26,14 @@ const (
 	// ReasonInvalidSpec: a namespace pattern is not a valid path.Match
 	// pattern.
 	ReasonInvalidSpec = "InvalidSpec"
+	// ReasonDeleting: the FlyOrg is deleted and waits for its FlyPeers
+	// (their pods) to go, so their Fly peers can still be removed with its
+	// token.
+	ReasonDeleting = "WaitingForFlyPeers"
+
+	// FinalizerFlyPeers keeps a deleted FlyOrg, and its token, until no
+	// FlyPeer of it is left.
+	FinalizerFlyPeers = "glaceon.fly/flypeers"
 )
 
 // Defaults for Options.
@@ -33,4 +41,6 @@ const (
 	DefaultRecheckInterval = 5 * time.Minute
 	DefaultRetryInterval   = 30 * time.Second
 	DefaultFlyTimeout      = 30 * time.Second
+	// deletionRecheck is how often a deleted FlyOrg counts its FlyPeers.
+	deletionRecheck = 10 * time.Second
 )

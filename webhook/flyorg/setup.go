@@ -13,6 +13,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
@@ -109,14 +110,24 @@ func SetupWithManager(mgr ctrl.Manager, opts Options) (*Registry, error) {
 	})
 	err = ctrl.NewControllerManagedBy(mgr).
 		Named(ControllerName).
-		// Status writes must not trigger a Fly check: only spec changes.
-		For(&glaceonv1alpha1.FlyOrg{}, builder.WithPredicates(predicate.GenerationChangedPredicate{})).
+		// Status writes must not trigger a Fly check: only spec changes and
+		// the deletion.
+		For(&glaceonv1alpha1.FlyOrg{}, builder.WithPredicates(specOrDeletion())).
 		WatchesRawSource(source.Kind(secrets, secretMeta(), orgsOfSecret, predicate.TypedResourceVersionChangedPredicate[*metav1.PartialObjectMetadata]{})).
 		Complete(r)
 	if err != nil {
 		return nil, fmt.Errorf("flyorg: build controller: %w", err)
 	}
 	return registry, nil
+}
+
+// specOrDeletion passes creations, spec changes (generation) and the start
+// of a deletion.
+func specOrDeletion() predicate.Predicate {
+	return predicate.Funcs{UpdateFunc: func(e event.UpdateEvent) bool {
+		return e.ObjectOld.GetGeneration() != e.ObjectNew.GetGeneration() ||
+			e.ObjectOld.GetDeletionTimestamp().IsZero() != e.ObjectNew.GetDeletionTimestamp().IsZero()
+	}}
 }
 
 // cacheRunnable puts a cache in the manager's cache group, started on
