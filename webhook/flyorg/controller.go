@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"path"
+	"sync"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apiequality "k8s.io/apimachinery/pkg/api/equality"
@@ -27,6 +29,19 @@ type reconciler struct {
 	registry *Registry
 	recorder events.EventRecorder
 	opts     Options
+
+	// checked remembers each FlyOrg's last Fly check, so that a reconcile
+	// that only recounts FlyPeers costs no Fly request. In memory: a new
+	// leader checks every FlyOrg once, which is what "at start" means.
+	mu      sync.Mutex
+	checked map[string]lastCheck
+}
+
+type lastCheck struct {
+	generation    int64
+	secretVersion string
+	at            time.Time
+	reason        string
 }
 
 // check is the outcome of checking one FlyOrg.
@@ -59,14 +74,38 @@ func (r *reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 		}
 	}
 
-	c := r.check(ctx, &org)
-	if ctx.Err() != nil {
-		return ctrl.Result{}, ctx.Err()
-	}
 	peers, err := r.countPeers(ctx, org.Name)
 	if err != nil {
 		return ctrl.Result{}, err
 	}
+	version := r.registry.SecretVersion(ctx, &org)
+	r.mu.Lock()
+	last, ok := r.checked[org.Name]
+	r.mu.Unlock()
+	interval := r.opts.RecheckInterval
+	if last.reason == ReasonFlyUnavailable {
+		interval = r.opts.RetryInterval
+	}
+	if ok && last.generation == org.Generation && last.secretVersion == version && meta.FindStatusCondition(org.Status.Conditions, glaceonv1alpha1.ConditionReady) != nil {
+		if wait := interval - time.Since(last.at); wait > 0 {
+			// Only the FlyPeer count may have changed.
+			if org.Status.Peers != peers {
+				org.Status.Peers = peers
+				if err := r.client.Status().Update(ctx, &org); err != nil {
+					return ctrl.Result{}, fmt.Errorf("update FlyOrg status: %w", err)
+				}
+			}
+			return ctrl.Result{RequeueAfter: wait}, nil
+		}
+	}
+
+	c := r.check(ctx, &org)
+	if ctx.Err() != nil {
+		return ctrl.Result{}, ctx.Err()
+	}
+	r.mu.Lock()
+	r.checked[org.Name] = lastCheck{generation: org.Generation, secretVersion: version, at: time.Now(), reason: c.reason}
+	r.mu.Unlock()
 
 	before := org.Status.DeepCopy()
 	prev := meta.FindStatusCondition(org.Status.Conditions, glaceonv1alpha1.ConditionReady)

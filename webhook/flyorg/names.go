@@ -43,4 +43,7 @@ const (
 	DefaultFlyTimeout      = 30 * time.Second
 	// deletionRecheck is how often a deleted FlyOrg counts its FlyPeers.
 	deletionRecheck = 10 * time.Second
+	// peerRecountDelay gathers the FlyPeer events of a burst into one
+	// recount.
+	peerRecountDelay = 2 * time.Second
 )

@@ -87,6 +87,17 @@ func tokenKey(org *glaceonv1alpha1.FlyOrg) string {
 	return "token"
 }
 
+// SecretVersion is the resourceVersion of org's token Secret as cached, or
+// "" if it cannot be read (the check then says why).
+func (r *Registry) SecretVersion(ctx context.Context, org *glaceonv1alpha1.FlyOrg) string {
+	meta := &metav1.PartialObjectMetadata{}
+	meta.SetGroupVersionKind(corev1.SchemeGroupVersion.WithKind("Secret"))
+	if err := r.meta.Get(ctx, types.NamespacedName{Namespace: r.namespace, Name: org.Spec.TokenSecretRef.Name}, meta); err != nil {
+		return ""
+	}
+	return meta.ResourceVersion
+}
+
 // Client returns the Fly client for org's current token. Errors are
 // *TokenError.
 func (r *Registry) Client(ctx context.Context, org *glaceonv1alpha1.FlyOrg) (FlyAPI, error) {

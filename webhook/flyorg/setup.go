@@ -9,6 +9,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/util/workqueue"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
@@ -93,7 +94,20 @@ func SetupWithManager(mgr ctrl.Manager, opts Options) (*Registry, error) {
 	}
 	registry := NewRegistry(opts.Namespace, secrets, mgr.GetAPIReader(), opts.Fly)
 
-	r := &reconciler{client: mgr.GetClient(), registry: registry, recorder: mgr.GetEventRecorder(ControllerName), opts: opts}
+	r := &reconciler{client: mgr.GetClient(), registry: registry, recorder: mgr.GetEventRecorder(ControllerName), opts: opts, checked: map[string]lastCheck{}}
+	// A FlyPeer made or gone recounts its FlyOrg's peers a moment later
+	// (a burst of pods is one status write, and no Fly request).
+	recount := func(fp *glaceonv1alpha1.FlyPeer, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+		q.AddAfter(reconcile.Request{NamespacedName: types.NamespacedName{Name: fp.Spec.Org}}, peerRecountDelay)
+	}
+	peerEvents := handler.TypedFuncs[*glaceonv1alpha1.FlyPeer, reconcile.Request]{
+		CreateFunc: func(_ context.Context, e event.TypedCreateEvent[*glaceonv1alpha1.FlyPeer], q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			recount(e.Object, q)
+		},
+		DeleteFunc: func(_ context.Context, e event.TypedDeleteEvent[*glaceonv1alpha1.FlyPeer], q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			recount(e.Object, q)
+		},
+	}
 	// A Secret change re-checks the FlyOrgs that use it.
 	orgsOfSecret := handler.TypedEnqueueRequestsFromMapFunc(func(ctx context.Context, s *metav1.PartialObjectMetadata) []reconcile.Request {
 		var orgs glaceonv1alpha1.FlyOrgList
@@ -114,6 +128,7 @@ func SetupWithManager(mgr ctrl.Manager, opts Options) (*Registry, error) {
 		// the deletion.
 		For(&glaceonv1alpha1.FlyOrg{}, builder.WithPredicates(specOrDeletion())).
 		WatchesRawSource(source.Kind(secrets, secretMeta(), orgsOfSecret, predicate.TypedResourceVersionChangedPredicate[*metav1.PartialObjectMetadata]{})).
+		WatchesRawSource(source.Kind(mgr.GetCache(), &glaceonv1alpha1.FlyPeer{}, handler.TypedEventHandler[*glaceonv1alpha1.FlyPeer, reconcile.Request](peerEvents))).
 		Complete(r)
 	if err != nil {
 		return nil, fmt.Errorf("flyorg: build controller: %w", err)

@@ -97,6 +97,10 @@ func TestOwnership(t *testing.T) {
 	// lifecycle works under it.
 	victim, victimPeer := admit(t, e, e.Client, pod(victimNS, "victim", nil))
 	own, ownPeer := admit(t, e, tenant, pod(tenantNS, "own", nil))
+	waitFor(t, "the FlyOrg counting its 2 FlyPeers", func() bool {
+		var org glaceonv1alpha1.FlyOrg
+		return e.Client.Get(ctx, client.ObjectKey{Name: managertest.DefaultFlyOrg}, &org) == nil && org.Status.Peers == 2
+	})
 
 	t.Run("the tenant cannot create or change FlyOrgs or FlyPeers, nor read the token", func(t *testing.T) {
 		forbidden := func(what string, err error) {

@@ -92,7 +92,8 @@ type FlyOrgStatus struct {
 	//
 	// +optional
 	OrganizationID string `json:"organizationID,omitempty"`
-	// Peers is the number of FlyPeers of this FlyOrg at the last check.
+	// Peers is the number of FlyPeers of this FlyOrg, recounted moments
+	// after one is made or goes.
 	//
 	// +optional
 	Peers int32 `json:"peers,omitempty"`
