@@ -31,15 +31,23 @@ type SidecarContainer struct {
 	// Native makes the container a native sidecar: an init container with
 	// restartPolicy Always.
 	Native bool
+	// Transport is --transport (auto, udp, websocket); "" leaves the
+	// sidecar's default and adds no flag.
+	Transport string
 }
 
-// SidecarArgs is the sidecar's command line for cfg and forwards.
-func SidecarArgs(cfg Config, forwards []target.Forward) []string {
+// SidecarArgs is the sidecar's command line for cfg, forwards and
+// transport ("" for the sidecar's default).
+func SidecarArgs(cfg Config, forwards []target.Forward, transport string) []string {
 	args := []string{"--wg-config", cfg.WGConfigPath()}
 	for _, f := range forwards {
 		args = append(args, "--forward", f.String())
 	}
-	return append(args, "--health-addr", net.JoinHostPort(cfg.HealthListenHost, strconv.Itoa(int(cfg.HealthPort))))
+	args = append(args, "--health-addr", net.JoinHostPort(cfg.HealthListenHost, strconv.Itoa(int(cfg.HealthPort))))
+	if transport != "" {
+		args = append(args, "--transport", transport)
+	}
+	return args
 }
 
 // HealthForward is a forward that listens on cfg's health listen address
@@ -65,7 +73,7 @@ func (s SidecarContainer) Build(cfg Config) corev1.Container {
 		Name:            s.Name,
 		Image:           cfg.Image,
 		ImagePullPolicy: cfg.ImagePullPolicy,
-		Args:            SidecarArgs(cfg, s.Forwards),
+		Args:            SidecarArgs(cfg, s.Forwards, s.Transport),
 		Ports:           ports,
 		Resources:       *resources,
 		VolumeMounts: []corev1.VolumeMount{{
