@@ -34,8 +34,11 @@ import (
 const Version = "1.37.2"
 
 // DefaultControllers are the kube-controller-manager controllers the tests
-// rely on: ownerReferences, Deployments → ReplicaSets → Pods, namespaces.
+// rely on: ownerReferences, Deployments → ReplicaSets → Pods, namespaces,
+// the stock edit/view roles (aggregated) and resource quotas.
 var DefaultControllers = []string{
+	"clusterrole-aggregation-controller",
+	"resourcequota-controller",
 	"garbage-collector-controller",
 	"deployment-controller",
 	"replicaset-controller",

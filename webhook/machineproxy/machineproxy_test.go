@@ -41,6 +41,7 @@ import (
 	"github.com/glaceon/glaceon/hack/localpod"
 	glaceonadmission "github.com/glaceon/glaceon/webhook/admission"
 	glaceonv1alpha1 "github.com/glaceon/glaceon/webhook/api/v1alpha1"
+	"github.com/glaceon/glaceon/webhook/flyorg"
 	"github.com/glaceon/glaceon/webhook/inject"
 	"github.com/glaceon/glaceon/webhook/peers"
 )
@@ -73,9 +74,20 @@ func startEnv(t *testing.T) *env {
 			t.Fatal(err)
 		}
 	}
-	fly, err := flyapi.New(flyapi.Options{BaseURL: e.fly.URL(), Token: e.fly.Token(), TokenSource: "test"})
+	// The default FlyOrg and its token Secret, as an admin creates them.
+	admin, err := client.New(e.cp.Config, client.Options{Scheme: scheme})
 	if err != nil {
 		t.Fatal(err)
+	}
+	for _, obj := range []client.Object{
+		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "glaceon-system"}},
+		&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "fly-api-token", Namespace: "glaceon-system"}, Data: map[string][]byte{"token": []byte(e.fly.Token())}},
+		&glaceonv1alpha1.FlyOrg{ObjectMeta: metav1.ObjectMeta{Name: "personal"}, Spec: glaceonv1alpha1.FlyOrgSpec{
+			TokenSecretRef: glaceonv1alpha1.SecretKeyRef{Name: "fly-api-token", Key: "token"}, Namespaces: []string{"*"}}},
+	} {
+		if err := admin.Create(context.Background(), obj); err != nil {
+			t.Fatal(err)
+		}
 	}
 	mgr, err := ctrl.NewManager(e.cp.Config, ctrl.Options{
 		Scheme:  scheme,
@@ -91,13 +103,23 @@ func startEnv(t *testing.T) *env {
 		t.Fatal(err)
 	}
 	cfg := inject.DefaultConfig()
-	cfg.DefaultOrg = "personal"
+	orgs, err := flyorg.SetupWithManager(mgr, flyorg.Options{Namespace: "glaceon-system", Fly: flyapi.Options{BaseURL: e.fly.URL(), GatewayPort: e.fly.GatewayPort()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	namer, err := peers.NewNamer("k8s-", "test")
+	if err != nil {
+		t.Fatal(err)
+	}
 	handler, err := glaceonadmission.NewHandler(scheme, glaceonadmission.Options{
 		Inject:      cfg,
-		Fly:         fly,
+		Orgs:        orgs,
+		Reader:      mgr.GetClient(),
+		APIReader:   mgr.GetAPIReader(),
 		Client:      mgr.GetClient(),
+		Namer:       namer,
+		Timeout:     10 * time.Second,
 		FlyTimeout:  5 * time.Second,
-		PeerPrefix:  "k8s-",
 		GatewayPort: e.fly.GatewayPort(),
 		Log:         testr.New(t),
 	})
@@ -105,7 +127,7 @@ func startEnv(t *testing.T) *env {
 		t.Fatal(err)
 	}
 	mgr.GetWebhookServer().Register(glaceonadmission.Path, &webhook.Admission{Handler: handler})
-	err = peers.SetupWithManager(mgr, peers.Options{Fly: fly, DisableSweeper: true, RetryBaseDelay: 50 * time.Millisecond})
+	err = peers.SetupWithManager(mgr, peers.Options{Orgs: orgs, Namer: namer, DisableSweeper: true, RetryBaseDelay: 50 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -131,6 +153,16 @@ func startEnv(t *testing.T) *env {
 	}
 	if e.c, err = client.New(e.cp.Config, client.Options{Scheme: scheme}); err != nil {
 		t.Fatal(err)
+	}
+	err = wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+		var org glaceonv1alpha1.FlyOrg
+		if err := e.c.Get(ctx, client.ObjectKey{Name: "personal"}, &org); err != nil {
+			return false, err
+		}
+		return meta.IsStatusConditionTrue(org.Status.Conditions, glaceonv1alpha1.ConditionReady), nil
+	})
+	if err != nil {
+		t.Fatalf("FlyOrg personal not ready: %v", err)
 	}
 	return e
 }
@@ -243,6 +275,14 @@ func (e *env) podsHaveOwnPeers(pods []corev1.Pod, secrets []corev1.Secret) error
 			return fmt.Errorf("pod %s's peer %s is not at Fly", pod.Name, peer)
 		case localpod.PeerSecretName(&pod) != peer:
 			return fmt.Errorf("pod %s mounts Secret %q, want its peer's %s", pod.Name, localpod.PeerSecretName(&pod), peer)
+		}
+		// Replicas get their peers through the same FlyPeer path as any pod.
+		var fp glaceonv1alpha1.FlyPeer
+		if err := e.c.Get(context.Background(), client.ObjectKey{Name: peer}, &fp); err != nil {
+			return fmt.Errorf("pod %s's FlyPeer %s: %w", pod.Name, peer, err)
+		}
+		if fp.Spec.Pod.UID != pod.UID {
+			return fmt.Errorf("FlyPeer %s is bound to pod UID %q, not %s's", peer, fp.Spec.Pod.UID, pod.Name)
 		}
 		seen[peer] = true
 	}

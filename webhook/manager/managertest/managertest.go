@@ -10,16 +10,22 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/go-logr/logr"
 	admissionv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	k8sruntime "k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/wait"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/yaml"
@@ -35,13 +41,48 @@ import (
 // Namespace is glaceon's own namespace in the test cluster.
 const Namespace = "glaceon-system"
 
+// Names of what Start creates in the test cluster.
+const (
+	// TokenSecret holds the Fly double's token, in Namespace.
+	TokenSecret = "fly-api-token"
+	// DefaultFlyOrg is the FlyOrg Start creates (slug personal, every
+	// namespace, the default).
+	DefaultFlyOrg = "personal"
+	// ManagerServiceAccount is the manager's ServiceAccount in deploy/rbac.
+	ManagerServiceAccount = "glaceon-manager"
+)
+
 // Env is a running control plane, Fly double and manager.
 type Env struct {
 	ControlPlane *controlplane.ControlPlane
 	Fly          *flyapitest.Server
-	// Client reads from the API server (no cache).
+	// Client is a cluster admin reading from the API server (no cache).
 	Client  client.Client
 	Manager *manager.Manager
+	// Config is the manager's config as started.
+	Config manager.Config
+	// ManagerRESTConfig is what the manager talks to the API server with:
+	// impersonating its ServiceAccount under deploy/rbac when
+	// Options.AsServiceAccount.
+	ManagerRESTConfig *rest.Config
+	scheme            *k8sruntime.Scheme
+	stop              func()
+}
+
+// Options for StartWith.
+type Options struct {
+	// Configure adjusts the manager's config.
+	Configure func(*manager.Config)
+	// AsServiceAccount runs the manager as its ServiceAccount with the
+	// RBAC of deploy/rbac applied (impersonation), not as cluster admin.
+	AsServiceAccount bool
+	// NoFlyOrg skips the default FlyOrg and its token Secret.
+	NoFlyOrg bool
+	// ControlPlane, if set, is used instead of starting one (several
+	// managers on one cluster; the caller stops it).
+	ControlPlane *controlplane.ControlPlane
+	// Fly, if set, is the Fly double to use (several clusters, one org).
+	Fly *flyapitest.Server
 }
 
 // RepoRoot is the repository's root directory.
@@ -50,29 +91,55 @@ func RepoRoot() string {
 	return filepath.Join(filepath.Dir(file), "..", "..", "..")
 }
 
-// Start runs everything for tb; configure adjusts the manager's config
-// (defaults: org "personal", peer prefix "k8s-", Fly timeout 5s).
+// Start runs everything for tb with the default FlyOrg; configure adjusts
+// the manager's config (defaults: peer prefix "k8s-", Fly timeout 5s).
 func Start(tb testing.TB, configure func(*manager.Config)) *Env {
 	tb.Helper()
-	e := &Env{Fly: flyapitest.Start(tb, flyapitest.Options{Logf: func(string, ...any) {}})}
-	e.ControlPlane = controlplane.StartForTest(tb, controlplane.Options{
-		CRDDirectoryPaths: []string{filepath.Join(RepoRoot(), "deploy", "crd")},
-	})
+	return StartWith(tb, Options{Configure: configure})
+}
+
+// StartWith runs a control plane (or uses opts.ControlPlane), a Fly double
+// (or opts.Fly) and a manager for tb.
+func StartWith(tb testing.TB, opts Options) *Env {
+	tb.Helper()
+	e := &Env{Fly: opts.Fly, ControlPlane: opts.ControlPlane}
+	if e.Fly == nil {
+		e.Fly = flyapitest.Start(tb, flyapitest.Options{Logf: func(string, ...any) {}})
+	}
+	if e.ControlPlane == nil {
+		e.ControlPlane = controlplane.StartForTest(tb, controlplane.Options{
+			CRDDirectoryPaths: []string{filepath.Join(RepoRoot(), "deploy", "crd")},
+		})
+	}
 	// No client-side throttling: tests create many objects at once.
 	e.ControlPlane.Config.QPS, e.ControlPlane.Config.Burst = 1000, 1000
 	var err error
-	scheme := k8sruntime.NewScheme()
+	e.scheme = k8sruntime.NewScheme()
 	for _, add := range []func(*k8sruntime.Scheme) error{clientgoscheme.AddToScheme, glaceonv1alpha1.AddToScheme} {
-		if err := add(scheme); err != nil {
+		if err := add(e.scheme); err != nil {
 			tb.Fatal(err)
 		}
 	}
-	if e.Client, err = client.New(e.ControlPlane.Config, client.Options{Scheme: scheme}); err != nil {
+	if e.Client, err = client.New(e.ControlPlane.Config, client.Options{Scheme: e.scheme}); err != nil {
 		tb.Fatal(err)
 	}
 	ctx := context.Background()
-	if err := e.Client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: Namespace}}); err != nil {
+	if err := e.Client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: Namespace}}); err != nil && !apierrors.IsAlreadyExists(err) {
 		tb.Fatal(err)
+	}
+	e.ManagerRESTConfig = rest.CopyConfig(e.ControlPlane.Config)
+	if opts.AsServiceAccount {
+		if err := ApplyRBAC(ctx, e.Client); err != nil {
+			tb.Fatal(err)
+		}
+		e.ManagerRESTConfig.Impersonate = rest.ImpersonationConfig{
+			UserName: "system:serviceaccount:" + Namespace + ":" + ManagerServiceAccount,
+			Groups:   []string{"system:serviceaccounts", "system:serviceaccounts:" + Namespace, "system:authenticated"},
+		}
+	}
+	if !opts.NoFlyOrg {
+		e.SetToken(tb, e.Fly.Token())
+		e.CreateFlyOrg(tb, DefaultFlyOrg, "personal", []string{"*"}, true)
 	}
 
 	port, err := controlplane.FreePort()
@@ -84,49 +151,63 @@ func Start(tb testing.TB, configure func(*manager.Config)) *Env {
 		tb.Fatal(err)
 	}
 	if err := e.Client.Create(ctx, mwc); err != nil {
-		tb.Fatalf("register the webhook: %v", err)
+		if !apierrors.IsAlreadyExists(err) {
+			tb.Fatalf("register the webhook: %v", err)
+		}
+		// A second manager on this cluster: point the webhook at it.
+		var cur admissionv1.MutatingWebhookConfiguration
+		if err := e.Client.Get(ctx, client.ObjectKeyFromObject(mwc), &cur); err != nil {
+			tb.Fatal(err)
+		}
+		for i := range cur.Webhooks {
+			cur.Webhooks[i].ClientConfig.URL = mwc.Webhooks[i].ClientConfig.URL
+		}
+		if err := e.Client.Update(ctx, &cur); err != nil {
+			tb.Fatal(err)
+		}
 	}
 
-	fly, err := flyapi.New(flyapi.Options{BaseURL: e.Fly.URL(), Token: e.Fly.Token(), TokenSource: "test"})
-	if err != nil {
-		tb.Fatal(err)
-	}
 	cfg := manager.Config{
 		Namespace:        Namespace,
 		Inject:           inject.DefaultConfig(),
 		PeerPrefix:       "k8s-",
+		Fly:              flyapi.Options{BaseURL: e.Fly.URL()},
 		FlyTimeout:       5 * time.Second,
 		GatewayPort:      e.Fly.GatewayPort(),
-		TokenSource:      "secret glaceon-system/fly-api-token",
 		WebhookHost:      "127.0.0.1",
 		WebhookPort:      port,
 		WebhookService:   "glaceon-webhook",
 		WebhookConfig:    "glaceon",
 		WebhookExtraSANs: []string{"127.0.0.1"},
 		CertSecret:       "glaceon-webhook-tls",
-		PolicyConfigMap:  "glaceon-org-policy",
 		MetricsAddr:      "0",
 		HealthAddr:       "0",
 		Log:              logr.Discard(),
 		// -count=N and benchmarks build one manager per run.
 		SkipNameValidation: true,
 	}
-	cfg.Inject.DefaultOrg = "personal"
-	if configure != nil {
-		configure(&cfg)
+	if opts.Configure != nil {
+		opts.Configure(&cfg)
 	}
-	if e.Manager, err = manager.New(e.ControlPlane.Config, fly, cfg); err != nil {
+	e.Config = cfg
+	if e.Manager, err = manager.New(e.ManagerRESTConfig, cfg); err != nil {
 		tb.Fatal(err)
 	}
 	runCtx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() { done <- e.Manager.Start(runCtx) }()
-	tb.Cleanup(func() {
+	stopped := false
+	e.stop = func() {
+		if stopped {
+			return
+		}
+		stopped = true
 		cancel()
 		if err := <-done; err != nil {
 			tb.Errorf("manager: %v", err)
 		}
-	})
+	}
+	tb.Cleanup(e.Stop)
 	// Ready as the kubelet would see it: certificate issued, caBundle
 	// patched, webhook server listening.
 	err = wait.PollUntilContextTimeout(runCtx, 50*time.Millisecond, time.Minute, true, func(context.Context) (bool, error) {
@@ -135,7 +216,135 @@ func Start(tb testing.TB, configure func(*manager.Config)) *Env {
 	if err != nil {
 		tb.Fatalf("manager not ready: %v", err)
 	}
+	if !opts.NoFlyOrg {
+		e.WaitFlyOrgReady(tb, DefaultFlyOrg)
+	}
 	return e
+}
+
+// Stop stops the manager (idempotent; also run at cleanup).
+func (e *Env) Stop() { e.stop() }
+
+// SetToken creates or replaces the token Secret with token.
+func (e *Env) SetToken(tb testing.TB, token string) {
+	tb.Helper()
+	ctx := context.Background()
+	s := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: TokenSecret, Namespace: Namespace}, Data: map[string][]byte{"token": []byte(token)}}
+	if err := e.Client.Create(ctx, s); err != nil {
+		if !apierrors.IsAlreadyExists(err) {
+			tb.Fatal(err)
+		}
+		if err := e.Client.Update(ctx, s); err != nil {
+			tb.Fatal(err)
+		}
+	}
+}
+
+// CreateFlyOrg creates a FlyOrg using the token Secret.
+func (e *Env) CreateFlyOrg(tb testing.TB, name, slug string, namespaces []string, isDefault bool) *glaceonv1alpha1.FlyOrg {
+	tb.Helper()
+	org := &glaceonv1alpha1.FlyOrg{
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		Spec: glaceonv1alpha1.FlyOrgSpec{
+			Slug:           slug,
+			TokenSecretRef: glaceonv1alpha1.SecretKeyRef{Name: TokenSecret, Key: "token"},
+			Namespaces:     namespaces,
+		},
+	}
+	if isDefault {
+		org.Annotations = map[string]string{glaceonv1alpha1.AnnotationDefaultFlyOrg: "true"}
+	}
+	if err := e.Client.Create(context.Background(), org); err != nil && !apierrors.IsAlreadyExists(err) {
+		tb.Fatal(err)
+	}
+	return org
+}
+
+// FlyOrgReady returns the FlyOrg's Ready condition (nil if none yet).
+func (e *Env) FlyOrgReady(tb testing.TB, name string) *metav1.Condition {
+	tb.Helper()
+	var org glaceonv1alpha1.FlyOrg
+	if err := e.Client.Get(context.Background(), client.ObjectKey{Name: name}, &org); err != nil {
+		tb.Fatal(err)
+	}
+	return meta.FindStatusCondition(org.Status.Conditions, glaceonv1alpha1.ConditionReady)
+}
+
+// WaitFlyOrgReady waits up to a minute for the FlyOrg's Ready=True.
+func (e *Env) WaitFlyOrgReady(tb testing.TB, name string) {
+	tb.Helper()
+	var last *metav1.Condition
+	err := wait.PollUntilContextTimeout(context.Background(), 50*time.Millisecond, time.Minute, true, func(context.Context) (bool, error) {
+		last = e.FlyOrgReady(tb, name)
+		return last != nil && last.Status == metav1.ConditionTrue, nil
+	})
+	if err != nil {
+		tb.Fatalf("FlyOrg %s not ready: %v (last condition %+v)", name, err, last)
+	}
+}
+
+// FlyPeers lists the cluster's FlyPeers.
+func (e *Env) FlyPeers(tb testing.TB) []glaceonv1alpha1.FlyPeer {
+	tb.Helper()
+	var list glaceonv1alpha1.FlyPeerList
+	if err := e.Client.List(context.Background(), &list); err != nil {
+		tb.Fatal(err)
+	}
+	return list.Items
+}
+
+// ApplyRBAC creates deploy/rbac's ServiceAccount, roles and bindings with
+// the admin client c.
+func ApplyRBAC(ctx context.Context, c client.Client) error {
+	dir := filepath.Join(RepoRoot(), "deploy", "rbac")
+	files, err := filepath.Glob(filepath.Join(dir, "*.yaml"))
+	if err != nil {
+		return err
+	}
+	for _, f := range files {
+		if filepath.Base(f) == "kustomization.yaml" {
+			continue
+		}
+		data, err := os.ReadFile(f)
+		if err != nil {
+			return err
+		}
+		for _, doc := range strings.Split(string(data), "\n---") {
+			var u unstructured.Unstructured
+			if err := yaml.Unmarshal([]byte(doc), &u.Object); err != nil {
+				return fmt.Errorf("parse %s: %w", f, err)
+			}
+			if len(u.Object) == 0 {
+				continue
+			}
+			if err := c.Create(ctx, &u); err != nil && !apierrors.IsAlreadyExists(err) {
+				return fmt.Errorf("apply %s %s from %s: %w", u.GetKind(), u.GetName(), f, err)
+			}
+		}
+	}
+	return nil
+}
+
+// TenantClient returns a client for a user who holds the stock edit role
+// in namespace only, as most tenants do.
+func (e *Env) TenantClient(tb testing.TB, user, namespace string) client.Client {
+	tb.Helper()
+	ctx := context.Background()
+	rb := &rbacv1.RoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: user + "-edit", Namespace: namespace},
+		RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: "edit"},
+		Subjects:   []rbacv1.Subject{{APIGroup: "rbac.authorization.k8s.io", Kind: "User", Name: user}},
+	}
+	if err := e.Client.Create(ctx, rb); err != nil && !apierrors.IsAlreadyExists(err) {
+		tb.Fatal(err)
+	}
+	cfg := rest.CopyConfig(e.ControlPlane.Config)
+	cfg.Impersonate = rest.ImpersonationConfig{UserName: user, Groups: []string{"system:authenticated"}}
+	c, err := client.New(cfg, client.Options{Scheme: e.scheme})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return c
 }
 
 // WebhookConfiguration is deploy/webhook's configuration pointed at a
