@@ -65,7 +65,7 @@ const maxStreams = 256
 // connInfo is what TCP_INFO showed of one app connection: the largest
 // windows seen and the smallest RTT.
 type connInfo struct {
-	gen                                      int64 // the cell that opened it
+	gen                                     int64 // the cell that opened it
 	maxSndWnd, maxRcvWnd, minRTTus, retrans atomic.Uint32
 }
 
