@@ -62,6 +62,6 @@ go build -trimpath -o "$out/vanilla" ./hack/bench-tunnel/vanilla
 go build -trimpath -o "$out/bench-wan" ./hack/bench-wan
 ip netns add "$ns"
 echo "# $(date -u +%FT%TZ) $(uname -sr) $(nproc) CPUs; load: $(cut -d' ' -f1-3 /proc/loadavg)"
-"$out/bench-wan" -sidecar "$out/glaceon-sidecar" -baseline "$out/vanilla" -netns "$ns" -ifname "$dev" "${args[@]}" &
+"$out/bench-wan" -sidecar "$out/glaceon-sidecar" -baseline "$out/vanilla" -netns "$ns" -ifname "$dev" -workdir "$out" "${args[@]}" &
 harness_pid=$!
 wait "$harness_pid"

@@ -121,6 +121,7 @@ func main() {
 		jsonOut  = flag.String("json", "", "write the results as JSON to this file")
 		svgOut   = flag.String("svg", "", "write the throughput plot (SVG) to this file")
 		fromJSON = flag.String("from-json", "", "do not measure: print the tables and plot of an earlier -json file")
+		workdir  = flag.String("workdir", "", "directory for the proxies' wg-quick files (default: a new one under $TMPDIR)")
 		relayTo  = flag.String("relay-target", "", "internal: run as the link emulator process, forwarding to this address")
 	)
 	flag.Parse()
@@ -145,7 +146,7 @@ func main() {
 		os.Exit(2)
 	}
 	h := &harness{quick: *quick, dur: *dur, rate: *rateMbit * 1e6,
-		bins: []binary{{"glaceon-sidecar", *sidecar}, {"vanilla", *baseline}}}
+		bins: []binary{{"glaceon-sidecar", *sidecar}, {"vanilla", *baseline}}, workdir: *workdir}
 	if h.dur == 0 {
 		h.dur = 6 * time.Second
 		if h.quick {
@@ -187,8 +188,9 @@ type harness struct {
 
 	gw    *kernelGateway
 	relay *relayProc
-	cfgs  map[string]string // binary -> wg-quick file
-	dir   string
+	cfgs    map[string]string // binary -> wg-quick file
+	dir     string
+	workdir string
 }
 
 func loadavg() string {
@@ -239,7 +241,7 @@ func (h *harness) run(ns, ifName string) (*Report, error) {
 		return nil, err
 	}
 	defer h.relay.close()
-	if h.dir, err = os.MkdirTemp("", "bench-wan"); err != nil {
+	if h.dir, err = os.MkdirTemp(h.workdir, "bench-wan"); err != nil {
 		return nil, err
 	}
 	defer os.RemoveAll(h.dir)
