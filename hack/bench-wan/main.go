@@ -186,8 +186,8 @@ type harness struct {
 	rate  float64
 	bins  []binary
 
-	gw    *kernelGateway
-	relay *relayProc
+	gw      *kernelGateway
+	relay   *relayProc
 	cfgs    map[string]string // binary -> wg-quick file
 	dir     string
 	workdir string
