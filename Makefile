@@ -54,7 +54,11 @@ manifests: ## Generate the CRD into deploy/ (controller-gen)
 	@if [[ -d webhook/api ]]; then "$$(hack/tool.sh controller-gen)" crd paths=./webhook/api/... output:crd:artifacts:config=deploy/crd; fi
 
 .PHONY: bench
-bench: ## Run the benchmarks (see docs/benchmarks.md)
+bench: ## WAN matrix, sidecar vs stock forwarder (root; QUICK=1: ~2 min; docs/benchmarks.md)
+	hack/bench-wan.sh -json $(BIN)/bench-wan.json -svg $(BIN)/bench-wan.svg
+
+.PHONY: bench-loopback
+bench-loopback: ## Loopback tunnel benchmark and the Go benchmarks (docs/benchmarks.md)
 	@if [[ -x hack/bench-tunnel.sh ]]; then hack/bench-tunnel.sh; fi
 	KUBEBUILDER_ASSETS="$$(hack/control-plane.sh)" $(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCH_TIME) ./...
 

@@ -107,6 +107,7 @@ type Report struct {
 	PlainP99us float64   `json:"plain_loopback_p99_us"`
 	Elapsed    float64   `json:"elapsed_s"`
 	Sysctls    []string  `json:"netns_sysctls"`
+	SidecarEnv []string  `json:"sidecar_env,omitempty"`
 }
 
 func main() {
@@ -121,6 +122,7 @@ func main() {
 		jsonOut  = flag.String("json", "", "write the results as JSON to this file")
 		svgOut   = flag.String("svg", "", "write the throughput plot (SVG) to this file")
 		fromJSON = flag.String("from-json", "", "do not measure: print the tables and plot of an earlier -json file")
+		extraEnv = flag.String("env", "", "extra environment for glaceon-sidecar only, comma-separated K=V (e.g. GLACEON_TUNING=rcvbuf=8388608)")
 		workdir  = flag.String("workdir", "", "directory for the proxies' wg-quick files (default: a new one under $TMPDIR)")
 		relayTo  = flag.String("relay-target", "", "internal: run as the link emulator process, forwarding to this address")
 	)
@@ -146,7 +148,7 @@ func main() {
 		os.Exit(2)
 	}
 	h := &harness{quick: *quick, dur: *dur, rate: *rateMbit * 1e6,
-		bins: []binary{{"glaceon-sidecar", *sidecar}, {"vanilla", *baseline}}, workdir: *workdir}
+		bins: []binary{{"glaceon-sidecar", *sidecar}, {"vanilla", *baseline}}, workdir: *workdir, sidecarEnv: splitEnv(*extraEnv)}
 	if h.dur == 0 {
 		h.dur = 6 * time.Second
 		if h.quick {
@@ -186,11 +188,12 @@ type harness struct {
 	rate  float64
 	bins  []binary
 
-	gw      *kernelGateway
-	relay   *relayProc
-	cfgs    map[string]string // binary -> wg-quick file
-	dir     string
-	workdir string
+	gw         *kernelGateway
+	relay      *relayProc
+	cfgs       map[string]string // binary -> wg-quick file
+	dir        string
+	workdir    string
+	sidecarEnv []string
 }
 
 func loadavg() string {
@@ -220,6 +223,7 @@ func (h *harness) run(ns, ifName string) (*Report, error) {
 	host, _ := os.Hostname()
 	rep := &Report{When: start.UTC().Format(time.RFC3339), Host: fmt.Sprintf("%s, %s, %d CPUs", host, runtime.Version(), runtime.NumCPU()),
 		LoadBefore: loadavg(), Quick: h.quick, Duration: h.dur.Seconds(), Warmup: h.warmup(0).Seconds()}
+	rep.SidecarEnv = h.sidecarEnv
 	for k, v := range nsSysctls {
 		rep.Sysctls = append(rep.Sysctls, k+"="+v)
 	}
@@ -388,7 +392,7 @@ func (h *harness) cell(b binary, sp spec, seed int64) (Cell, error) {
 	if err := h.setLink(sp, seed); err != nil {
 		return c, err
 	}
-	p, ready, err := startProxy(b.path, h.cfgs[b.name])
+	p, ready, err := startProxy(b.path, h.cfgs[b.name], h.env(b))
 	if err != nil {
 		return c, err
 	}
@@ -548,7 +552,7 @@ func (e *endless) Read(p []byte) (int, error) {
 }
 
 func (h *harness) latency(b binary, rtt time.Duration) (Latency, error) {
-	p, _, err := startProxy(b.path, h.cfgs[b.name])
+	p, _, err := startProxy(b.path, h.cfgs[b.name], h.env(b))
 	if err != nil {
 		return Latency{}, err
 	}
@@ -619,7 +623,24 @@ func freePort() (string, error) {
 	return ln.Addr().String(), nil
 }
 
-func startProxy(bin, cfg string) (*proxyProc, time.Duration, error) {
+func (h *harness) env(b binary) []string {
+	if b.name == h.bins[0].name {
+		return h.sidecarEnv
+	}
+	return nil
+}
+
+func splitEnv(s string) []string {
+	var out []string
+	for _, kv := range strings.Split(s, ",") {
+		if kv = strings.TrimSpace(kv); kv != "" {
+			out = append(out, kv)
+		}
+	}
+	return out
+}
+
+func startProxy(bin, cfg string, env []string) (*proxyProc, time.Duration, error) {
 	health, err := freePort()
 	if err != nil {
 		return nil, 0, err
@@ -630,7 +651,7 @@ func startProxy(bin, cfg string) (*proxyProc, time.Duration, error) {
 	}
 	cmd := exec.Command(bin, "--wg-config", cfg, "--forward", listen+"=twi-ollama.flycast:80",
 		"--health-addr", health, "--shutdown-grace", "1s", "--log-level", "error")
-	cmd.Env = []string{"PATH=" + os.Getenv("PATH")}
+	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH")}, env...)
 	cmd.Stderr = os.Stderr
 	// The proxy never outlives the harness, however the harness ends.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}

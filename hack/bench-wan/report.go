@@ -76,7 +76,11 @@ func bound(c Cell) string {
 func printReport(w io.Writer, rep *Report) {
 	fmt.Fprintf(w, "\n# bench-wan %s (%s), load before %s, after %s; %.0f s per cell (first %.1f s not counted), %.0f s in all\n",
 		rep.When, rep.Host, rep.LoadBefore, rep.LoadAfter, rep.Duration, rep.Warmup, rep.Elapsed)
-	fmt.Fprintf(w, "# Linux side: %s\n\n", strings.Join(rep.Sysctls, ", "))
+	fmt.Fprintf(w, "# Linux side: %s\n", strings.Join(rep.Sysctls, ", "))
+	if len(rep.SidecarEnv) > 0 {
+		fmt.Fprintf(w, "# glaceon-sidecar environment: %s\n", strings.Join(rep.SidecarEnv, " "))
+	}
+	fmt.Fprintln(w)
 	fmt.Fprintln(w, "| RTT | loss | dir | streams | sidecar Mbit/s | stock Mbit/s | ratio | bound s / st (Mbit/s) | CPU s/GiB s / st | peak RSS MiB s / st | window KiB s / st | stalled s / st | UDP rcvbuf errors |")
 	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 	keys, m := pairs(rep)
