@@ -337,7 +337,7 @@ func plotSVG(rep *Report) []byte {
 	fmt.Fprintf(&b, `<text x="20" y="%.1f" transform="rotate(-90 20 %.1f)" text-anchor="middle">Mbit/s (log)</text>`+"\n", top+ph/2, top+ph/2)
 	ly := top + ph + 45
 	for i, s := range ser {
-		lx := left + float64(i)*230
+		lx := left + float64(i)*200
 		fmt.Fprintf(&b, `<line x1="%.1f" x2="%.1f" y1="%.1f" y2="%.1f" stroke="%s" stroke-width="3"/>`, lx, lx+30, ly, ly, s.color)
 		fmt.Fprintf(&b, `<text x="%.1f" y="%.1f">%s × %d</text>`+"\n", lx+36, ly+4, s.dir, s.streams)
 	}
@@ -346,7 +346,7 @@ func plotSVG(rep *Report) []byte {
 	fmt.Fprintf(&b, `<text x="%.1f" y="%.1f">glaceon-sidecar</text>`+"\n", left+36, ly+4)
 	fmt.Fprintf(&b, `<line x1="%.1f" x2="%.1f" y1="%.1f" y2="%.1f" stroke="#333" stroke-width="2" stroke-dasharray="6,4"/><rect x="%.1f" y="%.1f" width="6" height="6" fill="white" stroke="#333"/>`, left+230, left+260, ly, ly, left+242, ly-3)
 	fmt.Fprintf(&b, `<text x="%.1f" y="%.1f">stock wireguard-go netstack forwarder</text>`+"\n", left+266, ly+4)
-	fmt.Fprintf(&b, `<text x="%.1f" y="%.1f" fill="#666">dotted: rate cap; load before/after %s / %s; 2 shared cores</text>`+"\n", left+560, ly+4, rep.LoadBefore, rep.LoadAfter)
+	fmt.Fprintf(&b, `<text x="%.1f" y="%.1f" fill="#666">dotted: rate cap. Load average before / after: %s / %s (2 cores shared with other work).</text>`+"\n", left, ly+28, rep.LoadBefore, rep.LoadAfter)
 	b.WriteString("</svg>\n")
 	return b.Bytes()
 }
