@@ -124,6 +124,10 @@ func main() {
 		fromJSON = flag.String("from-json", "", "do not measure: print the tables and plot of an earlier -json file")
 		extraEnv = flag.String("env", "", "extra environment for glaceon-sidecar only, comma-separated K=V (e.g. GLACEON_TUNING=rcvbuf=8388608)")
 		workdir  = flag.String("workdir", "", "directory for the proxies' wg-quick files (default: a new one under $TMPDIR)")
+		rttList  = flag.String("rtts", "", "override the matrix's RTTs, comma-separated durations (0 = loopback)")
+		lossList = flag.String("losses", "", "override the matrix's loss rates, comma-separated fractions per direction")
+		dirList  = flag.String("dirs", "", "override the directions: download,upload")
+		strList  = flag.String("streams", "", "override the parallel stream counts, comma-separated")
 		relayTo  = flag.String("relay-target", "", "internal: run as the link emulator process, forwarding to this address")
 	)
 	flag.Parse()
@@ -149,6 +153,10 @@ func main() {
 	}
 	h := &harness{quick: *quick, dur: *dur, rate: *rateMbit * 1e6,
 		bins: []binary{{"glaceon-sidecar", *sidecar}, {"vanilla", *baseline}}, workdir: *workdir, sidecarEnv: splitEnv(*extraEnv)}
+	if err := h.overrides(*rttList, *lossList, *dirList, *strList); err != nil {
+		fmt.Fprintln(os.Stderr, "bench-wan:", err)
+		os.Exit(2)
+	}
 	if h.dur == 0 {
 		h.dur = 6 * time.Second
 		if h.quick {
@@ -190,6 +198,12 @@ type harness struct {
 
 	gw         *kernelGateway
 	relay      *relayProc
+	// Matrix overrides (nil = the default matrix).
+	rtts    []time.Duration
+	losses  []float64
+	dirs    []string
+	streams []int
+
 	cfgs       map[string]string // binary -> wg-quick file
 	dir        string
 	workdir    string
@@ -206,11 +220,59 @@ func loadavg() string {
 }
 
 func (h *harness) matrix() (rtts []time.Duration, losses []float64, dirs []string, streams []int) {
-	if h.quick {
-		return []time.Duration{0, 50 * time.Millisecond}, []float64{0, 0.01}, []string{"download", "upload"}, []int{1, 16}
-	}
-	return []time.Duration{0, 10 * time.Millisecond, 50 * time.Millisecond, 100 * time.Millisecond},
+	rtts, losses, dirs, streams = []time.Duration{0, 10 * time.Millisecond, 50 * time.Millisecond, 100 * time.Millisecond},
 		[]float64{0, 0.001, 0.01}, []string{"download", "upload"}, []int{1, 16}
+	if h.quick {
+		rtts, losses = []time.Duration{0, 50 * time.Millisecond}, []float64{0, 0.01}
+	}
+	if h.rtts != nil {
+		rtts = h.rtts
+	}
+	if h.losses != nil {
+		losses = h.losses
+	}
+	if h.dirs != nil {
+		dirs = h.dirs
+	}
+	if h.streams != nil {
+		streams = h.streams
+	}
+	return
+}
+
+// overrides parses the -rtts, -losses, -dirs and -streams flags.
+func (h *harness) overrides(rtts, losses, dirs, streams string) error {
+	for _, f := range splitEnv(rtts) {
+		d, err := time.ParseDuration(f)
+		if f == "0" {
+			d, err = 0, nil
+		}
+		if err != nil || d < 0 {
+			return fmt.Errorf("-rtts: %q is not a duration like 50ms", f)
+		}
+		h.rtts = append(h.rtts, d)
+	}
+	for _, f := range splitEnv(losses) {
+		l, err := strconv.ParseFloat(f, 64)
+		if err != nil || l < 0 || l > 1 {
+			return fmt.Errorf("-losses: %q is not a fraction in 0..1 (0.01 = 1 %%)", f)
+		}
+		h.losses = append(h.losses, l)
+	}
+	for _, f := range splitEnv(dirs) {
+		if f != "download" && f != "upload" {
+			return fmt.Errorf("-dirs: %q is neither download nor upload", f)
+		}
+		h.dirs = append(h.dirs, f)
+	}
+	for _, f := range splitEnv(streams) {
+		n, err := strconv.Atoi(f)
+		if err != nil || n < 1 || n > maxStreams {
+			return fmt.Errorf("-streams: %q is not a count in 1..%d", f, maxStreams)
+		}
+		h.streams = append(h.streams, n)
+	}
+	return nil
 }
 
 func (h *harness) warmup(rtt time.Duration) time.Duration {
@@ -305,7 +367,7 @@ func (h *harness) run(ns, ifName string) (*Report, error) {
 			rep.Latency = append(rep.Latency, l)
 		}
 	}
-	if !h.quick {
+	if !h.quick && h.rtts == nil {
 		// Many parallel streams (memory and stalls), 50 ms, no loss.
 		sp := spec{RTT: 50 * time.Millisecond, Dir: "download", Streams: 100, Rate: h.rate}
 		for _, b := range h.bins {
