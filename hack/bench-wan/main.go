@@ -196,8 +196,8 @@ type harness struct {
 	rate  float64
 	bins  []binary
 
-	gw         *kernelGateway
-	relay      *relayProc
+	gw    *kernelGateway
+	relay *relayProc
 	// Matrix overrides (nil = the default matrix).
 	rtts    []time.Duration
 	losses  []float64
