@@ -11,7 +11,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -34,6 +33,7 @@ import (
 	"github.com/glaceon/glaceon/flyapi"
 	"github.com/glaceon/glaceon/flyapi/flyapitest"
 	"github.com/glaceon/glaceon/flyapi/wgquick"
+	"github.com/glaceon/glaceon/hack/procstat"
 )
 
 func main() {
@@ -232,48 +232,6 @@ func plainHandler(w http.ResponseWriter, r *http.Request) {
 		http.NotFound(w, r)
 	}
 }
-
-// --- /proc sampling ---
-
-type procStat struct{ rssKiB, hwmKiB int64 }
-
-func readStatus(pid int) (procStat, error) {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return procStat{}, err
-	}
-	defer f.Close()
-	var ps procStat
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		k, v, _ := strings.Cut(sc.Text(), ":")
-		n, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
-		switch k {
-		case "VmRSS":
-			ps.rssKiB = n
-		case "VmHWM":
-			ps.hwmKiB = n
-		}
-	}
-	return ps, sc.Err()
-}
-
-// cpuSeconds is utime+stime of pid.
-func cpuSeconds(pid int) (float64, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, err
-	}
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	f := strings.Fields(s[i+2:])
-	// fields after ')' start at field 3 (state); utime is 14, stime 15.
-	ut, _ := strconv.ParseInt(f[11], 10, 64)
-	st, _ := strconv.ParseInt(f[12], 10, 64)
-	return float64(ut+st) / 100, nil // USER_HZ is 100 on Linux
-}
-
-func mib(kib int64) float64 { return float64(kib) / 1024 }
 
 // --- the run ---
 
@@ -546,11 +504,11 @@ func run(bin string, size, up int64, requests, newConns, readyRuns int, env []st
 	tunnelURL := "http://" + p.listen
 
 	time.Sleep(2 * time.Second)
-	st, err := readStatus(pid)
+	st, err := procstat.ReadMemory(pid)
 	if err != nil {
 		return nil, err
 	}
-	res.IdleRSSMiB, res.IdleHWMMiB = mib(st.rssKiB), mib(st.hwmKiB)
+	res.IdleRSSMiB, res.IdleHWMMiB = procstat.MiB(st.RSSKiB), procstat.MiB(st.HWMKiB)
 
 	bulk := func() *http.Client {
 		return &http.Client{Transport: &http.Transport{DisableKeepAlives: true, DisableCompression: true, ReadBufferSize: 256 << 10, WriteBufferSize: 256 << 10}}
@@ -560,8 +518,8 @@ func run(bin string, size, up int64, requests, newConns, readyRuns int, env []st
 	stopSampling := make(chan struct{})
 	go func() {
 		for {
-			if s, err := readStatus(pid); err == nil && s.rssKiB > peakRSS.Load() {
-				peakRSS.Store(s.rssKiB)
+			if s, err := procstat.ReadMemory(pid); err == nil && s.RSSKiB > peakRSS.Load() {
+				peakRSS.Store(s.RSSKiB)
 			}
 			select {
 			case <-stopSampling:
@@ -570,17 +528,17 @@ func run(bin string, size, up int64, requests, newConns, readyRuns int, env []st
 			}
 		}
 	}()
-	cpu0, _ := cpuSeconds(pid)
+	cpu0, _ := procstat.CPUSeconds(pid)
 	td, err := download(bulk(), tunnelURL, size)
 	if err != nil {
 		return nil, fmt.Errorf("tunnel download: %w", err)
 	}
-	cpu1, _ := cpuSeconds(pid)
-	st, _ = readStatus(pid)
+	cpu1, _ := procstat.CPUSeconds(pid)
+	st, _ = procstat.ReadMemory(pid)
 	res.DownloadBytes = size
 	res.Streams = parallel
 	res.TunnelMbps = float64(size) * 8 / td.Seconds() / 1e6
-	res.PeakRSSMiB = mib(st.hwmKiB)
+	res.PeakRSSMiB = procstat.MiB(st.HWMKiB)
 	res.CPUSecPerGiB = (cpu1 - cpu0) / (float64(size) / (1 << 30))
 
 	pd, err := download(bulk(), plainURL, size)
@@ -590,16 +548,16 @@ func run(bin string, size, up int64, requests, newConns, readyRuns int, env []st
 	res.PlainMbps = float64(size) * 8 / pd.Seconds() / 1e6
 
 	if up > 0 {
-		cpu0, _ := cpuSeconds(pid)
+		cpu0, _ := procstat.CPUSeconds(pid)
 		ud, err := upload(bulk(), tunnelURL, up)
 		if err != nil {
 			return nil, fmt.Errorf("tunnel upload: %w", err)
 		}
-		cpu1, _ := cpuSeconds(pid)
-		st, _ = readStatus(pid)
+		cpu1, _ := procstat.CPUSeconds(pid)
+		st, _ = procstat.ReadMemory(pid)
 		res.UploadBytes = up
 		res.TunnelUpMbps = float64(up) * 8 / ud.Seconds() / 1e6
-		res.PeakRSSAfterUp = mib(st.hwmKiB)
+		res.PeakRSSAfterUp = procstat.MiB(st.HWMKiB)
 		res.CPUSecPerGiBUp = (cpu1 - cpu0) / (float64(2*up) / (1 << 30))
 		pu, err := upload(bulk(), plainURL, up)
 		if err != nil {
@@ -623,8 +581,8 @@ func run(bin string, size, up int64, requests, newConns, readyRuns int, env []st
 	}
 	// The sidecar hands memory back after 5 s without traffic.
 	time.Sleep(10 * time.Second)
-	st, _ = readStatus(pid)
-	res.RSSAfterMiB = mib(st.rssKiB)
-	res.SidecarCPUTotal, _ = cpuSeconds(pid)
+	st, _ = procstat.ReadMemory(pid)
+	res.RSSAfterMiB = procstat.MiB(st.RSSKiB)
+	res.SidecarCPUTotal, _ = procstat.CPUSeconds(pid)
 	return res, nil
 }

@@ -16,7 +16,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -41,6 +40,7 @@ import (
 	"github.com/glaceon/glaceon/flyapi/flyapitest"
 	"github.com/glaceon/glaceon/flyapi/wgquick"
 	"github.com/glaceon/glaceon/hack/bench-wan/link"
+	"github.com/glaceon/glaceon/hack/procstat"
 )
 
 const org = "personal"
@@ -476,8 +476,8 @@ func (h *harness) cell(b binary, sp spec, seed int64) (Cell, error) {
 		defer sampled.Done()
 		for {
 			h.gw.sampleConns()
-			if st, err := readStatus(p.pid()); err == nil && st.hwmKiB > rssMax.Load() {
-				rssMax.Store(st.hwmKiB)
+			if st, err := procstat.ReadMemory(p.pid()); err == nil && st.HWMKiB > rssMax.Load() {
+				rssMax.Store(st.HWMKiB)
 			}
 			select {
 			case <-stopSampling:
@@ -515,11 +515,11 @@ func (h *harness) cell(b binary, sp spec, seed int64) (Cell, error) {
 	warm := h.warmup(sp.RTT)
 	time.Sleep(warm)
 	b0, per0 := total()
-	cpu0, _ := cpuSeconds(p.pid())
+	cpu0, _ := procstat.CPUSeconds(p.pid())
 	t0 := time.Now()
 	time.Sleep(h.dur - warm)
 	b1, per1 := total()
-	cpu1, _ := cpuSeconds(p.pid())
+	cpu1, _ := procstat.CPUSeconds(p.pid())
 	el := time.Since(t0)
 	h.gw.sampleConns()
 	snd, rcv, minRTT, retrans, _ := h.gw.windows(gen)
@@ -754,43 +754,7 @@ func (p *proxyProc) stop() {
 	}
 }
 
-// --- /proc ---
-
-type procStat struct{ rssKiB, hwmKiB int64 }
-
-func readStatus(pid int) (procStat, error) {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return procStat{}, err
-	}
-	defer f.Close()
-	var ps procStat
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		k, v, _ := strings.Cut(sc.Text(), ":")
-		n, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
-		switch k {
-		case "VmRSS":
-			ps.rssKiB = n
-		case "VmHWM":
-			ps.hwmKiB = n
-		}
-	}
-	return ps, sc.Err()
-}
-
-// cpuSeconds is utime+stime of pid.
-func cpuSeconds(pid int) (float64, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, err
-	}
-	s := string(b)
-	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
-	ut, _ := strconv.ParseInt(f[11], 10, 64)
-	st, _ := strconv.ParseInt(f[12], 10, 64)
-	return float64(ut+st) / 100, nil // USER_HZ
-}
+// --- the kernel's counters ---
 
 // udpRcvbufErrors is the system's UDP (v4 + v6) RcvbufErrors counter: a
 // datagram dropped because a socket's receive buffer was full. It must not
