@@ -77,7 +77,8 @@ type Cell struct {
 	Retrans      int64         `json:"linux_retransmits"`
 	KernelMinRTT float64       `json:"linux_min_rtt_ms"`
 	Stalled      int           `json:"stalled_streams"`
-	RcvbufErrors int64         `json:"udp_rcvbuf_errors"`
+	RcvbufErrors int64         `json:"udp_rcvbuf_errors"` // system-wide
+	PathDrops    int64         `json:"udp_path_drops"`    // this path's sockets only
 	ReadyMs      float64       `json:"ready_ms"`
 	LinkUp       link.DirStats `json:"link_up"`
 	LinkDown     link.DirStats `json:"link_down"`
@@ -347,8 +348,8 @@ func (h *harness) run(ns, ifName string) (*Report, error) {
 						if err != nil {
 							return nil, fmt.Errorf("%s, %v RTT, loss %g, %s × %d: %w", b.name, rtt, loss, dir, n, err)
 						}
-						fmt.Fprintf(os.Stderr, "  %-15s rtt %3.0f ms loss %5.2f%% %-8s ×%-3d %7.1f Mbit/s (bound %6.1f) cpu %5.2f s/GiB rss %5.1f MiB win %7d B stalled %d rcvbuf-errors %d\n",
-							c.Binary, c.RTTms, c.Loss*100, c.Dir, c.Streams, c.Mbps, c.BoundMbps, c.CPUPerGiB, c.PeakRSSMiB, c.WindowBytes, c.Stalled, c.RcvbufErrors)
+						fmt.Fprintf(os.Stderr, "  %-15s rtt %3.0f ms loss %5.2f%% %-8s ×%-3d %7.1f Mbit/s (bound %6.1f) cpu %5.2f s/GiB rss %5.1f MiB win %7d B stalled %d udp drops %d (system %d)\n",
+							c.Binary, c.RTTms, c.Loss*100, c.Dir, c.Streams, c.Mbps, c.BoundMbps, c.CPUPerGiB, c.PeakRSSMiB, c.WindowBytes, c.Stalled, c.PathDrops, c.RcvbufErrors)
 						rep.Cells = append(rep.Cells, c)
 					}
 				}
@@ -467,6 +468,8 @@ func (h *harness) cell(b binary, sp spec, seed int64) (Cell, error) {
 	}
 	gen := h.gw.newGeneration()
 	rcv0 := udpRcvbufErrors()
+	pathPids := []int{os.Getpid(), h.relay.cmd.Process.Pid, p.pid()}
+	drops0 := udpDrops(pathPids...)
 
 	var rssMax atomic.Int64
 	stopSampling := make(chan struct{})
@@ -523,6 +526,7 @@ func (h *harness) cell(b binary, sp spec, seed int64) (Cell, error) {
 	el := time.Since(t0)
 	h.gw.sampleConns()
 	snd, rcv, minRTT, retrans, _ := h.gw.windows(gen)
+	c.PathDrops = udpDrops(pathPids...) - drops0
 	cancel()
 	for range counts {
 		if err := <-errs; err != nil && ctx.Err() == nil {
@@ -755,6 +759,34 @@ func (p *proxyProc) stop() {
 }
 
 // --- the kernel's counters ---
+
+// udpDrops sums the drop counters (/proc/net/udp{,6}, last column) of the
+// UDP sockets the given processes hold: the datagrams lost to full receive
+// buffers on this path alone, whatever else the shared machine runs.
+func udpDrops(pids ...int) int64 {
+	inodes := map[string]bool{}
+	for _, pid := range pids {
+		fds, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+		for _, fd := range fds {
+			l, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, fd.Name()))
+			if ino, ok := strings.CutPrefix(l, "socket:["); err == nil && ok {
+				inodes[strings.TrimSuffix(ino, "]")] = true
+			}
+		}
+	}
+	var total int64
+	for _, f := range []string{"/proc/net/udp", "/proc/net/udp6"} {
+		b, _ := os.ReadFile(f)
+		for _, line := range strings.Split(string(b), "\n") {
+			fl := strings.Fields(line)
+			if len(fl) >= 13 && inodes[fl[9]] {
+				v, _ := strconv.ParseInt(fl[len(fl)-1], 10, 64)
+				total += v
+			}
+		}
+	}
+	return total
+}
 
 // udpRcvbufErrors is the system's UDP (v4 + v6) RcvbufErrors counter: a
 // datagram dropped because a socket's receive buffer was full. It must not
