@@ -7,6 +7,7 @@
 #
 #   hack/bench-wan.sh [-quick] [-json out.json] [-svg docs/bench-wan.svg] [-duration 6s] [-rate 200]
 #   QUICK=1 hack/bench-wan.sh          # the same as -quick
+#   BENCH_SIDECAR=/path/to/glaceon-sidecar hack/bench-wan.sh ...   # A/B a build of a local change
 #
 # Everything it makes — the namespace glaceon-wan-<pid>, the TUN interface
 # glwan<pid>, the proxies it starts — is removed on exit, whatever the exit;
@@ -57,7 +58,11 @@ done
 args=("$@")
 if [[ "${QUICK:-}" == 1 ]]; then args=(-quick "${args[@]}"); fi
 
-go build -trimpath -o "$out/glaceon-sidecar" ./cmd/glaceon-sidecar
+if [[ -n "${BENCH_SIDECAR:-}" ]]; then
+  cp "$BENCH_SIDECAR" "$out/glaceon-sidecar"
+else
+  go build -trimpath -o "$out/glaceon-sidecar" ./cmd/glaceon-sidecar
+fi
 go build -trimpath -o "$out/vanilla" ./hack/bench-tunnel/vanilla
 go build -trimpath -o "$out/bench-wan" ./hack/bench-wan
 ip netns add "$ns"
