@@ -5,6 +5,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/validation/field"
+
+	"github.com/glaceon/glaceon/flyapi/target"
 )
 
 // annotationsPath is the field path all annotation errors hang off, so that
@@ -21,6 +23,8 @@ type Request struct {
 	Region string
 	// Mode is glaceon.fly/inject-mode, or "" when the pod leaves it to the default.
 	Mode SidecarMode
+	// Transport is glaceon.fly/transport, or "" for the sidecar's default.
+	Transport string
 }
 
 // WithDefaults fills the fields the pod left empty from cfg.
@@ -72,7 +76,7 @@ func parsePodAnnotations(pod *corev1.Pod) (Request, field.ErrorList) {
 
 	targetPath := annotationsPath.Key(AnnotationTarget)
 	if value, ok := annotations[AnnotationTarget]; !ok {
-		errs = append(errs, field.Required(targetPath, "add it to opt in to glaceon, "+targetExamples))
+		errs = append(errs, field.Required(targetPath, "add it to opt in to glaceon, "+target.Examples))
 	} else {
 		targets, targetErrs := parseTargetList(value, targetPath)
 		req.Targets = targets
@@ -100,10 +104,32 @@ func parsePodAnnotations(pod *corev1.Pod) (Request, field.ErrorList) {
 		case SidecarModeNative, SidecarModeClassic, SidecarModePeerOnly:
 			req.Mode = SidecarMode(mode)
 		default:
-			errs = append(errs, field.Invalid(annotationsPath.Key(AnnotationInjectMode), shorten(mode),
+			errs = append(errs, field.Invalid(annotationsPath.Key(AnnotationInjectMode), target.Shorten(mode),
 				fmt.Sprintf("use %q (init container with restartPolicy Always, Kubernetes 1.29+), %q (regular container, older clusters) or %q (the pod runs glaceon-sidecar itself), or remove the annotation for the default",
 					SidecarModeNative, SidecarModeClassic, SidecarModePeerOnly)))
 		}
 	}
+
+	if tr, ok := annotations[AnnotationTransport]; ok {
+		trErrs := ValidateTransport(tr, annotationsPath.Key(AnnotationTransport))
+		if len(trErrs) == 0 {
+			req.Transport = tr
+		}
+		errs = append(errs, trErrs...)
+	}
 	return req, errs
+}
+
+// Transports are the values of the sidecar's --transport.
+var Transports = []string{"auto", "udp", "websocket"}
+
+// ValidateTransport checks a glaceon.fly/transport value.
+func ValidateTransport(v string, path *field.Path) field.ErrorList {
+	for _, t := range Transports {
+		if v == t {
+			return nil
+		}
+	}
+	return field.ErrorList{field.Invalid(path, target.Shorten(v),
+		`use "auto" (UDP, falling back to WebSocket over TCP 443), "udp" or "websocket", or remove the annotation for auto`)}
 }

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"strconv"
 
@@ -14,6 +13,8 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/apimachinery/pkg/util/validation/field"
 	"k8s.io/utils/ptr"
+
+	"github.com/glaceon/glaceon/flyapi/target"
 )
 
 // Secret volume file modes. The sidecar runs as a non-root uid, while the
@@ -90,15 +91,16 @@ type listener struct {
 	addr   netip.Addr
 }
 
-// listenAddr is the LISTEN half of --forward, e.g. "127.0.0.2:80".
-func (l listener) listenAddr() string {
-	return netip.AddrPortFrom(l.addr, uint16(l.target.Port)).String()
+// listen is the LISTEN half of --forward, e.g. 127.0.0.2:80.
+func (l listener) listen() netip.AddrPort {
+	return netip.AddrPortFrom(l.addr, l.target.Port)
 }
 
 // plan is everything Inject adds, worked out (and checked) before the pod is
 // touched.
 type plan struct {
 	mode      SidecarMode
+	transport string                // --transport, "" for the sidecar's default
 	listeners []listener            // one per target, annotation order
 	hostAddrs map[string]netip.Addr // one loopback address per distinct host
 	aliases   []corev1.HostAlias    // hostAddrs in first-appearance order
@@ -117,7 +119,7 @@ func newPlan(pod *corev1.Pod, cfg Config) (plan, field.ErrorList) {
 			"the webhook has no default org; set it to your Fly org slug (see `fly orgs list`)"))
 	}
 
-	p := plan{mode: req.Mode, hostAddrs: make(map[string]netip.Addr)}
+	p := plan{mode: req.Mode, transport: req.Transport, hostAddrs: make(map[string]netip.Addr)}
 	next := firstLoopbackAddr
 	for _, t := range req.Targets {
 		addr, ok := p.hostAddrs[t.Host]
@@ -127,7 +129,7 @@ func newPlan(pod *corev1.Pod, cfg Config) (plan, field.ErrorList) {
 			p.aliases = append(p.aliases, corev1.HostAlias{IP: addr.String(), Hostnames: []string{t.Host}})
 		}
 		p.listeners = append(p.listeners, listener{target: t, addr: addr})
-		if t.Port == cfg.HealthPort {
+		if int32(t.Port) == cfg.HealthPort {
 			errs = append(errs, field.Invalid(annotationsPath.Key(AnnotationTarget), t.String(),
 				fmt.Sprintf("port %d is the sidecar's health port; ask the cluster admin to move the health port (webhook config) to reach this target", cfg.HealthPort)))
 		}
@@ -186,10 +188,10 @@ func (p *plan) checkContainers(pod *corev1.Pod, cfg Config, specPath *field.Path
 				continue
 			}
 			for _, l := range p.listeners {
-				if l.target.Port == port.ContainerPort {
+				if int32(l.target.Port) == port.ContainerPort {
 					errs = append(errs, field.Invalid(portPath, port.ContainerPort,
 						fmt.Sprintf("the sidecar listens on %s for target %s, and an app listening on all addresses cannot share the port; move the app to another port or drop the target",
-							l.listenAddr(), l.target)))
+							l.listen(), l.target)))
 					break
 				}
 			}
@@ -285,7 +287,7 @@ func (p *plan) targetEnv() []corev1.EnvVar {
 	for i, l := range p.listeners {
 		prefix := EnvTargetPrefix + strconv.Itoa(i)
 		env = append(env,
-			corev1.EnvVar{Name: prefix + "_ADDR", Value: l.listenAddr()},
+			corev1.EnvVar{Name: prefix + "_ADDR", Value: l.listen().String()},
 			corev1.EnvVar{Name: prefix + "_HOST", Value: l.target.Host},
 		)
 	}
@@ -373,46 +375,19 @@ func (p *plan) apply(out *corev1.Pod, cfg Config, peer Peer) {
 	markInjected(out, peer, injectedMarker(sidecar, p.aliases))
 }
 
-// sidecarContainer builds the glaceon-sidecar container.
+// sidecarContainer builds the injected glaceon-sidecar container.
 func (p *plan) sidecarContainer(cfg Config) corev1.Container {
-	args := []string{"--wg-config", cfg.WGConfigPath()}
-	for _, l := range p.listeners {
-		args = append(args, "--forward", l.listenAddr()+"="+l.target.String())
+	forwards := make([]target.Forward, len(p.listeners))
+	for i, l := range p.listeners {
+		forwards[i] = target.Forward{Listen: l.listen(), Host: l.target.Host, Port: l.target.Port}
 	}
-	args = append(args, "--health-addr", net.JoinHostPort(cfg.HealthListenHost, strconv.Itoa(int(cfg.HealthPort))))
-
-	c := corev1.Container{
-		Name:            SidecarContainerName,
-		Image:           cfg.Image,
-		ImagePullPolicy: cfg.ImagePullPolicy,
-		Args:            args,
-		Ports: []corev1.ContainerPort{{
-			Name:          HealthPortName,
-			ContainerPort: cfg.HealthPort,
-			Protocol:      corev1.ProtocolTCP,
-		}},
-		Resources: *cfg.Resources.DeepCopy(),
-		VolumeMounts: []corev1.VolumeMount{{
-			Name:      PeerVolumeName,
-			MountPath: cfg.SecretMountPath,
-			ReadOnly:  true,
-		}},
-		// In native mode the startup probe holds back the app containers
-		// until the tunnel has a handshake, Fly DNS answers and every
-		// listener is up; 120 × 1 s leaves room for a new peer to reach the
-		// gateway before the kubelet restarts the sidecar.
-		StartupProbe:   HealthProbe("/readyz", 1, 120),
-		ReadinessProbe: HealthProbe("/readyz", 5, 3),
-		LivenessProbe:  HealthProbe("/healthz", 10, 3),
-		// The sidecar exits with a one-line reason on bad config; this puts
-		// it in the pod status.
-		TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
-		SecurityContext:          cfg.SidecarSecurityContext(),
-	}
-	if p.mode == SidecarModeNative {
-		c.RestartPolicy = ptr.To(corev1.ContainerRestartPolicyAlways)
-	}
-	return c
+	return SidecarContainer{
+		Name:         SidecarContainerName,
+		Forwards:     forwards,
+		StartupProbe: true,
+		Native:       p.mode == SidecarModeNative,
+		Transport:    p.transport,
+	}.Build(cfg)
 }
 
 // HealthProbe probes the sidecar's health server by port name

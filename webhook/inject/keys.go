@@ -1,5 +1,7 @@
 package inject
 
+import "github.com/glaceon/glaceon/flyapi/target"
+
 // Names that form glaceon's contract with users, with the other parts of
 // glaceon (admission, peer controller, sidecar) and with existing clusters.
 // They are API: renaming one strands pods and Secrets created before.
@@ -16,6 +18,10 @@ const (
 	// AnnotationInjectMode overrides the sidecar mode for one pod:
 	// "native" (init container with restartPolicy Always) or "classic".
 	AnnotationInjectMode = "glaceon.fly/inject-mode"
+	// AnnotationTransport is how the sidecar reaches the Fly gateway:
+	// "auto" (UDP, falling back to WebSocket over TCP 443), "udp" or
+	// "websocket". Optional: the sidecar's default (auto) applies.
+	AnnotationTransport = "glaceon.fly/transport"
 
 	// AnnotationPeer is written by the webhook: the name of the pod's Fly
 	// WireGuard peer. Never a key or a token.
@@ -67,8 +73,8 @@ const (
 	kernelUnprivilegedPortStart = 1024
 
 	// MaxTargets bounds the targets of one pod; each distinct host takes one
-	// loopback address from 127.0.0.2 on.
-	MaxTargets = 16
+	// loopback address from 127.0.0.2 on. The grammar enforces it.
+	MaxTargets = target.MaxTargets
 
 	// PlaceholderPeerName and PlaceholderSecretName stand in for the real peer
 	// in dry runs and offline injection, where no peer is created.
