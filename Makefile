@@ -55,7 +55,7 @@ manifests: ## Generate the CRD into deploy/ (controller-gen)
 
 .PHONY: bench
 bench: ## WAN matrix, sidecar vs stock forwarder (root; QUICK=1: ~2 min; docs/benchmarks.md)
-	hack/bench-wan.sh -json $(BIN)/bench-wan.json -svg $(BIN)/bench-wan.svg
+	mkdir -p $(BIN) && hack/bench-wan.sh -json $(BIN)/bench-wan.json -svg $(BIN)/bench-wan.svg
 
 .PHONY: bench-loopback
 bench-loopback: ## Loopback tunnel benchmark and the Go benchmarks (docs/benchmarks.md)
