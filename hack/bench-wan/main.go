@@ -18,14 +18,11 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
 	"sort"
@@ -33,14 +30,13 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/glaceon/glaceon/flyapi"
 	"github.com/glaceon/glaceon/flyapi/flyapitest"
 	"github.com/glaceon/glaceon/flyapi/wgquick"
 	"github.com/glaceon/glaceon/hack/bench-wan/link"
-	"github.com/glaceon/glaceon/hack/procstat"
+	"github.com/glaceon/glaceon/hack/benchproc"
 )
 
 const org = "personal"
@@ -455,11 +451,11 @@ func (h *harness) cell(b binary, sp spec, seed int64) (Cell, error) {
 	if err := h.setLink(sp, seed); err != nil {
 		return c, err
 	}
-	p, ready, err := startProxy(b.path, h.cfgs[b.name], h.env(b))
+	p, ready, err := benchproc.Start(b.path, h.cfgs[b.name], h.env(b))
 	if err != nil {
 		return c, err
 	}
-	defer p.stop()
+	defer p.Stop()
 	c.ReadyMs = float64(ready.Microseconds()) / 1000
 	// Statistics from here: the handshake and the first DNS lookups are
 	// not part of the cell.
@@ -468,7 +464,7 @@ func (h *harness) cell(b binary, sp spec, seed int64) (Cell, error) {
 	}
 	gen := h.gw.newGeneration()
 	rcv0 := udpRcvbufErrors()
-	pathPids := []int{os.Getpid(), h.relay.cmd.Process.Pid, p.pid()}
+	pathPids := []int{os.Getpid(), h.relay.cmd.Process.Pid, p.Pid()}
 	drops0 := udpDrops(pathPids...)
 
 	var rssMax atomic.Int64
@@ -479,7 +475,7 @@ func (h *harness) cell(b binary, sp spec, seed int64) (Cell, error) {
 		defer sampled.Done()
 		for {
 			h.gw.sampleConns()
-			if st, err := procstat.ReadMemory(p.pid()); err == nil && st.HWMKiB > rssMax.Load() {
+			if st, err := benchproc.ReadMemory(p.Pid()); err == nil && st.HWMKiB > rssMax.Load() {
 				rssMax.Store(st.HWMKiB)
 			}
 			select {
@@ -494,7 +490,7 @@ func (h *harness) cell(b binary, sp spec, seed int64) (Cell, error) {
 	defer cancel()
 	counts := make([]atomic.Int64, sp.Streams)
 	errs := make(chan error, sp.Streams)
-	url := "http://" + p.listen
+	url := "http://" + p.Listen
 	for i := range counts {
 		go func() { errs <- stream(ctx, sp.Dir, url, i, &counts[i]) }()
 	}
@@ -518,11 +514,11 @@ func (h *harness) cell(b binary, sp spec, seed int64) (Cell, error) {
 	warm := h.warmup(sp.RTT)
 	time.Sleep(warm)
 	b0, per0 := total()
-	cpu0, _ := procstat.CPUSeconds(p.pid())
+	cpu0, _ := benchproc.CPUSeconds(p.Pid())
 	t0 := time.Now()
 	time.Sleep(h.dur - warm)
 	b1, per1 := total()
-	cpu1, _ := procstat.CPUSeconds(p.pid())
+	cpu1, _ := benchproc.CPUSeconds(p.Pid())
 	el := time.Since(t0)
 	h.gw.sampleConns()
 	snd, rcv, minRTT, retrans, _ := h.gw.windows(gen)
@@ -618,11 +614,11 @@ func (e *endless) Read(p []byte) (int, error) {
 }
 
 func (h *harness) latency(b binary, rtt time.Duration) (Latency, error) {
-	p, _, err := startProxy(b.path, h.cfgs[b.name], h.env(b))
+	p, _, err := benchproc.Start(b.path, h.cfgs[b.name], h.env(b))
 	if err != nil {
 		return Latency{}, err
 	}
-	defer p.stop()
+	defer p.Stop()
 	n := 500
 	if rtt > 0 {
 		n = int(min(100, 6*time.Second/rtt))
@@ -631,7 +627,7 @@ func (h *harness) latency(b binary, rtt time.Duration) (Latency, error) {
 		}
 	}
 	cl := keepAliveClient()
-	url := "http://" + p.listen
+	url := "http://" + p.Listen
 	if _, err := smallRequests(cl, url, 5); err != nil {
 		return Latency{}, err
 	}
@@ -670,25 +666,6 @@ func pct(d []time.Duration, p float64) float64 {
 	return float64(s[int(float64(len(s)-1)*p)].Microseconds())
 }
 
-// --- the proxy under test, a separate process ---
-
-type proxyProc struct {
-	cmd    *exec.Cmd
-	listen string
-	exited chan error
-}
-
-func (p *proxyProc) pid() int { return p.cmd.Process.Pid }
-
-func freePort() (string, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer ln.Close()
-	return ln.Addr().String(), nil
-}
-
 func (h *harness) env(b binary) []string {
 	if b.name == h.bins[0].name {
 		return h.sidecarEnv
@@ -704,58 +681,6 @@ func splitEnv(s string) []string {
 		}
 	}
 	return out
-}
-
-func startProxy(bin, cfg string, env []string) (*proxyProc, time.Duration, error) {
-	health, err := freePort()
-	if err != nil {
-		return nil, 0, err
-	}
-	listen, err := freePort()
-	if err != nil {
-		return nil, 0, err
-	}
-	cmd := exec.Command(bin, "--wg-config", cfg, "--forward", listen+"=twi-ollama.flycast:80",
-		"--health-addr", health, "--shutdown-grace", "1s", "--log-level", "error")
-	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH")}, env...)
-	cmd.Stderr = os.Stderr
-	// The proxy never outlives the harness, however the harness ends.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	hc := &http.Client{Timeout: time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
-	start := time.Now()
-	if err := cmd.Start(); err != nil {
-		return nil, 0, err
-	}
-	p := &proxyProc{cmd: cmd, listen: listen, exited: make(chan error, 1)}
-	go func() { p.exited <- cmd.Wait() }()
-	for {
-		resp, err := hc.Get("http://" + health + "/readyz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				return p, time.Since(start), nil
-			}
-		}
-		select {
-		case err := <-p.exited:
-			return nil, 0, fmt.Errorf("%s exited before ready: %v", filepath.Base(bin), err)
-		case <-time.After(5 * time.Millisecond):
-		}
-		if time.Since(start) > 30*time.Second {
-			p.stop()
-			return nil, 0, errors.New("not ready after 30s")
-		}
-	}
-}
-
-func (p *proxyProc) stop() {
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.exited:
-	case <-time.After(5 * time.Second):
-		_ = p.cmd.Process.Kill()
-		<-p.exited
-	}
 }
 
 // --- the kernel's counters ---
