@@ -75,7 +75,11 @@ manifests: ## Generate the CRDs into deploy/crd and the chart's crds/ (controlle
 	  [[ "$$(basename "$$f")" == kustomization.yaml ]] || cp "$$f" deploy/chart/crds/; done
 
 .PHONY: bench
-bench: ## Run the benchmarks (see docs/benchmarks.md)
+bench: ## WAN matrix, sidecar vs stock forwarder (root; QUICK=1: ~2 min; docs/benchmarks.md)
+	mkdir -p $(BIN) && hack/bench-wan.sh -json $(BIN)/bench-wan.json -svg $(BIN)/bench-wan.svg
+
+.PHONY: bench-loopback
+bench-loopback: ## Loopback tunnel benchmark and the Go benchmarks (docs/benchmarks.md)
 	@if [[ -x hack/bench-tunnel.sh ]]; then hack/bench-tunnel.sh; fi
 	KUBEBUILDER_ASSETS="$$(hack/control-plane.sh)" $(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCH_TIME) ./...
 
