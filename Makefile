@@ -7,8 +7,14 @@ SHELL := /usr/bin/env bash
 
 GO        ?= go
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
-LDFLAGS   := -s -w -X github.com/glaceon/glaceon/flyapi/version.Version=$(VERSION)
+COMMIT    ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
 BIN       := bin
+# Images are named $(REGISTRY)/glaceon and $(REGISTRY)/glaceon-sidecar.
+REGISTRY  ?= ghcr.io/glaceon
+DIST      ?= dist
+# hack/release owns the build flags (version, commit, sidecar repository
+# stamped by the linker), for make build and the images alike.
+RELEASE   := $(GO) run ./hack/release
 # Whole-suite timeout: envtest and the tunnel e2e tests are in it.
 TEST_TIMEOUT ?= 30m
 TEST_FLAGS   ?=
@@ -19,8 +25,20 @@ help: ## Show this help
 	@awk 'BEGIN {FS = ":.*##"; printf "Usage: make <target>\n\n"} /^[a-zA-Z0-9_-]+:.*##/ { printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
 
 .PHONY: build
-build: ## Build glaceon and glaceon-sidecar into bin/
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/...
+build: ## Build glaceon and glaceon-sidecar into bin/ (static, host platform)
+	$(RELEASE) binaries --out $(BIN) --registry $(REGISTRY) --version $(VERSION) --commit $(COMMIT)
+
+.PHONY: images
+images: ## Build the OCI images (linux/amd64 + linux/arm64) into dist/oci, no Docker needed
+	$(RELEASE) images --out $(DIST) --registry $(REGISTRY) --version $(VERSION) --commit $(COMMIT)
+
+.PHONY: push
+push: images ## Push the images to REGISTRY=… (credentials from the docker config file)
+	$(RELEASE) push --out $(DIST)
+
+.PHONY: release
+release: images control-plane ## Write dist/install.yaml and dist/values.yaml, images pinned by digest
+	$(RELEASE) install --out $(DIST) --kubectl "$$(hack/control-plane.sh)/kubectl"
 
 .PHONY: control-plane
 control-plane: ## Build (once, cached) etcd, kube-apiserver, kube-controller-manager, kubectl
@@ -50,11 +68,18 @@ generate: ## Generate deepcopy code (controller-gen)
 	@if [[ -d webhook/api ]]; then "$$(hack/tool.sh controller-gen)" object paths=./webhook/api/...; fi
 
 .PHONY: manifests
-manifests: ## Generate the CRD into deploy/ (controller-gen)
+manifests: ## Generate the CRDs into deploy/crd and the chart's crds/ (controller-gen)
 	@if [[ -d webhook/api ]]; then "$$(hack/tool.sh controller-gen)" crd paths=./webhook/api/... output:crd:artifacts:config=deploy/crd; fi
+	@# Helm installs crds/ untemplated: copies of deploy/crd (deploy/chart_test.go checks).
+	@rm -f deploy/chart/crds/*.yaml; for f in deploy/crd/*.yaml; do \
+	  [[ "$$(basename "$$f")" == kustomization.yaml ]] || cp "$$f" deploy/chart/crds/; done
 
 .PHONY: bench
-bench: ## Run the benchmarks (see docs/benchmarks.md)
+bench: ## WAN matrix, sidecar vs stock forwarder (root; QUICK=1: ~2 min; docs/benchmarks.md)
+	mkdir -p $(BIN) && hack/bench-wan.sh -json $(BIN)/bench-wan.json -svg $(BIN)/bench-wan.svg
+
+.PHONY: bench-loopback
+bench-loopback: ## Loopback tunnel benchmark and the Go benchmarks (docs/benchmarks.md)
 	@if [[ -x hack/bench-tunnel.sh ]]; then hack/bench-tunnel.sh; fi
 	KUBEBUILDER_ASSETS="$$(hack/control-plane.sh)" $(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCH_TIME) ./...
 
@@ -64,4 +89,4 @@ demo: ## Run the local demo: control plane + Fly double + webhook + a pod + traf
 
 .PHONY: clean
 clean: ## Remove build output (the control-plane cache stays; see hack/control-plane.sh)
-	rm -rf $(BIN)
+	rm -rf $(BIN) $(DIST)

@@ -36,7 +36,7 @@ func TestManifestsApply(t *testing.T) {
 	for _, want := range []string{
 		"kind: Namespace", "kind: CustomResourceDefinition", "kind: ClusterRole", "kind: Role",
 		"kind: ServiceAccount", "kind: Deployment", "kind: Service", "kind: PodDisruptionBudget",
-		"kind: MutatingWebhookConfiguration", "kind: ConfigMap",
+		"kind: MutatingWebhookConfiguration",
 	} {
 		if !strings.Contains(rendered, want) {
 			t.Errorf("kubectl kustomize deploy/ has no %q", want)
@@ -49,7 +49,15 @@ func TestManifestsApply(t *testing.T) {
 	if n := len(strings.Fields(got)); n != 4 {
 		t.Errorf("after apply: %q", got)
 	}
-	kubectl(nil, "get", "mutatingwebhookconfiguration/glaceon", "crd/machineproxies.glaceon.fly")
+	kubectl(nil, "get", "mutatingwebhookconfiguration/glaceon", "crd/machineproxies.glaceon.fly", "crd/flyorgs.glaceon.fly", "crd/flypeers.glaceon.fly")
+	if strings.Contains(rendered, "FLY_API_TOKEN") || strings.Contains(rendered, "kind: ConfigMap") {
+		t.Errorf("the manager still takes a token from its environment or an org-policy ConfigMap")
+	}
+	// The README's FlyOrg step.
+	kubectl(nil, "apply", "-f", "flyorg.example.yaml")
+	if got := kubectl(nil, "get", "flyorgs", "-o", "name"); strings.TrimSpace(got) != "flyorg.glaceon.fly/personal" {
+		t.Errorf("kubectl get flyorgs = %q", got)
+	}
 	// Applying again is a no-op, as for users re-running the install.
 	kubectl([]byte(rendered), "apply", "--server-side", "--field-manager=glaceon-test", "-f", "-")
 	// The README's own command (client-side) on top.

@@ -118,7 +118,12 @@ func newNetTun(o netStackOptions) (*netTun, error) {
 	moderate := tcpip.TCPModerateReceiveBufferOption(true)
 	// A short TIME-WAIT keeps closed connections from holding memory long.
 	tw := tcpip.TCPTimeWaitTimeoutOption(5 * time.Second)
-	for _, opt := range []tcpip.SettableTransportProtocolOption{&sack, &rcv, &snd, &cc, &moderate, &tw} {
+	// RACK loss detection off (classic duplicate-ACK and SACK recovery stay):
+	// after a burst of losses gVisor's RACK kept an upload in recovery at two
+	// segments per retransmission timeout for tens of seconds, nothing else
+	// lost (TestNetstackUploadSurvivesLossBursts, docs/stall.md).
+	rack := tcpip.TCPRecovery(0)
+	for _, opt := range []tcpip.SettableTransportProtocolOption{&sack, &rcv, &snd, &cc, &moderate, &tw, &rack} {
 		if err := s.SetTransportProtocolOption(tcp.ProtocolNumber, opt); err != nil {
 			s.Close()
 			return nil, fmt.Errorf("netstack: set TCP option %T: %v", opt, err)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"errors"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"net"
@@ -12,6 +13,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -19,6 +21,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 )
 
 // checkGoroutines fails the test if goroutines started during it are still
@@ -50,6 +53,10 @@ type stackPair struct {
 	a, b   *netTun
 	wg     sync.WaitGroup
 	closed bool
+
+	// blackout drops every packet in both directions while set, like a
+	// path that loses a burst of packets or a peer starved of CPU.
+	blackout atomic.Bool
 }
 
 func newStackPair(t *testing.T) *stackPair {
@@ -75,6 +82,9 @@ func newStackPair(t *testing.T) *stackPair {
 			n, err := from.Read(bufs, sizes, 16)
 			if err != nil {
 				return
+			}
+			if p.blackout.Load() {
+				continue
 			}
 			for i := 0; i < n; i++ {
 				out[i] = bufs[i][:16+sizes[i]]
@@ -306,5 +316,97 @@ func TestResolverTruncatedFallsBackToTCP(t *testing.T) {
 	addrs, err := r.LookupAAAA(ctx, "big.flycast")
 	if err != nil || len(addrs) != 60 {
 		t.Fatalf("got %d addresses, err %v; want 60 over TCP", len(addrs), err)
+	}
+}
+
+// An upload (the sidecar's gVisor TCP is the sender) must get back to speed
+// after bursts of losses long enough for several retransmission timeouts in
+// a row. With gVisor's RACK loss detection on, the sender crawled at two
+// segments per timeout for tens of seconds after such a burst although
+// nothing more was lost (docs/stall.md); the sidecar turns RACK off.
+func TestNetstackUploadSurvivesLossBursts(t *testing.T) {
+	checkGoroutines(t)
+	p := newStackPair(t)
+	ln, err := gonet.ListenTCP(p.b.stack, tcpip.FullAddress{NIC: nicID, Port: 9}, ipv6.ProtocolNumber)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var received atomic.Int64
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		buf := make([]byte, 64<<10)
+		for {
+			n, err := c.Read(buf)
+			received.Add(int64(n))
+			if err != nil {
+				return
+			}
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := p.a.dialTCP(ctx, netip.MustParseAddrPort("[fdaa:0:1::3]:9"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	writerDone := make(chan struct{})
+	go func() {
+		defer close(writerDone)
+		chunk := make([]byte, 32<<10)
+		// About 32 MiB/s: enough to keep the sender's queue full, little CPU.
+		tick := time.NewTicker(time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+			}
+			if _, err := c.Write(chunk); err != nil {
+				return
+			}
+		}
+	}()
+	defer func() { close(stop); c.Close(); <-writerDone }()
+
+	// senderState describes the client's TCP sender for the failure message.
+	senderState := func() string {
+		var out []string
+		for _, ep := range p.a.stack.RegisteredEndpoints() {
+			if e, ok := ep.(tcpip.Endpoint); ok {
+				var info tcpip.TCPInfoOption
+				if e.GetSockOpt(&info) == nil && info.State == tcpip.EndpointState(tcp.StateEstablished) {
+					out = append(out, fmt.Sprintf("%+v", info))
+				}
+			}
+		}
+		return strings.Join(out, "; ")
+	}
+	// progress waits until 4 MiB more have arrived.
+	progress := func(what string) {
+		t.Helper()
+		want := received.Load() + 4<<20
+		deadline := time.Now().Add(20 * time.Second)
+		for received.Load() < want {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: less than 4 MiB in 20 s (%d bytes in all); sender %s", what, received.Load(), senderState())
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	progress("before the first burst")
+	for burst := 1; burst <= 3; burst++ {
+		// 700 ms at gVisor's 200 ms minimum RTO: timeouts at about 0.2 and
+		// 0.6 s with the window at 1, the next one after the path is back.
+		p.blackout.Store(true)
+		time.Sleep(700 * time.Millisecond)
+		p.blackout.Store(false)
+		progress(fmt.Sprintf("after loss burst %d", burst))
 	}
 }

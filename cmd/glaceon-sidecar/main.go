@@ -6,6 +6,7 @@
 //	    [--health-addr 127.0.0.1:9901] [--mtu 1420] [--shutdown-grace 25s]
 //
 // Bad flags or config: one line on stderr naming the field, exit status 2.
+// `glaceon-sidecar --version` prints the version and commit.
 package main
 
 import (
@@ -39,6 +40,10 @@ func fail(err error) int {
 }
 
 func run() int {
+	if len(os.Args) == 2 && (os.Args[1] == "--version" || os.Args[1] == "-version") {
+		fmt.Printf("glaceon-sidecar %s\n", version.String())
+		return 0
+	}
 	opts, err := sidecar.ParseOptions(os.Args[1:], os.Getenv)
 	if err != nil {
 		return fail(err)

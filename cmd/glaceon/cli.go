@@ -44,8 +44,8 @@ func commands() []command {
 		{name: "peer", summary: "create, list or remove Fly WireGuard peers (like `fly wireguard`)", run: runPeer},
 		{name: "manager", summary: "run the admission webhook and the controllers", run: runManager},
 		{name: "inject", summary: "print a pod manifest as the webhook would inject it (offline, placeholder peer)", run: runInject},
-		{name: "version", summary: "print the version", run: func(env *cliEnv, _ []string) error {
-			_, err := fmt.Fprintf(env.stdout, "glaceon %s\n", version.Version)
+		{name: "version", summary: "print the version and commit", run: func(env *cliEnv, _ []string) error {
+			_, err := fmt.Fprintf(env.stdout, "glaceon %s\n", version.String())
 			return err
 		}},
 	}

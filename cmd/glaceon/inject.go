@@ -24,8 +24,8 @@ const maxManifest = 4 << 20
 func runInject(env *cliEnv, args []string) error {
 	fs := newFlagSet(env, "inject", "glaceon inject -f manifest.yaml [--org ORG] [--image IMAGE] [--mode native|classic]")
 	file := fs.String("f", "", "manifest (YAML, several documents allowed, or JSON): Pods and the pod templates of Deployments, StatefulSets, DaemonSets, ReplicaSets, Jobs and CronJobs are injected, everything else is copied; - for stdin (required)")
-	org := fs.String("org", "", "default Fly org, as the webhook's --default-org")
-	region := fs.String("region", "", "default gateway region, as the webhook's --default-region")
+	org := fs.String("org", "", "FlyOrg for pods without glaceon.fly/org, as the cluster's default FlyOrg (glaceon.fly/default=true)")
+	region := fs.String("region", "", "default gateway region, as the FlyOrg's spec.defaultRegion")
 	image := fs.String("image", inject.DefaultSidecarImage, "sidecar image")
 	mode := fs.String("mode", string(inject.SidecarModeNative), "sidecar mode: native (init container, Kubernetes 1.29+) or classic")
 	if err := parseFlags(fs, args); err != nil {

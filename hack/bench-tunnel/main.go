@@ -11,29 +11,26 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
 	"sort"
 	"strconv"
 	"strings"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/glaceon/glaceon/flyapi"
 	"github.com/glaceon/glaceon/flyapi/flyapitest"
 	"github.com/glaceon/glaceon/flyapi/wgquick"
+	"github.com/glaceon/glaceon/hack/benchproc"
 )
 
 func main() {
@@ -256,115 +253,7 @@ func plainHandler(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// --- /proc sampling ---
-
-type procStat struct{ rssKiB, hwmKiB int64 }
-
-func readStatus(pid int) (procStat, error) {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return procStat{}, err
-	}
-	defer f.Close()
-	var ps procStat
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		k, v, _ := strings.Cut(sc.Text(), ":")
-		n, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
-		switch k {
-		case "VmRSS":
-			ps.rssKiB = n
-		case "VmHWM":
-			ps.hwmKiB = n
-		}
-	}
-	return ps, sc.Err()
-}
-
-// cpuSeconds is utime+stime of pid.
-func cpuSeconds(pid int) (float64, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, err
-	}
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	f := strings.Fields(s[i+2:])
-	// fields after ')' start at field 3 (state); utime is 14, stime 15.
-	ut, _ := strconv.ParseInt(f[11], 10, 64)
-	st, _ := strconv.ParseInt(f[12], 10, 64)
-	return float64(ut+st) / 100, nil // USER_HZ is 100 on Linux
-}
-
-func mib(kib int64) float64 { return float64(kib) / 1024 }
-
 // --- the run ---
-
-type sidecarProc struct {
-	cmd    *exec.Cmd
-	health string
-	listen string
-	exited chan error
-}
-
-func freePort() (string, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer ln.Close()
-	return ln.Addr().String(), nil
-}
-
-func startSidecar(bin, cfg string, env []string) (*sidecarProc, time.Duration, error) {
-	health, err := freePort()
-	if err != nil {
-		return nil, 0, err
-	}
-	listen, err := freePort()
-	if err != nil {
-		return nil, 0, err
-	}
-	cmd := exec.Command(bin, "--wg-config", cfg, "--forward", listen+"=twi-ollama.flycast:80",
-		"--health-addr", health, "--shutdown-grace", "1s", "--log-level", "error")
-	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH")}, env...)
-	cmd.Stderr = os.Stderr
-	hc := &http.Client{Timeout: time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
-	start := time.Now()
-	if err := cmd.Start(); err != nil {
-		return nil, 0, err
-	}
-	p := &sidecarProc{cmd: cmd, health: health, listen: listen, exited: make(chan error, 1)}
-	go func() { p.exited <- cmd.Wait() }()
-	for {
-		resp, err := hc.Get("http://" + health + "/readyz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				return p, time.Since(start), nil
-			}
-		}
-		select {
-		case err := <-p.exited:
-			return nil, 0, fmt.Errorf("sidecar exited before ready: %v", err)
-		case <-time.After(2 * time.Millisecond):
-		}
-		if time.Since(start) > 30*time.Second {
-			p.stop()
-			return nil, 0, errors.New("sidecar not ready after 30s")
-		}
-	}
-}
-
-func (p *sidecarProc) stop() {
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.exited:
-	case <-time.After(10 * time.Second):
-		_ = p.cmd.Process.Kill()
-		<-p.exited
-	}
-}
 
 // parallel is the number of concurrent download streams (-streams).
 var parallel = 1
@@ -547,12 +436,12 @@ func run(bin, transport string, size, up int64, requests, newConns, readyRuns, b
 		if err != nil {
 			return nil, err
 		}
-		p, d, err := startSidecar(bin, cfg, env)
+		p, d, err := benchproc.Start(bin, cfg, env)
 		if err != nil {
 			return nil, err
 		}
 		res.TimeToReadyMs = append(res.TimeToReadyMs, float64(d.Microseconds())/1000)
-		p.stop()
+		p.Stop()
 	}
 
 	// Time to ready in auto with UDP blocked: the fallback to WebSocket.
@@ -563,12 +452,12 @@ func run(bin, transport string, size, up int64, requests, newConns, readyRuns, b
 			if err != nil {
 				return nil, err
 			}
-			p, d, err := startSidecar(bin, cfg, append(append([]string(nil), env...), "GLACEON_TRANSPORT=auto", wsEnv))
+			p, d, err := benchproc.Start(bin, cfg, append(append([]string(nil), env...), "GLACEON_TRANSPORT=auto", wsEnv))
 			if err != nil {
 				return nil, fmt.Errorf("start with UDP blocked: %w", err)
 			}
 			res.TimeToReadyBlockedMs = append(res.TimeToReadyBlockedMs, float64(d.Microseconds())/1000)
-			p.stop()
+			p.Stop()
 		}
 		srv.BlockUDP(false)
 	}
@@ -577,12 +466,12 @@ func run(bin, transport string, size, up int64, requests, newConns, readyRuns, b
 	if err != nil {
 		return nil, err
 	}
-	p, _, err := startSidecar(bin, cfg, env)
+	p, _, err := benchproc.Start(bin, cfg, env)
 	if err != nil {
 		return nil, err
 	}
-	defer p.stop()
-	pid := p.cmd.Process.Pid
+	defer p.Stop()
+	pid := p.Pid()
 
 	plainLn, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -592,14 +481,14 @@ func run(bin, transport string, size, up int64, requests, newConns, readyRuns, b
 	go plainSrv.Serve(plainLn)
 	defer plainSrv.Close()
 	plainURL := "http://" + plainLn.Addr().String()
-	tunnelURL := "http://" + p.listen
+	tunnelURL := "http://" + p.Listen
 
 	time.Sleep(2 * time.Second)
-	st, err := readStatus(pid)
+	st, err := benchproc.ReadMemory(pid)
 	if err != nil {
 		return nil, err
 	}
-	res.IdleRSSMiB, res.IdleHWMMiB = mib(st.rssKiB), mib(st.hwmKiB)
+	res.IdleRSSMiB, res.IdleHWMMiB = benchproc.MiB(st.RSSKiB), benchproc.MiB(st.HWMKiB)
 
 	bulk := func() *http.Client {
 		return &http.Client{Transport: &http.Transport{DisableKeepAlives: true, DisableCompression: true, ReadBufferSize: 256 << 10, WriteBufferSize: 256 << 10}}
@@ -609,8 +498,8 @@ func run(bin, transport string, size, up int64, requests, newConns, readyRuns, b
 	stopSampling := make(chan struct{})
 	go func() {
 		for {
-			if s, err := readStatus(pid); err == nil && s.rssKiB > peakRSS.Load() {
-				peakRSS.Store(s.rssKiB)
+			if s, err := benchproc.ReadMemory(pid); err == nil && s.RSSKiB > peakRSS.Load() {
+				peakRSS.Store(s.RSSKiB)
 			}
 			select {
 			case <-stopSampling:
@@ -619,17 +508,17 @@ func run(bin, transport string, size, up int64, requests, newConns, readyRuns, b
 			}
 		}
 	}()
-	cpu0, _ := cpuSeconds(pid)
+	cpu0, _ := benchproc.CPUSeconds(pid)
 	td, err := download(bulk(), tunnelURL, size)
 	if err != nil {
 		return nil, fmt.Errorf("tunnel download: %w", err)
 	}
-	cpu1, _ := cpuSeconds(pid)
-	st, _ = readStatus(pid)
+	cpu1, _ := benchproc.CPUSeconds(pid)
+	st, _ = benchproc.ReadMemory(pid)
 	res.DownloadBytes = size
 	res.Streams = parallel
 	res.TunnelMbps = float64(size) * 8 / td.Seconds() / 1e6
-	res.PeakRSSMiB = mib(st.hwmKiB)
+	res.PeakRSSMiB = benchproc.MiB(st.HWMKiB)
 	res.CPUSecPerGiB = (cpu1 - cpu0) / (float64(size) / (1 << 30))
 
 	pd, err := download(bulk(), plainURL, size)
@@ -639,16 +528,16 @@ func run(bin, transport string, size, up int64, requests, newConns, readyRuns, b
 	res.PlainMbps = float64(size) * 8 / pd.Seconds() / 1e6
 
 	if up > 0 {
-		cpu0, _ := cpuSeconds(pid)
+		cpu0, _ := benchproc.CPUSeconds(pid)
 		ud, err := upload(bulk(), tunnelURL, up)
 		if err != nil {
 			return nil, fmt.Errorf("tunnel upload: %w", err)
 		}
-		cpu1, _ := cpuSeconds(pid)
-		st, _ = readStatus(pid)
+		cpu1, _ := benchproc.CPUSeconds(pid)
+		st, _ = benchproc.ReadMemory(pid)
 		res.UploadBytes = up
 		res.TunnelUpMbps = float64(up) * 8 / ud.Seconds() / 1e6
-		res.PeakRSSAfterUp = mib(st.hwmKiB)
+		res.PeakRSSAfterUp = benchproc.MiB(st.HWMKiB)
 		res.CPUSecPerGiBUp = (cpu1 - cpu0) / (float64(2*up) / (1 << 30))
 		pu, err := upload(bulk(), plainURL, up)
 		if err != nil {
@@ -672,9 +561,9 @@ func run(bin, transport string, size, up int64, requests, newConns, readyRuns, b
 	}
 	// The sidecar hands memory back after 5 s without traffic.
 	time.Sleep(10 * time.Second)
-	st, _ = readStatus(pid)
-	res.RSSAfterMiB = mib(st.rssKiB)
-	res.SidecarCPUTotal, _ = cpuSeconds(pid)
+	st, _ = benchproc.ReadMemory(pid)
+	res.RSSAfterMiB = benchproc.MiB(st.RSSKiB)
+	res.SidecarCPUTotal, _ = benchproc.CPUSeconds(pid)
 	return res, nil
 }
 

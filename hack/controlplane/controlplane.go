@@ -34,16 +34,16 @@ import (
 const Version = "1.37.2"
 
 // DefaultControllers are the kube-controller-manager controllers the tests
-// rely on: ownerReferences, Deployments → ReplicaSets → Pods, namespaces.
+// rely on: ownerReferences, Deployments → ReplicaSets → Pods, namespaces,
+// the stock edit/view roles (aggregated) and resource quotas.
 var DefaultControllers = []string{
+	"clusterrole-aggregation-controller",
+	"resourcequota-controller",
 	"garbage-collector-controller",
 	"deployment-controller",
 	"replicaset-controller",
 	"namespace-controller",
 	"disruption-controller",
-	// Fills the stock admin/edit/view ClusterRoles from their aggregated
-	// parts, so a tenant bound to "edit" has the rules it has in a cluster.
-	"clusterrole-aggregation-controller",
 }
 
 // Options configures Start.

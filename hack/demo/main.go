@@ -6,12 +6,14 @@
 //     or any API speaking Fly's contract when FLY_API_BASE_URL and
 //     FLY_API_TOKEN are set (GLACEON_DEMO_ORG, GLACEON_DEMO_REGION and
 //     GLACEON_DEMO_TARGET choose org, region and target);
-//  3. `glaceon manager` out of cluster, its webhook registered with the API
-//     server;
+//  3. the token Secret and a FlyOrg (the cluster admin's install step), and
+//     `glaceon manager` out of cluster, its webhook registered with the API
+//     server; the FlyOrg turns Ready once the manager checked the token;
 //  4. a Deployment annotated glaceon.fly/target, whose pod is injected;
 //  5. the injected sidecar run as a local process from the pod's spec and
 //     Secret (there is no kubelet here), and a request through the tunnel;
-//  6. the Deployment deleted, and the Fly peer gone.
+//  6. `kubectl get flyorgs,flypeers`: the cluster's view of its Fly peers;
+//  7. the Deployment deleted: FlyPeer, Fly peer and Secret gone.
 //
 // It takes the paths of the glaceon and glaceon-sidecar binaries as flags
 // (hack/demo.sh builds them).
@@ -36,8 +38,11 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/wait"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -45,6 +50,7 @@ import (
 	"github.com/glaceon/glaceon/flyapi/flyapitest"
 	"github.com/glaceon/glaceon/hack/controlplane"
 	"github.com/glaceon/glaceon/hack/localpod"
+	glaceonv1alpha1 "github.com/glaceon/glaceon/webhook/api/v1alpha1"
 	"github.com/glaceon/glaceon/webhook/inject"
 	"github.com/glaceon/glaceon/webhook/manager/managertest"
 )
@@ -59,7 +65,9 @@ type demo struct {
 	org, region, target    string
 	gatewayPort            int
 	blockUDP               bool     // the double drops UDP: the sidecar must use WebSocket
-	env                    []string // FLY_* for the manager
+	env                    []string // FLY_* for the manager (no token)
+	token                  string   // goes into the FlyOrg's Secret
+	cp                     *controlplane.ControlPlane
 	step                   int
 }
 
@@ -94,12 +102,20 @@ func (d *demo) run(ctx context.Context) error {
 	defer os.RemoveAll(d.work)
 
 	d.say("Starting a local control plane: etcd, kube-apiserver, kube-controller-manager (v%s)", controlplane.Version)
-	cp, err := controlplane.Start(ctx, controlplane.Options{})
+	cp, err := controlplane.Start(ctx, controlplane.Options{CRDDirectoryPaths: []string{filepath.Join(managertest.RepoRoot(), "deploy", "crd")}})
 	if err != nil {
 		return err
 	}
 	defer cp.Stop()
-	if d.c, err = client.New(cp.Config, client.Options{}); err != nil {
+	d.cp = cp
+	scheme := runtime.NewScheme()
+	if err := clientgoscheme.AddToScheme(scheme); err != nil {
+		return err
+	}
+	if err := glaceonv1alpha1.AddToScheme(scheme); err != nil {
+		return err
+	}
+	if d.c, err = client.New(cp.Config, client.Options{Scheme: scheme}); err != nil {
 		return err
 	}
 	detail("API server %s", cp.Config.Host)
@@ -118,6 +134,10 @@ func (d *demo) run(ctx context.Context) error {
 		return err
 	}
 	if err := d.runSidecar(ctx, pod); err != nil {
+		return err
+	}
+	d.say("What the cluster knows of its Fly peers")
+	if err := d.kubectl(ctx, "get", "flyorgs,flypeers"); err != nil {
 		return err
 	}
 	return d.deleteWorkload(ctx, pod)
@@ -156,7 +176,8 @@ func (d *demo) startFly(ctx context.Context) error {
 		detail("API %s, gateway udp/%d, apps %s", fly.URL(), fly.GatewayPort(), strings.Join(fly.Apps(), ", "))
 	}
 	d.gatewayPort = opts.GatewayPort
-	d.env = []string{"FLY_API_BASE_URL=" + opts.BaseURL, "FLY_API_TOKEN=" + opts.Token}
+	d.env = []string{"FLY_API_BASE_URL=" + opts.BaseURL}
+	d.token = opts.Token
 	if opts.GatewayPort != 0 {
 		d.env = append(d.env, "FLY_WG_GATEWAY_PORT="+strconv.Itoa(opts.GatewayPort))
 	}
@@ -192,6 +213,9 @@ func (d *demo) startManager(ctx context.Context, cp *controlplane.ControlPlane) 
 		return nil, fmt.Errorf("register the webhook: %w", err)
 	}
 	detail("MutatingWebhookConfiguration %q from deploy/webhook, pointed at https://127.0.0.1:%d", mwc.Name, port)
+	if err := d.createFlyOrg(ctx); err != nil {
+		return nil, err
+	}
 
 	logPath := filepath.Join(d.work, "manager.log")
 	logFile, err := os.Create(logPath)
@@ -200,7 +224,6 @@ func (d *demo) startManager(ctx context.Context, cp *controlplane.ControlPlane) 
 	}
 	cmd := exec.Command(d.glaceonBin, "manager",
 		"--namespace=glaceon-system",
-		"--default-org="+d.org,
 		"--default-region="+d.region,
 		"--webhook-host=127.0.0.1", "--webhook-port="+strconv.Itoa(port),
 		"--webhook-extra-sans=127.0.0.1",
@@ -238,7 +261,61 @@ func (d *demo) startManager(ctx context.Context, cp *controlplane.ControlPlane) 
 		return nil, fmt.Errorf("glaceon manager did not become ready (log: %s):\n%s", logPath, tail(logPath, 20))
 	}
 	detail("ready: serving certificate issued by the manager, caBundle patched (log: %s)", logPath)
+	err = wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+		var org glaceonv1alpha1.FlyOrg
+		if err := d.c.Get(ctx, client.ObjectKey{Name: d.org}, &org); err != nil {
+			return false, nil
+		}
+		return meta.IsStatusConditionTrue(org.Status.Conditions, glaceonv1alpha1.ConditionReady), nil
+	})
+	if err != nil {
+		stop()
+		return nil, fmt.Errorf("FlyOrg %s did not become Ready (log: %s):\n%s", d.org, logPath, tail(logPath, 20))
+	}
+	if err := d.kubectl(ctx, "get", "flyorgs"); err != nil {
+		stop()
+		return nil, err
+	}
 	return stop, nil
+}
+
+// createFlyOrg is the cluster admin's install step: the token Secret in
+// glaceon's namespace and a FlyOrg naming it (deploy/flyorg.example.yaml).
+func (d *demo) createFlyOrg(ctx context.Context) error {
+	d.say("Creating the Fly token Secret and FlyOrg %q (cluster admin's step; the manager has no token of its own)", d.org)
+	secret := &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: "fly-api-token", Namespace: "glaceon-system"},
+		Data:       map[string][]byte{"token": []byte(d.token)},
+	}
+	org := &glaceonv1alpha1.FlyOrg{
+		ObjectMeta: metav1.ObjectMeta{Name: d.org, Annotations: map[string]string{glaceonv1alpha1.AnnotationDefaultFlyOrg: "true"}},
+		Spec: glaceonv1alpha1.FlyOrgSpec{
+			TokenSecretRef: glaceonv1alpha1.SecretKeyRef{Name: secret.Name, Key: "token"},
+			Namespaces:     []string{"*"},
+			DefaultRegion:  d.region,
+		},
+	}
+	for _, obj := range []client.Object{secret, org} {
+		if err := d.c.Create(ctx, obj); err != nil {
+			return fmt.Errorf("create %s: %w", obj.GetName(), err)
+		}
+	}
+	detail("secret glaceon-system/fly-api-token, FlyOrg %s (namespaces *, default)", d.org)
+	return nil
+}
+
+// kubectl runs the control plane's kubectl and prints its output indented.
+func (d *demo) kubectl(ctx context.Context, args ...string) error {
+	cmd := exec.CommandContext(ctx, filepath.Join(d.cp.AssetsDir, "kubectl"), append([]string{"--kubeconfig", d.cp.KubeconfigPath}, args...)...)
+	out, err := cmd.CombinedOutput()
+	detail("$ kubectl %s", strings.Join(args, " "))
+	for _, line := range strings.Split(strings.TrimRight(string(out), "\n"), "\n") {
+		detail("%s", line)
+	}
+	if err != nil {
+		return fmt.Errorf("kubectl %s: %w", strings.Join(args, " "), err)
+	}
+	return nil
 }
 
 func (d *demo) createWorkload(ctx context.Context) (*corev1.Pod, error) {
@@ -373,7 +450,7 @@ func hostOf(target string) string {
 
 func (d *demo) deleteWorkload(ctx context.Context, pod *corev1.Pod) error {
 	peer := pod.Annotations[inject.AnnotationPeer]
-	d.say("Deleting the Deployment: pod → peer Secret (garbage collector) → Fly peer (finalizer)")
+	d.say("Deleting the Deployment: pod → FlyPeer → Fly peer (finalizer) → Secret")
 	deploy := &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Name: "hello-fly", Namespace: demoNamespace}}
 	if err := d.c.Delete(ctx, deploy, client.PropagationPolicy(metav1.DeletePropagationForeground)); err != nil {
 		return err
@@ -384,6 +461,10 @@ func (d *demo) deleteWorkload(ctx context.Context, pod *corev1.Pod) error {
 		var s corev1.Secret
 		err := d.c.Get(ctx, client.ObjectKey{Namespace: demoNamespace, Name: peer}, &s)
 		if !apierrors.IsNotFound(err) {
+			return false, nil
+		}
+		var fp glaceonv1alpha1.FlyPeer
+		if err := d.c.Get(ctx, client.ObjectKey{Name: peer}, &fp); !apierrors.IsNotFound(err) {
 			return false, nil
 		}
 		peers, err := d.fly.ListPeers(ctx, d.org)
@@ -400,7 +481,7 @@ func (d *demo) deleteWorkload(ctx context.Context, pod *corev1.Pod) error {
 	if err != nil {
 		return fmt.Errorf("peer %s still exists after the Deployment was deleted: %w", peer, err)
 	}
-	detail("Secret %s/%s gone, Fly peer %s gone", demoNamespace, peer, peer)
+	detail("FlyPeer %s gone, Fly peer %s gone, Secret %s/%s gone", peer, peer, demoNamespace, peer)
 	return nil
 }
 

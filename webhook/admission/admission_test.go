@@ -19,6 +19,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	eventsv1 "k8s.io/api/events/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/utils/ptr"
@@ -29,6 +30,7 @@ import (
 	"github.com/glaceon/glaceon/flyapi/wgquick"
 	"github.com/glaceon/glaceon/hack/localpod"
 	glaceonadmission "github.com/glaceon/glaceon/webhook/admission"
+	glaceonv1alpha1 "github.com/glaceon/glaceon/webhook/api/v1alpha1"
 	"github.com/glaceon/glaceon/webhook/inject"
 	"github.com/glaceon/glaceon/webhook/manager"
 	"github.com/glaceon/glaceon/webhook/manager/managertest"
@@ -47,6 +49,9 @@ type env struct {
 
 	mu       sync.Mutex
 	handling []time.Duration // time spent in the webhook per request
+	// steps[pod][step] is when an admission reached each step, for the
+	// benchmark's cost of each write.
+	steps map[string]map[string]time.Time
 }
 
 // sidecarBin is the glaceon-sidecar binary built by TestMain.
@@ -76,7 +81,20 @@ func startEnv(t testing.TB, flyTimeout time.Duration) *env {
 	e := &env{}
 	e.Env = managertest.Start(t, func(cfg *manager.Config) {
 		cfg.FlyTimeout = flyTimeout
-		cfg.SweepGrace, cfg.SweepInterval = 2*time.Second, 500*time.Millisecond
+		cfg.SweepGrace, cfg.SweepInterval, cfg.AllowShortGrace = 2*time.Second, 500*time.Millisecond, true
+		cfg.AdmissionTestHook = func(step, pod string) error {
+			now := time.Now()
+			e.mu.Lock()
+			defer e.mu.Unlock()
+			if e.steps == nil {
+				e.steps = map[string]map[string]time.Time{}
+			}
+			if e.steps[pod] == nil {
+				e.steps[pod] = map[string]time.Time{}
+			}
+			e.steps[pod][step] = now
+			return nil
+		}
 		cfg.AdmissionMiddleware = func(next admission.Handler) admission.Handler {
 			return admission.HandlerFunc(func(ctx context.Context, req admission.Request) admission.Response {
 				e.calls.Add(1)
@@ -171,8 +189,8 @@ func TestAdmission(t *testing.T) {
 			t.Fatalf("peer secrets = %d, want one named %s", len(secrets), peerName)
 		}
 		s := secrets[0]
-		if !containsString(s.Finalizers, inject.FinalizerPeerCleanup) {
-			t.Errorf("secret finalizers = %v", s.Finalizers)
+		if len(s.Finalizers) != 0 || len(s.Data) != 1 {
+			t.Errorf("secret has finalizers %v and keys %d; want none and only the wg-quick file", s.Finalizers, len(s.Data))
 		}
 		cfg, err := wgquick.Parse(s.Data[inject.SecretKeyWGConfig])
 		if err != nil {
@@ -187,13 +205,14 @@ func TestAdmission(t *testing.T) {
 			}
 		}
 
-		// The peer controller binds the Secret to the pod.
-		waitFor(t, "secret bound to its pod", func() bool {
-			var got corev1.Secret
-			if err := e.c.Get(ctx, client.ObjectKeyFromObject(&s), &got); err != nil {
+		// The FlyPeer controller binds the FlyPeer to the pod.
+		waitFor(t, "FlyPeer bound to its pod", func() bool {
+			var fp glaceonv1alpha1.FlyPeer
+			if err := e.c.Get(ctx, client.ObjectKey{Name: peerName}, &fp); err != nil {
 				return false
 			}
-			return len(got.OwnerReferences) == 1 && got.OwnerReferences[0].UID == pod.UID
+			return fp.Spec.Pod.UID == pod.UID && fp.Spec.Pod.Name == pod.Name && fp.Status.Phase == glaceonv1alpha1.FlyPeerBound &&
+				fp.Spec.Pod.Namespace == ns && fp.Spec.PublicKey == peers[0].PublicKey
 		})
 
 		// Run the injected sidecar from the pod's spec and the Secret, and
@@ -209,13 +228,13 @@ func TestAdmission(t *testing.T) {
 			t.Errorf("answer through the tunnel = %q, want %q", got, "ok twi-ollama")
 		}
 
-		// Pod deleted (the Deployment scaled to zero) → Secret deleted by the
-		// garbage collector → Fly peer removed by the finalizer.
+		// Pod deleted (the Deployment deleted) → FlyPeer deleted → Fly peer
+		// removed by its finalizer → Secret deleted.
 		if err := e.c.Delete(ctx, deploy); err != nil {
 			t.Fatal(err)
 		}
 		waitFor(t, "peer and secret gone after the pod", func() bool {
-			return len(e.fly.Peers("personal")) == 0 && len(e.secrets(t, ns)) == 0
+			return len(e.fly.Peers("personal")) == 0 && len(e.secrets(t, ns)) == 0 && len(e.FlyPeers(t)) == 0
 		})
 	})
 
@@ -249,26 +268,36 @@ func TestAdmission(t *testing.T) {
 		})
 	})
 
-	t.Run("the org policy ConfigMap lets a namespace use another org", func(t *testing.T) {
+	t.Run("a FlyOrg lets the namespaces it names use another org", func(t *testing.T) {
 		ns := e.namespace(t, "team-a")
-		policy := &corev1.ConfigMap{
-			ObjectMeta: metav1.ObjectMeta{Name: "glaceon-org-policy", Namespace: managertest.Namespace},
-			Data:       map[string]string{glaceonadmission.PolicyKey: "orgs:\n  personal: [\"*\"]\n  acme: [team-*]\n"},
-		}
-		if err := e.c.Create(ctx, policy); err != nil {
-			t.Fatal(err)
-		}
-		defer e.c.Delete(ctx, policy)
+		e.CreateFlyOrg(t, "acme", "acme", []string{"team-*"}, false)
+		defer e.c.Delete(ctx, &glaceonv1alpha1.FlyOrg{ObjectMeta: metav1.ObjectMeta{Name: "acme"}})
+		e.WaitFlyOrgReady(t, "acme")
 		pod := annotatedPod(ns, "acme-user", map[string]string{inject.AnnotationTarget: "twi-ollama", inject.AnnotationOrg: "acme"})
-		// The manager's cache sees the ConfigMap within moments.
-		waitFor(t, "pod admitted under the new policy", func() bool { return e.c.Create(ctx, pod.DeepCopy()) == nil })
+		// The webhook's cache sees the FlyOrg's status within moments.
+		waitFor(t, "pod admitted with the new FlyOrg", func() bool { return e.c.Create(ctx, pod.DeepCopy()) == nil })
 		if n := len(e.fly.Peers("acme")); n != 1 {
 			t.Errorf("acme has %d peers, want 1", n)
+		}
+		// Deleting the FlyOrg waits for its FlyPeers: their finalizers need
+		// its token.
+		if err := e.c.Delete(ctx, &glaceonv1alpha1.FlyOrg{ObjectMeta: metav1.ObjectMeta{Name: "acme"}}); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, "acme waiting for its FlyPeer", func() bool {
+			c := e.FlyOrgReady(t, "acme")
+			return c != nil && c.Reason == "WaitingForFlyPeers"
+		})
+		if err := e.c.Create(ctx, annotatedPod(ns, "too-late", map[string]string{inject.AnnotationTarget: "twi-ollama", inject.AnnotationOrg: "acme"})); err == nil || !strings.Contains(err.Error(), `FlyOrg "acme" is being deleted`) {
+			t.Errorf("a pod for a deleted FlyOrg: %v", err)
 		}
 		if err := e.c.Delete(ctx, pod); err != nil {
 			t.Fatal(err)
 		}
-		waitFor(t, "acme peer removed with its pod", func() bool { return len(e.fly.Peers("acme")) == 0 })
+		waitFor(t, "acme peer removed with its pod, then the FlyOrg gone", func() bool {
+			var org glaceonv1alpha1.FlyOrg
+			return len(e.fly.Peers("acme")) == 0 && apierrors.IsNotFound(e.c.Get(ctx, client.ObjectKey{Name: "acme"}, &org))
+		})
 	})
 
 	t.Run("pods without the annotation never reach the webhook", func(t *testing.T) {
@@ -349,13 +378,13 @@ func TestAdmission(t *testing.T) {
 		{
 			name:        "org the namespace may not use",
 			annotations: map[string]string{inject.AnnotationTarget: "twi-ollama", inject.AnnotationOrg: "acme"},
-			want:        []string{`may not use Fly org "acme"`},
+			want:        []string{`may not use FlyOrg "acme"`, "it may use personal"},
 		},
 		{
 			name:        "token rejected",
 			annotations: map[string]string{inject.AnnotationTarget: "twi-ollama"},
 			faults:      []flyapitest.Fault{{Kind: flyapitest.FaultHTTP401}},
-			want:        []string{"Fly API rejected the token in secret glaceon-system/fly-api-token"},
+			want:        []string{"Fly API rejected the token of FlyOrg personal (secret glaceon-system/fly-api-token, key token"},
 		},
 		{
 			name:        "Fly down",
@@ -394,12 +423,10 @@ func TestAdmission(t *testing.T) {
 				t.Errorf("denial contains the token")
 			}
 			e.fly.Faults().Clear()
-			if n := len(e.fly.Peers("personal")); n != peersBefore {
-				t.Errorf("Fly peers went from %d to %d", peersBefore, n)
-			}
-			if n := len(e.secrets(t, ns)); n != 0 {
-				t.Errorf("%d secrets left in %s", n, ns)
-			}
+			// A rolled-back peer is removed by its FlyPeer's finalizer.
+			waitFor(t, "nothing left", func() bool {
+				return len(e.fly.Peers("personal")) == peersBefore && len(e.secrets(t, ns)) == 0 && len(e.FlyPeers(t)) == peersBefore
+			})
 		})
 	}
 }
@@ -417,15 +444,6 @@ func waitForPod(t *testing.T, c client.Client, ns string) *corev1.Pod {
 		t.Fatalf("no pod in %s: %v", ns, err)
 	}
 	return &pods.Items[0]
-}
-
-func containsString(list []string, s string) bool {
-	for _, v := range list {
-		if v == s {
-			return true
-		}
-	}
-	return false
 }
 
 // waitFor polls cond for up to a minute.
@@ -478,5 +496,29 @@ func BenchmarkAdmission50Concurrent(b *testing.B) {
 	e.mu.Lock()
 	b.ReportMetric(pct(e.handling, 0.50), "webhook-p50-ms")
 	b.ReportMetric(pct(e.handling, 0.99), "webhook-p99-ms")
+	// The cost of each step of one admission, from the test hook: the
+	// FlyPeer written before the Fly call, the Fly call, the Secret, and
+	// the FlyPeer's status (with the patch built).
+	between := func(from, to string) []time.Duration {
+		var d []time.Duration
+		for _, st := range e.steps {
+			if a, ok := st[from]; ok {
+				if z, ok := st[to]; ok {
+					d = append(d, z.Sub(a))
+				}
+			}
+		}
+		return d
+	}
+	for _, m := range []struct{ name, from, to string }{
+		{"flypeer-create", glaceonadmission.StepBeforeFlyPeer, glaceonadmission.StepAfterFlyPeer},
+		{"fly-add", glaceonadmission.StepAfterFlyPeer, glaceonadmission.StepAfterFly},
+		{"secret-create", glaceonadmission.StepAfterFly, glaceonadmission.StepAfterSecret},
+		{"flypeer-status", glaceonadmission.StepAfterSecret, glaceonadmission.StepBeforeResponse},
+	} {
+		if d := between(m.from, m.to); len(d) > 0 {
+			b.ReportMetric(pct(d, 0.50), m.name+"-p50-ms")
+		}
+	}
 	e.mu.Unlock()
 }

@@ -1,8 +1,10 @@
 // Package admission is glaceon's pod mutating webhook: for a pod annotated
-// glaceon.fly/target it creates the pod's own Fly WireGuard peer, stores the
-// peer's wg-quick file in a Secret and injects the tunnel sidecar (the pure
-// webhook/inject function). Anything it cannot do is a denial that names
-// the cause and the fix, and nothing half-made is left behind.
+// glaceon.fly/target it records a FlyPeer, creates the pod's own Fly
+// WireGuard peer in the pod's FlyOrg, stores the peer's wg-quick file in a
+// Secret and injects the tunnel sidecar (the pure webhook/inject function).
+// Anything it cannot do is a denial that names the cause and the fix; what
+// it started is undone within the webhook's timeout, or left to the
+// sweeper, which finds it through the FlyPeer.
 package admission
 
 import (
@@ -11,7 +13,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"strings"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -21,8 +22,10 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
-	"github.com/glaceon/glaceon/flyapi"
+	glaceonv1alpha1 "github.com/glaceon/glaceon/webhook/api/v1alpha1"
+	"github.com/glaceon/glaceon/webhook/flyorg"
 	"github.com/glaceon/glaceon/webhook/inject"
+	"github.com/glaceon/glaceon/webhook/peers"
 )
 
 // Path is where the handler is served.
@@ -33,36 +36,49 @@ const (
 	ReasonDenied = "GlaceonInjectionDenied"
 )
 
-// FlyAPI is the part of the Fly API the webhook uses; *flyapi.Client
-// implements it (and owns the org lookup cache and the Fly metrics).
-type FlyAPI interface {
-	CachedOrganization(ctx context.Context, slug string) (*flyapi.Organization, error)
-	AddPeer(ctx context.Context, in flyapi.AddPeerInput) (*flyapi.CreatedPeer, error)
-	RemovePeer(ctx context.Context, org flyapi.Organization, name string) error
-}
+// Steps of one admission, passed to Options.TestHook.
+const (
+	StepBeforeFlyPeer  = "before-flypeer"
+	StepAfterFlyPeer   = "after-flypeer"
+	StepAfterFly       = "after-fly"
+	StepAfterSecret    = "after-secret"
+	StepBeforeResponse = "before-response"
+)
 
 // Options configures the Handler.
 type Options struct {
 	Inject inject.Config
-	Fly    FlyAPI
-	// Client creates and deletes peer Secrets. Use a client that reads
-	// from the API server, not a cache.
+	// Orgs gives each FlyOrg's Fly client.
+	Orgs *flyorg.Registry
+	// Reader reads FlyOrgs (the manager's cache).
+	Reader client.Reader
+	// APIReader reads FlyPeers uncached, to tell a reinvocation from a
+	// copied pod.
+	APIReader client.Reader
+	// Client writes FlyPeers and creates and deletes peer Secrets.
 	Client client.Client
-	Policy *PolicySource
-	// FlyTimeout bounds the Fly calls of one admission. Keep it a few
-	// seconds under the webhook's timeoutSeconds so the pod is denied with
-	// the cause instead of the API server timing out.
-	FlyTimeout time.Duration
-	// PeerPrefix starts every peer name, e.g. "k8s-" or "k8s-prod-"; the
-	// sweeper only touches peers with this prefix.
-	PeerPrefix  string
+	// Namer makes this cluster's peer names.
+	Namer *peers.Namer
+	// Timeout bounds the whole admission, clean-up included: keep it under
+	// the webhook's timeoutSeconds so that the pod is denied with the
+	// cause instead of the API server timing out.
+	Timeout time.Duration
+	// FlyTimeout bounds the Fly call of one admission; at least
+	// MinCleanupTime under Timeout, for the Secret and a clean-up.
+	FlyTimeout  time.Duration
 	GatewayPort int
-	// TokenSource says where the Fly token comes from (e.g. "secret
-	// glaceon-system/fly-api-token"), for denial messages.
-	TokenSource string
 	Recorder    events.EventRecorder
 	Log         logr.Logger
+
+	// TestHook, when set, is called at each step (Step*) with the pod's
+	// name (or generateName); an error ends the admission at once with no
+	// clean-up, as if the process died there. Tests and benchmarks only.
+	TestHook func(step, pod string) error
 }
+
+// MinCleanupTime is the part of Options.Timeout kept free of Fly calls:
+// creating the Secret, and undoing what was made if something fails.
+const MinCleanupTime = 2 * time.Second
 
 // Handler is the pod mutating webhook.
 type Handler struct {
@@ -73,29 +89,23 @@ type Handler struct {
 // NewHandler checks opts and returns the handler.
 func NewHandler(scheme *runtime.Scheme, opts Options) (*Handler, error) {
 	var errs []error
-	if opts.Fly == nil {
-		errs = append(errs, errors.New("no Fly API client"))
+	if opts.Orgs == nil {
+		errs = append(errs, errors.New("no FlyOrg registry"))
 	}
-	if opts.Client == nil {
-		errs = append(errs, errors.New("no Kubernetes client"))
+	if opts.Reader == nil || opts.APIReader == nil || opts.Client == nil {
+		errs = append(errs, errors.New("no Kubernetes reader, API reader or client"))
+	}
+	if opts.Namer == nil {
+		errs = append(errs, errors.New("no peer namer"))
 	}
 	if err := opts.Inject.Validate(); err != nil {
 		errs = append(errs, err)
 	}
-	if opts.FlyTimeout <= 0 {
-		errs = append(errs, errors.New("fly timeout must be positive"))
-	}
-	if err := flyapi.ValidatePeerName(strings.TrimSuffix(opts.PeerPrefix, "-") + "-x"); err != nil {
-		errs = append(errs, fmt.Errorf("peer prefix %q: %w", opts.PeerPrefix, err))
+	if opts.FlyTimeout <= 0 || opts.FlyTimeout > opts.Timeout-MinCleanupTime {
+		errs = append(errs, fmt.Errorf("fly timeout %s must be positive and at least %s under the admission timeout %s", opts.FlyTimeout, MinCleanupTime, opts.Timeout))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, fmt.Errorf("admission handler: %w", err)
-	}
-	if opts.Policy == nil {
-		opts.Policy = &PolicySource{DefaultOrg: opts.Inject.DefaultOrg}
-	}
-	if opts.TokenSource == "" {
-		opts.TokenSource = "FLY_API_TOKEN"
 	}
 	return &Handler{opts: opts, decoder: admission.NewDecoder(scheme)}, nil
 }
@@ -103,6 +113,8 @@ func NewHandler(scheme *runtime.Scheme, opts Options) (*Handler, error) {
 // Handle admits one pod.
 func (h *Handler) Handle(ctx context.Context, req admission.Request) admission.Response {
 	start := time.Now()
+	ctx, cancel := context.WithTimeout(ctx, h.opts.Timeout)
+	defer cancel()
 	resp, outcome, reason := h.handle(ctx, req)
 	admissionsTotal.WithLabelValues(outcome, reason).Inc()
 	admissionDuration.WithLabelValues(outcome).Observe(time.Since(start).Seconds())
@@ -124,49 +136,95 @@ func (h *Handler) handle(ctx context.Context, req admission.Request) (admission.
 	if !inject.WantsInjection(pod) {
 		return admission.Allowed("no " + inject.AnnotationTarget + " annotation"), outcomeSkipped, "not_annotated"
 	}
+	copied := false
 	if inject.IsInjected(pod) {
-		// Reinvocation, or a pod copied from an injected one: one peer per pod.
-		return admission.Allowed("already injected"), outcomeSkipped, "already_injected"
+		if h.isReinvocation(ctx, pod, namespace) {
+			return admission.Allowed("already injected"), outcomeSkipped, "already_injected"
+		}
+		// Copied from an injected pod: one key, one live endpoint.
+		copied = true
 	}
 	log = log.WithValues("pod", podDisplayName(pod))
 
 	request, errs := inject.ParsePodAnnotations(pod)
-	request = request.WithDefaults(h.opts.Inject)
-	errs = append(errs, inject.Validate(pod, h.opts.Inject)...)
+	var orgs glaceonv1alpha1.FlyOrgList
+	if err := h.opts.Reader.List(ctx, &orgs); err != nil {
+		return h.deny(log, pod, namespace, "internal", fmt.Sprintf("list FlyOrgs: %v; retrying is safe", err))
+	}
+	org, err := flyorg.Resolve(orgs.Items, request.Org, namespace)
+	if err != nil {
+		if len(errs) > 0 {
+			return h.deny(log, pod, namespace, "invalid", errs.ToAggregate().Error()+"; "+err.Error())
+		}
+		return h.deny(log, pod, namespace, "policy", err.Error())
+	}
+	cfg := h.opts.Inject
+	cfg.DefaultOrg = org.Name
+	if org.Spec.DefaultRegion != "" {
+		cfg.DefaultRegion = org.Spec.DefaultRegion
+	}
+	request = request.WithDefaults(cfg)
+	errs = append(errs, inject.Validate(pod, cfg)...)
 	if len(errs) > 0 {
 		return h.deny(log, pod, namespace, "invalid", errs.ToAggregate().Error())
-	}
-	if err := h.opts.Policy.Check(ctx, request.Org, namespace); err != nil {
-		return h.deny(log, pod, namespace, "policy", err.Error())
 	}
 
 	if req.DryRun != nil && *req.DryRun {
 		// sideEffects: NoneOnDryRun: the same shape, no peer, no Secret.
-		resp := h.patch(req, pod, inject.PlaceholderPeer())
+		resp := h.patch(req, pod, cfg, inject.PlaceholderPeer(), copied)
 		return resp, outcomeDryRun, "dry_run"
 	}
 
-	peer, err := h.provision(ctx, log, pod, namespace, request)
+	fly, err := h.opts.Orgs.Client(ctx, org)
 	if err != nil {
-		reason := failureReason(err)
-		return h.deny(log, pod, namespace, reason, err.Error())
+		return h.deny(log, pod, namespace, "fly_token", fmt.Sprintf("FlyOrg %q cannot be used: %v", org.Name, err))
 	}
-	resp := h.patch(req, pod, peer)
+	peer, fp, err := h.provision(ctx, log, fly, org, pod, namespace, request)
+	if err != nil {
+		if errors.Is(err, errCrashed) {
+			return admission.Errored(http.StatusInternalServerError, err), outcomeErrored, "crashed"
+		}
+		return h.deny(log, pod, namespace, failureReason(err), err.Error())
+	}
+	resp := h.patch(req, pod, cfg, peer, copied)
 	if !resp.Allowed {
-		h.rollback(log, namespace, request.Org, peer)
+		h.rollback(ctx, log, fp, true)
 		return resp, outcomeErrored, "patch"
 	}
-	log.Info("injected glaceon sidecar", "peer", peer.Name, "org", request.Org, "targets", inject.FormatTargets(request.Targets))
+	if err := h.step(StepBeforeResponse, pod); err != nil {
+		return admission.Errored(http.StatusInternalServerError, err), outcomeErrored, "crashed"
+	}
+	log.Info("injected glaceon sidecar", "peer", peer.Name, "flyorg", org.Name, "copy", copied, "targets", inject.FormatTargets(request.Targets))
 	return resp, outcomeInjected, "ok"
 }
 
-// patch injects pod for peer and returns the JSON patch response.
-func (h *Handler) patch(req admission.Request, pod *corev1.Pod, peer inject.Peer) admission.Response {
-	injected, err := inject.Inject(pod, h.opts.Inject, peer)
+// isReinvocation tells the API server calling again for a pod this
+// admission already injected (reinvocationPolicy IfNeeded) from a pod
+// copied from an injected one: the peer it names was made for this
+// namespace and is not bound to a pod yet. Read uncached: the FlyPeer was
+// written moments ago. Rare (only injected pods reach here).
+func (h *Handler) isReinvocation(ctx context.Context, pod *corev1.Pod, namespace string) bool {
+	var fp glaceonv1alpha1.FlyPeer
+	if err := h.opts.APIReader.Get(ctx, client.ObjectKey{Name: pod.Annotations[inject.AnnotationPeer]}, &fp); err != nil {
+		return false
+	}
+	return fp.DeletionTimestamp.IsZero() && fp.Spec.Pod.Namespace == namespace && fp.Spec.Pod.UID == ""
+}
+
+// patch injects pod for peer (or points a copied pod at it) and returns
+// the JSON patch response.
+func (h *Handler) patch(req admission.Request, pod *corev1.Pod, cfg inject.Config, peer inject.Peer, copied bool) admission.Response {
+	var injected *corev1.Pod
+	var err error
+	if copied {
+		injected, err = inject.Repoint(pod, peer)
+	} else {
+		injected, err = inject.Inject(pod, cfg, peer)
+	}
 	if err != nil {
 		var invalid *inject.InvalidPodError
 		if errors.As(err, &invalid) {
-			return admission.Denied(invalid.Errors.ToAggregate().Error())
+			return admission.Denied("glaceon: " + invalid.Errors.ToAggregate().Error())
 		}
 		return admission.Errored(http.StatusInternalServerError, err)
 	}

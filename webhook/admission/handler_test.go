@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -15,49 +14,67 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
+	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
 	"github.com/glaceon/glaceon/flyapi"
+	"github.com/glaceon/glaceon/flyapi/wgquick"
+	glaceonv1alpha1 "github.com/glaceon/glaceon/webhook/api/v1alpha1"
+	"github.com/glaceon/glaceon/webhook/flyorg"
 	"github.com/glaceon/glaceon/webhook/inject"
+	"github.com/glaceon/glaceon/webhook/peers"
 )
 
-// countingFly is a FlyAPI that only counts: these tests are about what the
-// handler does without the Fly API (the envtest suite uses the real double).
-type countingFly struct{ calls atomic.Int64 }
+// These tests are about what the handler decides without the Fly API or a
+// real cluster (the envtest suite uses both): the fake client counts every
+// write, and the Fly base URL points nowhere, so any Fly call fails loudly.
 
-func (f *countingFly) CachedOrganization(context.Context, string) (*flyapi.Organization, error) {
-	f.calls.Add(1)
-	return &flyapi.Organization{ID: "T3JnLzE=", Slug: "personal"}, nil
+func readyOrg() *glaceonv1alpha1.FlyOrg {
+	return &glaceonv1alpha1.FlyOrg{
+		ObjectMeta: metav1.ObjectMeta{Name: "personal"},
+		Spec: glaceonv1alpha1.FlyOrgSpec{
+			TokenSecretRef: glaceonv1alpha1.SecretKeyRef{Name: "fly-api-token", Key: "token"},
+			Namespaces:     []string{"*"},
+		},
+		Status: glaceonv1alpha1.FlyOrgStatus{
+			OrganizationID: "T3JnLzE=",
+			Conditions:     []metav1.Condition{{Type: glaceonv1alpha1.ConditionReady, Status: metav1.ConditionTrue, Reason: flyorg.ReasonReady, LastTransitionTime: metav1.Now()}},
+		},
+	}
 }
 
-func (f *countingFly) AddPeer(context.Context, flyapi.AddPeerInput) (*flyapi.CreatedPeer, error) {
-	f.calls.Add(1)
-	return nil, &flyapi.Error{Kind: flyapi.KindTransient, Message: "not in this test"}
-}
-
-func (f *countingFly) RemovePeer(context.Context, flyapi.Organization, string) error {
-	f.calls.Add(1)
-	return nil
-}
-
-func newTestHandler(t *testing.T) (*Handler, *countingFly) {
+func newTestHandler(t *testing.T, objs ...client.Object) (*Handler, *int) {
 	t.Helper()
-	fly := &countingFly{}
-	cfg := inject.DefaultConfig()
-	cfg.DefaultOrg = "personal"
-	h, err := NewHandler(clientgoscheme.Scheme, Options{
-		Inject:     cfg,
-		Fly:        fly,
-		Client:     fake.NewClientBuilder().Build(),
+	scheme := runtime.NewScheme()
+	_ = clientgoscheme.AddToScheme(scheme)
+	_ = glaceonv1alpha1.AddToScheme(scheme)
+	writes := 0
+	c := fake.NewClientBuilder().WithScheme(scheme).WithObjects(objs...).WithStatusSubresource(&glaceonv1alpha1.FlyPeer{}).
+		WithInterceptorFuncs(interceptor.Funcs{Create: func(ctx context.Context, c client.WithWatch, obj client.Object, opts ...client.CreateOption) error {
+			writes++
+			return c.Create(ctx, obj, opts...)
+		}}).Build()
+	namer, err := peers.NewNamer("k8s-", "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := NewHandler(scheme, Options{
+		Inject:     inject.DefaultConfig(),
+		Orgs:       flyorg.NewRegistry("glaceon-system", c, c, flyapi.Options{BaseURL: "http://127.0.0.1:1"}),
+		Reader:     c,
+		APIReader:  c,
+		Client:     c,
+		Namer:      namer,
+		Timeout:    5 * time.Second,
 		FlyTimeout: time.Second,
-		PeerPrefix: "k8s-",
 		Log:        logr.Discard(),
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return h, fly
+	return h, &writes
 }
 
 func podRequest(t *testing.T, pod *corev1.Pod, dryRun bool) admission.Request {
@@ -75,16 +92,21 @@ func podRequest(t *testing.T, pod *corev1.Pod, dryRun bool) admission.Request {
 	}}
 }
 
-// TestReinvocationMakesNoPeer: with reinvocationPolicy IfNeeded the API
-// server may send an already injected pod again; it must pass unchanged
-// and without a Fly call, so a pod never gets two peers.
-func TestReinvocationMakesNoPeer(t *testing.T) {
-	h, fly := newTestHandler(t)
-	pod := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: "p", Namespace: "default", Annotations: map[string]string{inject.AnnotationTarget: "twi-ollama"}},
+func annotated() *corev1.Pod {
+	return &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{GenerateName: "web-", Namespace: "default", Annotations: map[string]string{inject.AnnotationTarget: "twi-ollama"}},
 		Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: "x"}}},
 	}
-	injected, err := inject.Inject(pod, h.opts.Inject, inject.Peer{Name: "k8s-default-p-abcdef", SecretName: "k8s-default-p-abcdef"})
+}
+
+// TestReinvocationMakesNoPeer: with reinvocationPolicy IfNeeded the API
+// server may send an already injected pod again; its FlyPeer is unbound in
+// the same namespace, so it passes unchanged and nothing is written.
+func TestReinvocationMakesNoPeer(t *testing.T) {
+	name := "k8s-default-web-test-abcdef"
+	fp := peers.NewFlyPeer(name, "personal", "", wgquick.Key{}, "default")
+	h, writes := newTestHandler(t, readyOrg(), fp)
+	injected, err := inject.Inject(annotated(), injectCfg(), inject.Peer{Name: name, SecretName: name})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -92,102 +114,59 @@ func TestReinvocationMakesNoPeer(t *testing.T) {
 	if !resp.Allowed || len(resp.Patches) != 0 {
 		t.Errorf("reinvocation: allowed=%v patches=%d, want allowed with no patch", resp.Allowed, len(resp.Patches))
 	}
-	if n := fly.calls.Load(); n != 0 {
-		t.Errorf("reinvocation made %d Fly calls", n)
+	if *writes != 0 {
+		t.Errorf("reinvocation wrote %d objects", *writes)
 	}
 }
 
-func TestDryRunMakesNoFlyCall(t *testing.T) {
-	h, fly := newTestHandler(t)
-	pod := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{GenerateName: "web-", Namespace: "default", Annotations: map[string]string{inject.AnnotationTarget: "twi-ollama"}},
-		Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: "x"}}},
-	}
-	resp := h.Handle(context.Background(), podRequest(t, pod, true))
+func TestDryRunWritesNothing(t *testing.T) {
+	h, writes := newTestHandler(t, readyOrg())
+	resp := h.Handle(context.Background(), podRequest(t, annotated(), true))
 	if !resp.Allowed || len(resp.Patches) == 0 {
 		t.Fatalf("dry run: allowed=%v patches=%d (%v)", resp.Allowed, len(resp.Patches), resp.Result)
 	}
-	if n := fly.calls.Load(); n != 0 {
-		t.Errorf("dry run made %d Fly calls", n)
+	if *writes != 0 {
+		t.Errorf("dry run wrote %d objects", *writes)
 	}
 }
 
-func TestPeerName(t *testing.T) {
-	long := strings.Repeat("a", 80)
-	tests := []struct {
-		name, prefix, ns string
-		pod              corev1.Pod
-		wantPrefix       string
+// TestDeniedBeforeAnyWrite: policy and readiness are decided from the
+// FlyOrgs alone; a denied pod costs no write and no Fly call.
+func TestDeniedBeforeAnyWrite(t *testing.T) {
+	notReady := readyOrg()
+	notReady.Status.Conditions[0].Status, notReady.Status.Conditions[0].Reason = metav1.ConditionFalse, flyorg.ReasonUnauthorized
+	notReady.Status.Conditions[0].Message = "the Fly API rejected the token"
+	teamOnly := readyOrg()
+	teamOnly.Spec.Namespaces = []string{"team-*"}
+	for name, tc := range map[string]struct {
+		org  *glaceonv1alpha1.FlyOrg
+		want string
 	}{
-		{"named pod", "k8s-", "default", corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "web-1"}}, "k8s-default-web-1-"},
-		{"generateName", "k8s-", "shop", corev1.Pod{ObjectMeta: metav1.ObjectMeta{GenerateName: "web-6d4b9-"}}, "k8s-shop-web-6d4b9-"},
-		{"owner only", "k8s-", "shop", corev1.Pod{ObjectMeta: metav1.ObjectMeta{OwnerReferences: []metav1.OwnerReference{{Name: "job-x"}}}}, "k8s-shop-job-x-"},
-		{"nothing", "k8s-prod-", "ns", corev1.Pod{}, "k8s-prod-ns-pod-"},
-		{"odd characters", "k8s-", "Team_A", corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "We.b--X"}}, "k8s-team-a-we-b-x-"},
-		{"too long", "k8s-", long, corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: long}}, "k8s-aaaa"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			got := PeerName(tt.prefix, &tt.pod, tt.ns)
-			if !strings.HasPrefix(got, tt.wantPrefix) {
-				t.Errorf("PeerName = %q, want prefix %q", got, tt.wantPrefix)
+		"not ready":             {notReady, `FlyOrg "personal" is not ready (Unauthorized): the Fly API rejected the token`},
+		"namespace not allowed": {teamOnly, `namespace "default" may not use the default FlyOrg "personal"`},
+	} {
+		t.Run(name, func(t *testing.T) {
+			h, writes := newTestHandler(t, tc.org)
+			resp := h.Handle(context.Background(), podRequest(t, annotated(), false))
+			if resp.Allowed || !strings.Contains(resp.Result.Message, tc.want) {
+				t.Errorf("allowed=%v message=%q, want a denial with %q", resp.Allowed, resp.Result.Message, tc.want)
 			}
-			if err := flyapi.ValidatePeerName(got); err != nil {
-				t.Errorf("PeerName = %q is not a valid peer name: %v", got, err)
-			}
-			if again := PeerName(tt.prefix, &tt.pod, tt.ns); again == got {
-				t.Errorf("two names for the same pod are equal (%q): the random suffix is missing", got)
+			if *writes != 0 {
+				t.Errorf("denial wrote %d objects", *writes)
 			}
 		})
 	}
 }
 
-func TestOrgPolicy(t *testing.T) {
-	p, err := ParseOrgPolicy([]byte("orgs:\n  personal: [\"*\"]\n  acme: [team-a, \"ci-*\"]\n"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, tt := range []struct {
-		org, ns string
-		want    bool
-	}{
-		{"personal", "anything", true},
-		{"acme", "team-a", true},
-		{"acme", "ci-42", true},
-		{"acme", "team-b", false},
-		{"other", "team-a", false},
-	} {
-		if got := p.Allows(tt.org, tt.ns); got != tt.want {
-			t.Errorf("Allows(%q, %q) = %v, want %v", tt.org, tt.ns, got, tt.want)
-		}
-	}
-	for _, bad := range []string{"orgs: [x]", "orgz: {}", "orgs:\n  a: [\"[\"]\n"} {
-		if _, err := ParseOrgPolicy([]byte(bad)); err == nil {
-			t.Errorf("ParseOrgPolicy(%q) accepted a bad policy", bad)
-		}
+func TestFlyTimeoutMustLeaveRoomForCleanup(t *testing.T) {
+	_, err := NewHandler(clientgoscheme.Scheme, Options{Inject: inject.DefaultConfig(), Timeout: 10 * time.Second, FlyTimeout: 9 * time.Second})
+	if err == nil || !strings.Contains(err.Error(), "fly timeout 9s must be positive and at least 2s under the admission timeout 10s") {
+		t.Errorf("err = %v", err)
 	}
 }
 
-// FuzzParseOrgPolicy: the policy ConfigMap is outside input; parsing must
-// never panic, and an accepted policy must be usable.
-func FuzzParseOrgPolicy(f *testing.F) {
-	for _, seed := range []string{
-		"orgs:\n  personal: [\"*\"]\n",
-		"orgs:\n  acme: [team-a, \"ci-*\"]\n",
-		"orgs: {}\n",
-		"orgs:\n  a: [\"[\"]\n",
-		"",
-		"orgs: [x]",
-	} {
-		f.Add(seed)
-	}
-	f.Fuzz(func(t *testing.T, doc string) {
-		p, err := ParseOrgPolicy([]byte(doc))
-		if err != nil {
-			return
-		}
-		for org := range p.Orgs {
-			p.Allows(org, "default")
-		}
-	})
+func injectCfg() inject.Config {
+	cfg := inject.DefaultConfig()
+	cfg.DefaultOrg = "personal"
+	return cfg
 }

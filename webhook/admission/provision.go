@@ -4,23 +4,22 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"time"
 
 	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/glaceon/glaceon/flyapi"
 	"github.com/glaceon/glaceon/flyapi/wgquick"
+	glaceonv1alpha1 "github.com/glaceon/glaceon/webhook/api/v1alpha1"
+	"github.com/glaceon/glaceon/webhook/flyorg"
 	"github.com/glaceon/glaceon/webhook/inject"
+	"github.com/glaceon/glaceon/webhook/peers"
 )
 
-// rollbackTimeout bounds the clean-up of a half-made peer after a failed
-// admission; what it cannot remove is left to the sweeper.
-const rollbackTimeout = 10 * time.Second
+// errCrashed ends an admission at a TestHook step.
+var errCrashed = errors.New("admission ended at a test hook, as if the manager died")
 
 // provisionError carries a denial message and a metrics reason.
 type provisionError struct {
@@ -40,114 +39,121 @@ func failureReason(err error) string {
 	return "internal"
 }
 
-// provision creates the pod's Fly peer and the Secret holding its wg-quick
-// file, in that order; on any failure it removes what it made.
-func (h *Handler) provision(ctx context.Context, log logr.Logger, pod *corev1.Pod, namespace string, req inject.Request) (inject.Peer, error) {
-	flyCtx, cancel := context.WithTimeout(ctx, h.opts.FlyTimeout)
-	defer cancel()
-
-	org, err := h.opts.Fly.CachedOrganization(flyCtx, req.Org)
-	if err != nil {
-		return inject.Peer{}, h.flyFailure("organization", req.Org, err)
+func (h *Handler) step(name string, pod *corev1.Pod) error {
+	if h.opts.TestHook == nil {
+		return nil
 	}
+	if err := h.opts.TestHook(name, podDisplayName(pod)); err != nil {
+		return fmt.Errorf("%w (%s): %v", errCrashed, name, err)
+	}
+	return nil
+}
+
+// provision makes the pod's peer, write-ahead: the FlyPeer first (so the
+// cluster knows of the Fly peer before it can exist), then the Fly peer,
+// then the Secret with the wg-quick file, then the FlyPeer's status. On a
+// failure it undoes what it made within the admission's deadline.
+func (h *Handler) provision(ctx context.Context, log logr.Logger, fly flyorg.FlyAPI, org *glaceonv1alpha1.FlyOrg, pod *corev1.Pod, namespace string, req inject.Request) (inject.Peer, *glaceonv1alpha1.FlyPeer, error) {
 	keys, err := wgquick.GenerateKeyPair()
 	if err != nil {
-		return inject.Peer{}, &provisionError{reason: "internal", msg: "generate WireGuard key pair: " + err.Error(), err: err}
+		return inject.Peer{}, nil, &provisionError{reason: "internal", msg: "generate WireGuard key pair: " + err.Error(), err: err}
 	}
-	name := PeerName(h.opts.PeerPrefix, pod, namespace)
-	created, err := h.opts.Fly.AddPeer(flyCtx, flyapi.AddPeerInput{Org: *org, Name: name, PublicKey: keys.Public, Region: req.Region})
+	name := h.opts.Namer.New(pod, namespace)
+	if err := h.step(StepBeforeFlyPeer, pod); err != nil {
+		return inject.Peer{}, nil, err
+	}
+	fp := peers.NewFlyPeer(name, org.Name, req.Region, keys.Public, namespace)
+	if err := h.opts.Client.Create(ctx, fp); err != nil {
+		return inject.Peer{}, nil, &provisionError{reason: "flypeer", err: err,
+			msg: fmt.Sprintf("record FlyPeer %s: %v; nothing was created at Fly, retrying is safe", name, err)}
+	}
+	if err := h.step(StepAfterFlyPeer, pod); err != nil {
+		return inject.Peer{}, nil, err
+	}
+
+	flyCtx, cancel := context.WithTimeout(ctx, h.opts.FlyTimeout)
+	created, err := fly.AddPeer(flyCtx, flyapi.AddPeerInput{
+		Org:  flyapi.Organization{ID: org.Status.OrganizationID, Slug: org.SlugOrName()},
+		Name: name, PublicKey: keys.Public, Region: req.Region,
+	})
+	cancel()
 	if err != nil {
-		return inject.Peer{}, h.flyFailure("addWireGuardPeer", req.Org, err)
+		h.rollback(ctx, log, fp, false)
+		return inject.Peer{}, nil, h.flyFailure("addWireGuardPeer", org, err)
 	}
 	peersCreated.Inc()
-	peer := inject.Peer{Name: name, SecretName: name}
+	if err := h.step(StepAfterFly, pod); err != nil {
+		return inject.Peer{}, nil, err
+	}
 
+	peer := inject.Peer{Name: name, SecretName: name}
 	cfg, err := flyapi.NewWireGuardConfig(keys.Private, *created, h.opts.GatewayPort)
 	if err == nil {
-		err = h.createSecret(ctx, namespace, req.Org, peer, cfg.Render())
+		err = h.opts.Client.Create(ctx, peers.NewPeerSecret(fp, cfg.Render()))
 	}
 	if err != nil {
-		h.rollback(log, namespace, req.Org, peer)
-		return inject.Peer{}, &provisionError{reason: "secret", msg: fmt.Sprintf("store the WireGuard config of peer %s in a Secret in namespace %s: %v; the peer was removed again, retrying is safe", name, namespace, err), err: err}
+		h.rollback(ctx, log, fp, false)
+		return inject.Peer{}, nil, &provisionError{reason: "secret", err: err,
+			msg: fmt.Sprintf("store the WireGuard config of peer %s in a Secret in namespace %s: %v; the peer is being removed again, retrying is safe", name, namespace, err)}
 	}
-	return peer, nil
+	if err := h.step(StepAfterSecret, pod); err != nil {
+		return inject.Peer{}, nil, err
+	}
+
+	// Best effort: the FlyPeer controller binds a Provisioning FlyPeer to
+	// its pod all the same, and removal falls back to the FlyOrg's ID.
+	orig := fp.DeepCopy()
+	fp.Status = glaceonv1alpha1.FlyPeerStatus{Phase: glaceonv1alpha1.FlyPeerReady, PeerIP: created.PeerIP.String(), OrganizationID: org.Status.OrganizationID}
+	if err := h.opts.Client.Status().Patch(ctx, fp, client.MergeFrom(orig)); err != nil {
+		log.Error(err, "could not mark FlyPeer ready", "flypeer", name)
+	}
+	return peer, fp, nil
 }
 
-func (h *Handler) createSecret(ctx context.Context, namespace, org string, peer inject.Peer, wgQuick []byte) error {
-	secret := &corev1.Secret{
-		ObjectMeta: metav1.ObjectMeta{
-			Name:      peer.SecretName,
-			Namespace: namespace,
-			Labels: map[string]string{
-				inject.LabelManagedBy: inject.ManagedByValue,
-				inject.LabelPeerName:  peer.Name,
-				inject.LabelPeerOrg:   org,
-			},
-			Finalizers: []string{inject.FinalizerPeerCleanup},
-		},
-		Type:      corev1.SecretTypeOpaque,
-		Immutable: ptr.To(true),
-		Data:      map[string][]byte{inject.SecretKeyWGConfig: wgQuick},
-	}
-	return h.opts.Client.Create(ctx, secret)
-}
-
-// rollback removes a peer made for an admission that then failed: the
-// Secret (dropping its finalizer, since the peer is removed here) and the
-// Fly peer. It runs on its own deadline, as the admission's may be spent.
-func (h *Handler) rollback(log logr.Logger, namespace, orgSlug string, peer inject.Peer) {
-	ctx, cancel := context.WithTimeout(context.Background(), rollbackTimeout)
-	defer cancel()
+// rollback undoes a peer made for an admission that then failed: the
+// Secret (if made) and the FlyPeer, whose finalizer removes the Fly peer
+// outside the admission. It runs on what is left of the admission's
+// deadline; what it cannot do there is the sweeper's (an unclaimed
+// FlyPeer past the grace period).
+func (h *Handler) rollback(ctx context.Context, log logr.Logger, fp *glaceonv1alpha1.FlyPeer, secret bool) {
 	var errs []error
-	secret := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: peer.SecretName, Namespace: namespace}}
-	if err := h.opts.Client.Get(ctx, clientKey(secret), secret); err == nil {
-		secret.Finalizers = nil
-		if err := h.opts.Client.Update(ctx, secret); err != nil && !apierrors.IsNotFound(err) {
-			errs = append(errs, fmt.Errorf("drop finalizer of secret: %w", err))
-		}
-		if err := h.opts.Client.Delete(ctx, secret); err != nil && !apierrors.IsNotFound(err) {
+	if secret {
+		s := &corev1.Secret{}
+		s.Namespace, s.Name = fp.Spec.Pod.Namespace, fp.Name
+		if err := h.opts.Client.Delete(ctx, s); err != nil && !apierrors.IsNotFound(err) {
 			errs = append(errs, fmt.Errorf("delete secret: %w", err))
 		}
-	} else if !apierrors.IsNotFound(err) {
-		errs = append(errs, fmt.Errorf("get secret: %w", err))
 	}
-	if org, err := h.opts.Fly.CachedOrganization(ctx, orgSlug); err != nil {
-		errs = append(errs, err)
-	} else if err := h.opts.Fly.RemovePeer(ctx, *org, peer.Name); err != nil {
-		errs = append(errs, fmt.Errorf("remove Fly peer: %w", err))
+	if err := h.opts.Client.Delete(ctx, &glaceonv1alpha1.FlyPeer{ObjectMeta: fp.ObjectMeta}); err != nil && !apierrors.IsNotFound(err) {
+		errs = append(errs, fmt.Errorf("delete FlyPeer: %w", err))
 	}
 	if err := errors.Join(errs...); err != nil {
 		peersRolledBack.WithLabelValues("failed").Inc()
-		log.Error(err, "roll back peer failed; the sweeper will remove it", "peer", peer.Name, "org", orgSlug)
+		log.Error(err, "roll back peer failed; the sweeper will remove it", "flypeer", fp.Name)
 		return
 	}
 	peersRolledBack.WithLabelValues("removed").Inc()
-	log.Info("rolled back peer", "peer", peer.Name, "org", orgSlug)
+	log.Info("rolled back peer; its FlyPeer's finalizer removes the Fly peer", "flypeer", fp.Name)
 }
 
-// flyFailure turns a Fly API error into a denial that says what to do.
-func (h *Handler) flyFailure(op, org string, err error) error {
+// flyFailure turns a Fly API error into a denial that names the FlyOrg and
+// says what to do.
+func (h *Handler) flyFailure(op string, org *glaceonv1alpha1.FlyOrg, err error) error {
+	source := h.opts.Orgs.TokenSource(org)
 	var msg, reason string
 	switch {
 	case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled):
 		reason = "fly_timeout"
-		msg = fmt.Sprintf("Fly API did not answer within %s (%s); retrying is safe", h.opts.FlyTimeout, op)
+		msg = fmt.Sprintf("Fly API did not answer within %s (%s, FlyOrg %s); retrying is safe", h.opts.FlyTimeout, op, org.Name)
 	case flyapi.IsUnauthorized(err):
 		reason = "fly_unauthorized"
-		msg = fmt.Sprintf("Fly API rejected the token in %s (%s): replace it with a token that may manage WireGuard peers in org %q (`fly tokens create org %s`)", h.opts.TokenSource, op, org, org)
-	case flyapi.IsNotFound(err) && op == "organization":
-		reason = "fly_org_not_found"
-		msg = fmt.Sprintf("Fly org %q not found (or the token in %s cannot see it): fix %s on the pod or the webhook's default org", org, h.opts.TokenSource, inject.AnnotationOrg)
+		msg = fmt.Sprintf("Fly API rejected the token of FlyOrg %s (%s; %s): ask a cluster admin to replace it with a token that may manage WireGuard peers in org %q (`fly tokens create org -o %s`)", org.Name, source, op, org.SlugOrName(), org.SlugOrName())
 	case flyapi.IsRateLimited(err) || flyapi.IsTransient(err):
 		reason = "fly_unavailable"
-		msg = fmt.Sprintf("Fly API is unavailable (%s): %v; retrying is safe", op, err)
+		msg = fmt.Sprintf("Fly API is unavailable (%s, FlyOrg %s): %v; retrying is safe", op, org.Name, err)
 	default:
 		reason = "fly_error"
-		msg = fmt.Sprintf("Fly API call %s failed: %v", op, err)
+		msg = fmt.Sprintf("Fly API call %s failed (FlyOrg %s): %v", op, org.Name, err)
 	}
 	return &provisionError{reason: reason, msg: msg, err: err}
-}
-
-func clientKey(s *corev1.Secret) client.ObjectKey {
-	return client.ObjectKey{Namespace: s.Namespace, Name: s.Name}
 }

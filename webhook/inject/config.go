@@ -10,7 +10,10 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/util/validation"
+	"k8s.io/apimachinery/pkg/util/validation/field"
 	"k8s.io/utils/ptr"
+
+	"github.com/glaceon/glaceon/flyapi/version"
 )
 
 // SidecarMode selects how the sidecar runs in the pod.
@@ -34,9 +37,40 @@ const (
 	SidecarModePeerOnly SidecarMode = "peer-only"
 )
 
-// DefaultSidecarImage is the image DefaultConfig uses. Release builds set it
-// with -ldflags "-X github.com/glaceon/glaceon/webhook/inject.DefaultSidecarImage=…".
-var DefaultSidecarImage = "ghcr.io/glaceon/glaceon-sidecar:dev"
+// SidecarRepository is the repository of the glaceon-sidecar image. Release
+// builds (hack/release) set it to the registry they push to, with
+// -ldflags "-X github.com/glaceon/glaceon/webhook/inject.SidecarRepository=…".
+var SidecarRepository = "ghcr.io/glaceon/glaceon-sidecar"
+
+// DefaultSidecarImage is the image DefaultConfig uses: the sidecar of this
+// binary's own version, so a manager never injects a sidecar of another
+// release by default.
+var DefaultSidecarImage = SidecarRepository + ":" + ImageTag(version.Version)
+
+// ImageTag turns a version into a valid image tag
+// ([A-Za-z0-9_][A-Za-z0-9_.-]{0,127}): other characters become '-' ('_'
+// first), and an empty version is "dev". hack/release tags images with it.
+func ImageTag(version string) string {
+	var sb strings.Builder
+	for i, r := range version {
+		ok := r == '_' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || (i > 0 && (r == '.' || r == '-'))
+		switch {
+		case ok:
+		case i == 0:
+			r = '_'
+		default:
+			r = '-'
+		}
+		sb.WriteRune(r)
+		if sb.Len() >= 128 {
+			break
+		}
+	}
+	if sb.Len() == 0 {
+		return "dev"
+	}
+	return sb.String()
+}
 
 // Config is the operator's side of injection: the same for every pod.
 type Config struct {
@@ -53,6 +87,10 @@ type Config struct {
 	HealthListenHost string
 	// Mode is the default sidecar mode; glaceon.fly/inject-mode overrides it.
 	Mode SidecarMode
+	// Transport is the default --transport of every sidecar (auto, udp,
+	// websocket); glaceon.fly/transport and MachineProxy spec.transport
+	// override it. "" leaves the sidecar's own default (auto).
+	Transport string
 	// DefaultOrg and DefaultRegion apply when a pod does not set
 	// glaceon.fly/org or glaceon.fly/region. DefaultRegion may be empty
 	// (Fly then picks the gateway).
@@ -117,6 +155,11 @@ func (c Config) Validate() error {
 	var errs []error
 	if c.Image == "" {
 		errs = append(errs, errors.New("sidecar image is empty"))
+	}
+	if c.Transport != "" {
+		if fe := ValidateTransport(c.Transport, field.NewPath("transport")); len(fe) > 0 {
+			errs = append(errs, fmt.Errorf("sidecar transport %q is not one of %s", c.Transport, strings.Join(Transports, ", ")))
+		}
 	}
 	switch c.ImagePullPolicy {
 	case "", corev1.PullAlways, corev1.PullIfNotPresent, corev1.PullNever:

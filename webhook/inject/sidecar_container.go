@@ -31,19 +31,23 @@ type SidecarContainer struct {
 	// Native makes the container a native sidecar: an init container with
 	// restartPolicy Always.
 	Native bool
-	// Transport is --transport (auto, udp, websocket); "" leaves the
-	// sidecar's default and adds no flag.
+	// Transport is --transport (auto, udp, websocket); "" means
+	// Config.Transport, and when that is "" too, the sidecar's default
+	// (no flag).
 	Transport string
 }
 
 // SidecarArgs is the sidecar's command line for cfg, forwards and
-// transport ("" for the sidecar's default).
+// transport ("" for cfg.Transport, then the sidecar's default).
 func SidecarArgs(cfg Config, forwards []target.Forward, transport string) []string {
 	args := []string{"--wg-config", cfg.WGConfigPath()}
 	for _, f := range forwards {
 		args = append(args, "--forward", f.String())
 	}
 	args = append(args, "--health-addr", net.JoinHostPort(cfg.HealthListenHost, strconv.Itoa(int(cfg.HealthPort))))
+	if transport == "" {
+		transport = cfg.Transport
+	}
 	if transport != "" {
 		args = append(args, "--transport", transport)
 	}

@@ -75,14 +75,9 @@ func proxyTargets(mp *glaceonv1alpha1.MachineProxy) ([]proxyTarget, field.ErrorL
 }
 
 // validate returns the targets to serve, or every reason the spec cannot
-// be served: proxyTargets' and a missing org (no spec.org and no default
-// in the manager), which the webhook would otherwise report pod by pod.
+// be served: proxyTargets' and a namespace the webhook does not serve.
 func validate(mp *glaceonv1alpha1.MachineProxy, opts Options) ([]proxyTarget, field.ErrorList) {
 	targets, errs := proxyTargets(mp)
-	if orgOf(mp, opts) == "" {
-		errs = append(errs, field.Required(field.NewPath("spec", "org"),
-			"the glaceon manager has no default org; set it to your Fly org slug (see `fly orgs list`)"))
-	}
 	if slices.Contains(opts.ExcludedNamespaces, mp.Namespace) {
 		errs = append(errs, field.Forbidden(field.NewPath("metadata", "namespace"),
 			fmt.Sprintf("glaceon's webhook does not serve namespace %s, so proxy pods here would get no Fly peer; create the MachineProxy in another namespace (e.g. flycast)", mp.Namespace)))
@@ -98,14 +93,11 @@ func replicasOf(mp *glaceonv1alpha1.MachineProxy) int32 {
 	return ptr.Deref(mp.Spec.Replicas, defaultReplicas)
 }
 
-// orgOf is the org the proxy's peers belong to: spec.org or the default.
-// Empty means neither is set; the webhook then denies the pods with a
-// message saying so.
-func orgOf(mp *glaceonv1alpha1.MachineProxy, opts Options) string {
-	if mp.Spec.Org != "" {
-		return mp.Spec.Org
-	}
-	return opts.Inject.DefaultOrg
+// orgOf is the FlyOrg the proxy's peers belong to: spec.org, or empty for
+// the cluster's default FlyOrg, which the webhook resolves (and whose
+// absence it reports, which the status then shows).
+func orgOf(mp *glaceonv1alpha1.MachineProxy, _ Options) string {
+	return mp.Spec.Org
 }
 
 // selectorLabels select a MachineProxy's pods. Immutable in a Deployment.

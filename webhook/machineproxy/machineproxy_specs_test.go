@@ -3,6 +3,7 @@ package machineproxy
 import (
 	"bytes"
 	"flag"
+	appsv1 "k8s.io/api/apps/v1"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -102,17 +103,17 @@ func TestProxyTargets(t *testing.T) {
 	}
 }
 
-func TestValidateNeedsAnOrg(t *testing.T) {
-	noDefault := testOptions()
-	noDefault.Inject.DefaultOrg = ""
-	if _, errs := validate(newMachineProxy(), noDefault); len(errs) != 1 || !strings.Contains(errs[0].Error(), "spec.org: Required") {
-		t.Errorf("no org anywhere: errs = %v, want spec.org Required", errs)
-	}
-	if _, errs := validate(newMachineProxy(withOrg("personal")), noDefault); len(errs) > 0 {
-		t.Errorf("spec.org set: %v", errs)
-	}
+func TestEmptyOrgLeavesItToTheDefaultFlyOrg(t *testing.T) {
 	if _, errs := validate(newMachineProxy(), testOptions()); len(errs) > 0 {
-		t.Errorf("default org set: %v", errs)
+		t.Errorf("no spec.org: %v", errs)
+	}
+	d := desiredDeployment(t, newMachineProxy())
+	if org, ok := d.Spec.Template.Annotations[inject.AnnotationOrg]; ok {
+		t.Errorf("pod template names org %q; want no annotation, so the webhook uses the default FlyOrg", org)
+	}
+	d = desiredDeployment(t, newMachineProxy(withOrg("acme")))
+	if org := d.Spec.Template.Annotations[inject.AnnotationOrg]; org != "acme" {
+		t.Errorf("pod template org = %q, want acme (spec.org)", org)
 	}
 }
 
@@ -141,12 +142,11 @@ func TestDeploymentFor(t *testing.T) {
 		wantArgs        []string
 		check           func(t *testing.T, pod corev1.PodSpec)
 	}{
-		"defaults: org from the manager, no region, two replicas": {
+		"defaults: the default FlyOrg, no region, two replicas": {
 			mp:           newMachineProxy(),
 			wantReplicas: 2,
 			wantAnnotations: map[string]string{
 				inject.AnnotationTarget:     "twi-ollama.flycast:80",
-				inject.AnnotationOrg:        "acme",
 				inject.AnnotationInjectMode: InjectModePeerOnly,
 			},
 			wantArgs: []string{"--wg-config", "/etc/glaceon/fly0.conf",
@@ -197,7 +197,6 @@ func TestDeploymentFor(t *testing.T) {
 			wantReplicas: 2,
 			wantAnnotations: map[string]string{
 				inject.AnnotationTarget:     "twi-ollama.flycast:80",
-				inject.AnnotationOrg:        "acme",
 				inject.AnnotationInjectMode: InjectModePeerOnly,
 			},
 			wantArgs: []string{"--wg-config", "/etc/glaceon/fly0.conf",
@@ -209,7 +208,6 @@ func TestDeploymentFor(t *testing.T) {
 			wantReplicas: 0,
 			wantAnnotations: map[string]string{
 				inject.AnnotationTarget:     "twi-ollama.flycast:80",
-				inject.AnnotationOrg:        "acme",
 				inject.AnnotationInjectMode: InjectModePeerOnly,
 			},
 			wantArgs: []string{"--wg-config", "/etc/glaceon/fly0.conf",
@@ -364,4 +362,13 @@ func localPeerSecret(pod corev1.PodSpec) string {
 		}
 	}
 	return ""
+}
+
+func desiredDeployment(t *testing.T, mp *glaceonv1alpha1.MachineProxy) *appsv1.Deployment {
+	t.Helper()
+	targets, errs := validate(mp, testOptions())
+	if len(errs) > 0 {
+		t.Fatal(errs)
+	}
+	return deploymentFor(mp, targets, testOptions())
 }

@@ -169,6 +169,14 @@ func (e *env) podsHaveOwnPeers(pods []corev1.Pod, secrets []corev1.Secret) error
 		case localpod.PeerSecretName(&pod) != peer:
 			return fmt.Errorf("pod %s mounts Secret %q, want its peer's %s", pod.Name, localpod.PeerSecretName(&pod), peer)
 		}
+		// Replicas get their peers through the same FlyPeer path as any pod.
+		var fp glaceonv1alpha1.FlyPeer
+		if err := e.c.Get(context.Background(), client.ObjectKey{Name: peer}, &fp); err != nil {
+			return fmt.Errorf("pod %s's FlyPeer %s: %w", pod.Name, peer, err)
+		}
+		if fp.Spec.Pod.UID != pod.UID {
+			return fmt.Errorf("FlyPeer %s is bound to pod UID %q, not %s's", peer, fp.Spec.Pod.UID, pod.Name)
+		}
 		seen[peer] = true
 	}
 	return nil

@@ -70,7 +70,7 @@ func TestSchemaValidation(t *testing.T) {
 		"service port with targets": {mp: newMachineProxy(withTarget("db.internal:5432,db.internal:8080"), withPort(80)), want: "with several targets each is served on its own port", crdOnly: true},
 		"negative replicas":         {mp: newMachineProxy(withReplicas(-1)), want: "replicas must be 0 or more"},
 		"too many replicas":         {mp: newMachineProxy(withReplicas(101)), want: "replicas must be at most 100"},
-		"bad org":                   {mp: newMachineProxy(withOrg("Acme Corp")), want: "org must be a Fly org slug"},
+		"bad org":                   {mp: newMachineProxy(withOrg("Acme Corp")), want: "org must name a FlyOrg"},
 		"bad region":                {mp: newMachineProxy(withRegion("iad1")), want: "region must be a Fly region code"},
 		"name not a DNS-1035 label": {mp: newMachineProxy(withName("1proxy")), want: "it names the proxy's Service"},
 		"missing target":            {mp: newMachineProxy(withTarget("")), want: "spec.target"},

@@ -5,22 +5,21 @@
 package manager
 
 import (
+	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
+	"strings"
 	"time"
 
 	"github.com/go-logr/logr"
-	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/apimachinery/pkg/types"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
-	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/config"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
@@ -32,6 +31,7 @@ import (
 	"github.com/glaceon/glaceon/webhook/admission"
 	glaceonv1alpha1 "github.com/glaceon/glaceon/webhook/api/v1alpha1"
 	"github.com/glaceon/glaceon/webhook/certs"
+	"github.com/glaceon/glaceon/webhook/flyorg"
 	"github.com/glaceon/glaceon/webhook/inject"
 	"github.com/glaceon/glaceon/webhook/machineproxy"
 	"github.com/glaceon/glaceon/webhook/peers"
@@ -50,24 +50,31 @@ func ExcludedNamespaces(namespace string) []string {
 	return []string{"kube-system", namespace}
 }
 
+// AdmissionTimeout bounds one admission, clean-up included: a second under
+// WebhookTimeout, so the API server gets glaceon's explanation.
+const AdmissionTimeout = WebhookTimeout - time.Second
+
 // Config is everything the manager is told. Zero durations take the
 // defaults of the packages they configure.
 type Config struct {
-	// Namespace of glaceon itself: certificate Secret, org policy, lease.
+	// Namespace of glaceon itself: certificate Secret, FlyOrg token
+	// Secrets, lease.
 	Namespace string
-	// Inject is the injection config (image, mode, default org/region…).
+	// Inject is the injection config (image, mode, default region…).
+	// Its DefaultOrg is ignored: the default FlyOrg decides.
 	Inject inject.Config
 	// PeerPrefix starts every peer name this cluster creates.
 	PeerPrefix string
-	// SweepOrgs are the orgs whose orphaned prefixed peers are removed;
-	// empty means the default org.
-	SweepOrgs  []string
+	// ClusterName is this cluster's identity in peer names; empty: a short
+	// hash of the kube-system namespace's UID.
+	ClusterName string
+	// Fly is the template of every FlyOrg's Fly client (base URL, gateway
+	// port, logger); tokens come from the FlyOrgs' Secrets.
+	Fly        flyapi.Options
 	FlyTimeout time.Duration
 	// GatewayPort is the Fly gateway's UDP port written into wg-quick
 	// files (0: 51820).
 	GatewayPort int
-	// TokenSource names where the Fly token comes from, in denials.
-	TokenSource string
 
 	WebhookHost      string
 	WebhookPort      int
@@ -75,7 +82,6 @@ type Config struct {
 	WebhookConfig    string // MutatingWebhookConfiguration name
 	WebhookExtraSANs []string
 	CertSecret       string
-	PolicyConfigMap  string
 
 	MetricsAddr string
 	HealthAddr  string
@@ -84,6 +90,11 @@ type Config struct {
 	SweepGrace      time.Duration
 	SweepInterval   time.Duration
 	RemovalDeadline time.Duration
+	// FlyOrgRecheck is how often each FlyOrg's token is checked again
+	// (0: flyorg.DefaultRecheckInterval).
+	FlyOrgRecheck time.Duration
+	// AllowShortGrace lifts the sweep grace floor (tests only).
+	AllowShortGrace bool
 
 	Log logr.Logger
 
@@ -94,6 +105,8 @@ type Config struct {
 	// AdmissionMiddleware, when set, wraps the pod webhook's handler; tests
 	// use it to observe admissions or to fail one after it provisioned.
 	AdmissionMiddleware func(ctrladmission.Handler) ctrladmission.Handler
+	// AdmissionTestHook is admission.Options.TestHook (tests only).
+	AdmissionTestHook func(step, pod string) error
 	// PeerOptions, when set, adjusts the peer lifecycle's options after New
 	// filled them in (tests: no sweeper, fast retries).
 	PeerOptions func(*peers.Options)
@@ -105,11 +118,25 @@ func (cfg Config) Validate() error {
 	if err := cfg.Inject.Validate(); err != nil {
 		errs = append(errs, err)
 	}
-	if cfg.FlyTimeout <= 0 || cfg.FlyTimeout >= WebhookTimeout {
-		errs = append(errs, fmt.Errorf("fly timeout %s must be positive and under the webhook's %s timeout", cfg.FlyTimeout, WebhookTimeout))
+	if limit := AdmissionTimeout - admission.MinCleanupTime; cfg.FlyTimeout <= 0 || cfg.FlyTimeout > limit {
+		errs = append(errs, fmt.Errorf("fly timeout %s must be positive and at most %s: the webhook's timeout is %s and the Secret and any clean-up need the rest", cfg.FlyTimeout, limit, WebhookTimeout))
 	}
 	if cfg.Namespace == "" {
 		errs = append(errs, errors.New("namespace is empty"))
+	}
+	// The cluster identity may be discovered later; check the prefix
+	// against the longest one, so a bad prefix fails at start.
+	cluster := cfg.ClusterName
+	if cluster == "" {
+		cluster = strings.Repeat("a", 6)
+	}
+	if _, err := peers.NewNamer(cfg.PeerPrefix, cluster); err != nil {
+		errs = append(errs, err)
+	}
+	if !cfg.AllowShortGrace && cfg.SweepGrace != 0 {
+		if err := peers.ValidateGrace(cfg.SweepGrace); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	return errors.Join(errs...)
 }
@@ -120,8 +147,9 @@ type Manager struct {
 	Certs *certs.Manager
 }
 
-// New builds the manager on restCfg with fly as the Fly API.
-func New(restCfg *rest.Config, fly *flyapi.Client, cfg Config) (*Manager, error) {
+// New builds the manager on restCfg. It reads the kube-system namespace
+// (this cluster's identity) unless cfg.ClusterName is set.
+func New(restCfg *rest.Config, cfg Config) (*Manager, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -172,10 +200,11 @@ func New(restCfg *rest.Config, fly *flyapi.Client, cfg Config) (*Manager, error)
 			TLSOpts: []func(*tls.Config){certManager.TLSOpts},
 		}),
 		Controller: config.Controller{SkipNameValidation: ptr.To(cfg.SkipNameValidation)},
-		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{
-			// Only the org policy: never cache the cluster's ConfigMaps.
-			&corev1.ConfigMap{}: {Namespaces: map[string]cache.Config{cfg.Namespace: {}}},
-		}},
+		// The manager's cache holds glaceon's own resources only (FlyOrgs,
+		// FlyPeers, MachineProxies); the packages keep label-scoped,
+		// metadata-only caches of their own. A read of anything else
+		// (a Secret, say) fails instead of caching the cluster's.
+		Cache: cache.Options{ReaderFailOnMissingInformer: true},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("create manager: %w", err)
@@ -184,17 +213,36 @@ func New(restCfg *rest.Config, fly *flyapi.Client, cfg Config) (*Manager, error)
 		return nil, err
 	}
 
+	clusterName := cfg.ClusterName
+	if clusterName == "" {
+		if clusterName, err = peers.DiscoverClusterHash(context.Background(), mgr.GetAPIReader()); err != nil {
+			return nil, err
+		}
+	}
+	namer, err := peers.NewNamer(cfg.PeerPrefix, clusterName)
+	if err != nil {
+		return nil, err
+	}
+	flyOpts := cfg.Fly
+	flyOpts.GatewayPort = cfg.GatewayPort
+	orgs, err := flyorg.SetupWithManager(mgr, flyorg.Options{Namespace: cfg.Namespace, Fly: flyOpts, RecheckInterval: cfg.FlyOrgRecheck})
+	if err != nil {
+		return nil, err
+	}
+
 	handler, err := admission.NewHandler(scheme, admission.Options{
 		Inject:      cfg.Inject,
-		Fly:         fly,
+		Orgs:        orgs,
+		Reader:      mgr.GetClient(),
+		APIReader:   mgr.GetAPIReader(),
 		Client:      mgr.GetClient(),
-		Policy:      &admission.PolicySource{Reader: mgr.GetClient(), ConfigMap: types.NamespacedName{Namespace: cfg.Namespace, Name: cfg.PolicyConfigMap}, DefaultOrg: cfg.Inject.DefaultOrg},
+		Namer:       namer,
+		Timeout:     AdmissionTimeout,
 		FlyTimeout:  cfg.FlyTimeout,
-		PeerPrefix:  cfg.PeerPrefix,
 		GatewayPort: cfg.GatewayPort,
-		TokenSource: cfg.TokenSource,
 		Recorder:    mgr.GetEventRecorder("glaceon-webhook"),
 		Log:         cfg.Log.WithName("admission"),
+		TestHook:    cfg.AdmissionTestHook,
 	})
 	if err != nil {
 		return nil, err
@@ -205,17 +253,13 @@ func New(restCfg *rest.Config, fly *flyapi.Client, cfg Config) (*Manager, error)
 	}
 	mgr.GetWebhookServer().Register(admission.Path, &webhook.Admission{Handler: h})
 
-	sweepOrgs := cfg.SweepOrgs
-	if len(sweepOrgs) == 0 && cfg.Inject.DefaultOrg != "" {
-		sweepOrgs = []string{cfg.Inject.DefaultOrg}
-	}
 	peerOpts := peers.Options{
-		Fly:             fly,
-		Prefix:          cfg.PeerPrefix,
-		Orgs:            sweepOrgs,
+		Orgs:            orgs,
+		Namer:           namer,
 		Grace:           cfg.SweepGrace,
 		SweepInterval:   cfg.SweepInterval,
 		RemovalDeadline: cfg.RemovalDeadline,
+		AllowShortGrace: cfg.AllowShortGrace,
 	}
 	if cfg.PeerOptions != nil {
 		cfg.PeerOptions(&peerOpts)

@@ -6,43 +6,56 @@ import (
 	"fmt"
 	"time"
 
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
 	"github.com/glaceon/glaceon/flyapi"
+	glaceonv1alpha1 "github.com/glaceon/glaceon/webhook/api/v1alpha1"
+	"github.com/glaceon/glaceon/webhook/flyorg"
 )
 
-// flyOps wraps the FlyClient with a per-call timeout and the removal
-// counter. The Fly client itself caches org lookups and records the
-// glaceon_fly_api_* metrics.
+// flyOps reaches Fly with the client of a FlyOrg, with a per-call timeout.
+// The client records the glaceon_fly_api_* metrics, labelled by FlyOrg.
 type flyOps struct {
-	c       FlyClient
+	orgs    *flyorg.Registry
+	reader  client.Reader // FlyOrgs (the manager's cache)
 	timeout time.Duration
 }
 
-func newFlyOps(c FlyClient, timeout time.Duration) *flyOps {
-	return &flyOps{c: c, timeout: timeout}
-}
+// errNoFlyOrg: the FlyPeer's FlyOrg is gone, so there is no token to
+// remove its peer with.
+var errNoFlyOrg = errors.New("FlyOrg not found")
 
-func (f *flyOps) org(ctx context.Context, slug string) (flyapi.Organization, error) {
-	got, err := f.c.CachedOrganization(ctx, slug)
+func (f *flyOps) client(ctx context.Context, orgName string) (*glaceonv1alpha1.FlyOrg, flyorg.FlyAPI, error) {
+	var org glaceonv1alpha1.FlyOrg
+	if err := f.reader.Get(ctx, client.ObjectKey{Name: orgName}, &org); err != nil {
+		if client.IgnoreNotFound(err) == nil {
+			return nil, nil, fmt.Errorf("%w: FlyOrg %q (recreate it with a token of the org to let glaceon remove the peer)", errNoFlyOrg, orgName)
+		}
+		return nil, nil, fmt.Errorf("get FlyOrg %q: %w", orgName, err)
+	}
+	fly, err := f.orgs.Client(ctx, &org)
 	if err != nil {
-		return flyapi.Organization{}, err
+		return nil, nil, err
 	}
-	if got == nil || got.ID == "" {
-		return flyapi.Organization{}, fmt.Errorf("look up organization %q: empty answer", slug)
-	}
-	o := *got
-	// RemovePeer looks the peer up by slug: keep the one we were given (the
-	// API may answer with the canonical slug of a personal org).
-	o.Slug = slug
-	return o, nil
+	return &org, fly, nil
 }
 
-// removePeer removes the peer name of org slug; already gone is success.
-func (f *flyOps) removePeer(ctx context.Context, slug, name string) error {
+// removePeer removes fp's Fly peer: one removeWireGuardPeer call by org ID
+// and name; a peer already gone is success.
+func (f *flyOps) removePeer(ctx context.Context, fp *glaceonv1alpha1.FlyPeer) error {
 	ctx, cancel := context.WithTimeout(ctx, f.timeout)
 	defer cancel()
-	o, err := f.org(ctx, slug)
+	org, fly, err := f.client(ctx, fp.Spec.Org)
 	if err == nil {
-		err = f.c.RemovePeer(ctx, o, name)
+		orgID := fp.Status.OrganizationID
+		if orgID == "" {
+			orgID = org.Status.OrganizationID
+		}
+		if orgID == "" {
+			err = fmt.Errorf("FlyOrg %q has no organization ID yet (see its Ready condition)", org.Name)
+		} else {
+			err = fly.RemovePeer(ctx, flyapi.Organization{ID: orgID}, fp.Name)
+		}
 	}
 	if err != nil {
 		peersRemoved.WithLabelValues(resultError).Inc()
@@ -52,11 +65,18 @@ func (f *flyOps) removePeer(ctx context.Context, slug, name string) error {
 	return nil
 }
 
-// listPeers lists the peers of org slug.
-func (f *flyOps) listPeers(ctx context.Context, slug string) ([]flyapi.Peer, error) {
+// removeByName removes a Fly peer of org that has no FlyPeer.
+func (f *flyOps) removeByName(ctx context.Context, fly flyorg.FlyAPI, orgID, name string) error {
 	ctx, cancel := context.WithTimeout(ctx, f.timeout)
 	defer cancel()
-	return f.c.ListPeers(ctx, slug)
+	return fly.RemovePeer(ctx, flyapi.Organization{ID: orgID}, name)
+}
+
+// listPeers lists the peers of org slug.
+func (f *flyOps) listPeers(ctx context.Context, fly flyorg.FlyAPI, slug string) ([]flyapi.Peer, error) {
+	ctx, cancel := context.WithTimeout(ctx, f.timeout)
+	defer cancel()
+	return fly.ListPeers(ctx, slug)
 }
 
 // isContextDeadline reports a Fly call cut by its timeout.

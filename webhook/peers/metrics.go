@@ -19,8 +19,8 @@ const (
 	resultRemoved = "removed" // removed, or already gone
 	resultError   = "error"
 
-	kindSecret = "secret"
-	kindFly    = "fly"
+	kindFlyPeer = "flypeer"
+	kindFly     = "fly"
 )
 
 var (
@@ -30,11 +30,11 @@ var (
 	}, []string{"result"})
 	peersOrphaned = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: MetricPeersOrphaned,
-		Help: "Orphans removed by the sweeper: kind=secret for peer Secrets no pod claimed, kind=fly for Fly peers with no Secret.",
+		Help: "Orphans removed by the sweeper: kind=flypeer for FlyPeers no pod claimed, kind=fly for Fly peers of this cluster with no FlyPeer.",
 	}, []string{"kind"})
 	removalAbandoned = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: MetricRemovalAbandoned,
-		Help: "Peer Secrets whose finalizer was released after the removal deadline with the Fly peer still present (left for the sweeper).",
+		Help: "FlyPeers whose finalizer was released after the removal deadline with the Fly peer still present (left for the sweeper).",
 	})
 	lastSweep = prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: MetricLastSweep,
@@ -48,7 +48,7 @@ func init() {
 	for _, r := range []string{resultRemoved, resultError} {
 		peersRemoved.WithLabelValues(r)
 	}
-	for _, k := range []string{kindSecret, kindFly} {
+	for _, k := range []string{kindFlyPeer, kindFly} {
 		peersOrphaned.WithLabelValues(k)
 	}
 }

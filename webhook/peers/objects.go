@@ -7,49 +7,76 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
-	"k8s.io/apimachinery/pkg/selection"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
+	"github.com/glaceon/glaceon/flyapi/wgquick"
+	glaceonv1alpha1 "github.com/glaceon/glaceon/webhook/api/v1alpha1"
 	"github.com/glaceon/glaceon/webhook/inject"
 )
+
+// FinalizerFlyPeer on a FlyPeer makes the peer controller remove the Fly
+// peer, then the pod's Secret, before the FlyPeer goes.
+const FinalizerFlyPeer = "glaceon.fly/fly-peer"
 
 // indexPodPeer indexes cached pods by their glaceon.fly/peer annotation.
 const indexPodPeer = "glaceon.fly/pod-peer"
 
-var secretGVK = corev1.SchemeGroupVersion.WithKind("Secret")
+var podGVK = corev1.SchemeGroupVersion.WithKind("Pod")
 
-// newSecretMeta is an empty metadata-only peer Secret. Peer Secrets are
-// handled as metadata only: the controller never needs the wg-quick file, so
-// the private keys are never loaded into its memory.
-func newSecretMeta() *metav1.PartialObjectMetadata {
-	s := &metav1.PartialObjectMetadata{}
-	s.SetGroupVersionKind(secretGVK)
-	return s
+// NewFlyPeer is the FlyPeer admission writes before it calls Fly: phase
+// Provisioning (no status yet), our finalizer, the pod's namespace.
+func NewFlyPeer(name, org, region string, publicKey wgquick.Key, namespace string) *glaceonv1alpha1.FlyPeer {
+	return &glaceonv1alpha1.FlyPeer{
+		ObjectMeta: metav1.ObjectMeta{
+			Name:       name,
+			Labels:     map[string]string{inject.LabelManagedBy: inject.ManagedByValue},
+			Finalizers: []string{FinalizerFlyPeer},
+		},
+		Spec: glaceonv1alpha1.FlyPeerSpec{
+			Org:       org,
+			Region:    region,
+			PublicKey: publicKey.String(),
+			Pod:       glaceonv1alpha1.FlyPeerPod{Namespace: namespace},
+		},
+	}
 }
 
-func newSecretMetaList() *metav1.PartialObjectMetadataList {
+// NewPeerSecret is the pod's Secret: the wg-quick file and nothing else that
+// matters. Its labels are for people; nothing glaceon does depends on
+// them, and deleting or changing the Secret changes nothing at Fly.
+func NewPeerSecret(fp *glaceonv1alpha1.FlyPeer, wgQuick []byte) *corev1.Secret {
+	return &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{
+			Name:      fp.Name,
+			Namespace: fp.Spec.Pod.Namespace,
+			Labels: map[string]string{
+				inject.LabelManagedBy: inject.ManagedByValue,
+				inject.LabelPeerName:  fp.Name,
+			},
+		},
+		Type:      corev1.SecretTypeOpaque,
+		Immutable: ptr.To(true),
+		Data:      map[string][]byte{inject.SecretKeyWGConfig: wgQuick},
+	}
+}
+
+// newPodMeta is an empty metadata-only pod: the controller needs a pod's
+// name, UID and annotations, never its spec.
+func newPodMeta() *metav1.PartialObjectMetadata {
+	p := &metav1.PartialObjectMetadata{}
+	p.SetGroupVersionKind(podGVK)
+	return p
+}
+
+func newPodMetaList() *metav1.PartialObjectMetadataList {
 	l := &metav1.PartialObjectMetadataList{}
-	l.SetGroupVersionKind(corev1.SchemeGroupVersion.WithKind("SecretList"))
+	l.SetGroupVersionKind(corev1.SchemeGroupVersion.WithKind("PodList"))
 	return l
-}
-
-// peerSecretSelector selects glaceon's peer Secrets: managed by glaceon and
-// naming a peer. Other glaceon Secrets (e.g. the serving certificate) lack
-// the peer label and are never seen, let alone swept.
-func peerSecretSelector() labels.Selector {
-	managed, err := labels.NewRequirement(inject.LabelManagedBy, selection.Equals, []string{inject.ManagedByValue})
-	if err != nil {
-		panic(err)
-	}
-	peer, err := labels.NewRequirement(inject.LabelPeerName, selection.Exists, nil)
-	if err != nil {
-		panic(err)
-	}
-	return labels.NewSelector().Add(*managed, *peer)
 }
 
 // injectedPodSelector selects the pods the webhook injected.
@@ -57,121 +84,39 @@ func injectedPodSelector() labels.Selector {
 	return labels.SelectorFromSet(labels.Set{inject.LabelInjected: "true"})
 }
 
-// isPeerSecret re-checks the selector: the cache filters, but a defensive
-// check keeps a mis-configured cache from touching other Secrets.
-func isPeerSecret(s client.Object) bool {
-	l := s.GetLabels()
-	_, ok := l[inject.LabelPeerName]
-	return ok && l[inject.LabelManagedBy] == inject.ManagedByValue
-}
-
-// peerOf returns the Fly peer name and org slug of a peer Secret. The name
-// falls back to the Secret's name (the webhook names the Secret after its
-// peer); the org has no fallback.
-func peerOf(s client.Object) (peer, org string) {
-	peer = s.GetLabels()[inject.LabelPeerName]
-	if peer == "" {
-		peer = s.GetName()
+// flyPeerOfPod maps an injected pod to the FlyPeer its annotation names.
+func flyPeerOfPod(_ context.Context, pod *metav1.PartialObjectMetadata) []reconcile.Request {
+	if name := pod.Annotations[inject.AnnotationPeer]; name != "" {
+		return []reconcile.Request{{NamespacedName: types.NamespacedName{Name: name}}}
 	}
-	return peer, s.GetLabels()[inject.LabelPeerOrg]
+	return nil
 }
 
-// claims reports whether pod claims the peer Secret: the pod names the
-// Secret's peer in its annotation and mounts the Secret. Both are required,
-// so a pod copying another's annotation does not keep its Secret alive.
-func claims(pod *corev1.Pod, secretName, peer string) bool {
-	if pod.UID == "" || pod.Annotations[inject.AnnotationPeer] != peer {
+// claims reports whether pod is the one fp was made for: same namespace,
+// names fp in its annotation, and (once bound) the bound UID.
+func claims(fp *glaceonv1alpha1.FlyPeer, pod *metav1.PartialObjectMetadata) bool {
+	if pod.Namespace != fp.Spec.Pod.Namespace || pod.Annotations[inject.AnnotationPeer] != fp.Name || pod.UID == "" {
 		return false
 	}
-	return mountsSecret(pod, secretName)
+	return fp.Spec.Pod.UID == "" || fp.Spec.Pod.UID == pod.UID
 }
 
-func mountsSecret(pod *corev1.Pod, secretName string) bool {
-	for _, v := range pod.Spec.Volumes {
-		if v.Secret != nil && v.Secret.SecretName == secretName {
-			return true
-		}
-	}
-	return false
-}
-
-// podOwnerUIDs returns the UIDs of the pods owning s, and whether s has an
-// owner of another kind (then its lifecycle is someone else's: the sweeper
-// leaves it alone).
-func podOwnerUIDs(s client.Object) (uids []types.UID, otherOwner bool) {
-	for _, ref := range s.GetOwnerReferences() {
-		if ref.Kind == "Pod" && ref.APIVersion == "v1" {
-			uids = append(uids, ref.UID)
-		} else {
-			otherOwner = true
-		}
-	}
-	return uids, otherOwner
-}
-
-// podOwnerRef is the reference binding a peer Secret to its pod.
-//
-// Controller is false: a pod does not manage Secrets, and several pods may
-// (wrongly) claim one Secret; each gets a reference so the Secret lives as
-// long as any of them. BlockOwnerDeletion is false: with true, a foreground
-// deletion of the pod would wait for the Secret, whose finalizer waits for
-// the Fly API — a Fly outage must never hold up pod deletion. It would also
-// need update on pods/finalizers under OwnerReferencesPermissionEnforcement.
-func podOwnerRef(pod *corev1.Pod) metav1.OwnerReference {
-	return metav1.OwnerReference{
-		APIVersion: "v1",
-		Kind:       "Pod",
-		Name:       pod.Name,
-		UID:        pod.UID,
-	}
-}
-
-// secretsForPod maps an injected pod to the peer Secret(s) it mounts: the
-// glaceon volume, or any Secret volume named after its peer.
-func secretsForPod(_ context.Context, pod *corev1.Pod) []reconcile.Request {
-	peer := pod.Annotations[inject.AnnotationPeer]
-	if peer == "" {
-		return nil
-	}
-	var reqs []reconcile.Request
-	for _, v := range pod.Spec.Volumes {
-		if v.Secret == nil || (v.Name != inject.PeerVolumeName && v.Secret.SecretName != peer) {
-			continue
-		}
-		reqs = append(reqs, reconcile.Request{NamespacedName: types.NamespacedName{Namespace: pod.Namespace, Name: v.Secret.SecretName}})
-	}
-	return reqs
-}
-
-// slimPod keeps what the controller reads of a pod: metadata and volumes.
-// The cache is this package's own, so nobody else sees the trimmed pods.
-func slimPod(obj any) (any, error) {
-	pod, ok := obj.(*corev1.Pod)
-	if !ok {
-		return obj, nil // tombstones
-	}
-	pod.ManagedFields = nil
-	pod.Spec = corev1.PodSpec{Volumes: pod.Spec.Volumes}
-	pod.Status = corev1.PodStatus{Phase: pod.Status.Phase}
-	return pod, nil
-}
-
-// newCache builds the package's cache: peer Secrets as metadata, injected
-// pods slimmed, pods indexed by peer annotation.
-func newCache(ctx context.Context, mgr manager.Manager) (cache.Cache, error) {
+// newPodCache is the package's cache: injected pods, metadata only,
+// indexed by the peer they name. No Secret is ever cached.
+func newPodCache(ctx context.Context, mgr manager.Manager) (cache.Cache, error) {
 	c, err := cache.New(mgr.GetConfig(), cache.Options{
 		HTTPClient: mgr.GetHTTPClient(),
 		Scheme:     mgr.GetScheme(),
 		Mapper:     mgr.GetRESTMapper(),
 		ByObject: map[client.Object]cache.ByObject{
-			newSecretMeta(): {Label: peerSecretSelector(), Transform: cache.TransformStripManagedFields()},
-			&corev1.Pod{}:   {Label: injectedPodSelector(), Transform: slimPod},
+			newPodMeta(): {Label: injectedPodSelector(), Transform: cache.TransformStripManagedFields()},
 		},
+		ReaderFailOnMissingInformer: true,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("peers: create cache: %w", err)
 	}
-	err = c.IndexField(ctx, &corev1.Pod{}, indexPodPeer, func(o client.Object) []string {
+	err = c.IndexField(ctx, newPodMeta(), indexPodPeer, func(o client.Object) []string {
 		if p := o.GetAnnotations()[inject.AnnotationPeer]; p != "" {
 			return []string{p}
 		}

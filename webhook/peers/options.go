@@ -1,23 +1,21 @@
 package peers
 
 import (
-	"context"
 	"errors"
 	"fmt"
-	"regexp"
 	"time"
 
 	"k8s.io/utils/clock"
 
-	"github.com/glaceon/glaceon/flyapi"
+	"github.com/glaceon/glaceon/webhook/flyorg"
 )
 
 // Names of this package's controllers and Event reasons. Event reasons are
 // API for people who alert on them: do not rename.
 const (
-	// ControllerName names the peer Secret controller (logs, metrics) and is
+	// ControllerName names the FlyPeer controller (logs, metrics) and is
 	// the reportingController of its Events.
-	ControllerName = "glaceon-peers"
+	ControllerName = "glaceon-flypeer"
 	// SweeperName names the sweeper in logs.
 	SweeperName = "glaceon-peer-sweeper"
 
@@ -28,23 +26,20 @@ const (
 	// ReasonPeerRemovalUnauthorized: the Fly API refused the token for
 	// removing the peer; the controller keeps retrying until the deadline.
 	ReasonPeerRemovalUnauthorized = "PeerRemovalUnauthorized"
-	// ReasonPeerRemovalFailed: the Fly API rejected the removal for another
-	// non-transient reason; the controller keeps retrying until the deadline.
+	// ReasonPeerRemovalFailed: removal failed for another reason; retried
+	// until the deadline.
 	ReasonPeerRemovalFailed = "PeerRemovalFailed"
-	// ReasonPeerLabelsMissing: a deleting peer Secret has no org label, so
-	// its peer cannot be located; the finalizer is removed and the sweeper
-	// handles the peer.
-	ReasonPeerLabelsMissing = "PeerLabelsMissing"
-	// ReasonUnclaimedSecretDeleted: the sweeper deleted a peer Secret no pod
-	// claimed within the grace period.
-	ReasonUnclaimedSecretDeleted = "UnclaimedPeerSecretDeleted"
+	// ReasonUnclaimed: the sweeper deleted a FlyPeer no pod claimed within
+	// the grace period (admission died, or the pod was rejected after it).
+	ReasonUnclaimed = "UnclaimedFlyPeerDeleted"
+	// ReasonRemoved is the Removed condition's reason while removal fails.
+	ReasonRemovalPending = "RemovalPending"
 
-	// eventAction is the events.k8s.io/v1 action of every Event here.
 	eventActionRemove = "RemovePeer"
 	eventActionSweep  = "SweepPeer"
 )
 
-// Defaults for Options.
+// Defaults and limits for Options.
 const (
 	DefaultGrace           = 5 * time.Minute
 	DefaultSweepInterval   = time.Minute
@@ -53,70 +48,51 @@ const (
 	DefaultRetryMaxDelay   = 2 * time.Minute
 	DefaultFlyCallTimeout  = 30 * time.Second
 	DefaultMaxConcurrent   = 2
+	// MinGrace is the floor of Options.Grace: an admission (webhook
+	// timeoutSeconds at most 30s) plus the pod's creation must fit in it
+	// with room for clock skew, or the sweeper could delete a FlyPeer whose
+	// pod is about to be stored.
+	MinGrace = time.Minute
 )
 
-// FlyClient is the part of the Fly API the controller uses. *flyapi.Client
-// implements it, and owns the org lookup cache and the Fly metrics.
-type FlyClient interface {
-	// CachedOrganization looks an organization up by slug (for its node
-	// ID), from the client's cache when it can.
-	CachedOrganization(ctx context.Context, slug string) (*flyapi.Organization, error)
-	// ListPeers lists every WireGuard peer of the organization.
-	ListPeers(ctx context.Context, orgSlug string) ([]flyapi.Peer, error)
-	// RemovePeer removes a peer by name; a peer already gone is success.
-	RemovePeer(ctx context.Context, org flyapi.Organization, name string) error
-}
-
-var _ FlyClient = (*flyapi.Client)(nil)
-
-// Options configure SetupWithManager. Fly is required; the zero value of
-// everything else is a default.
+// Options configure SetupWithManager. Orgs and Namer are required; the zero
+// value of everything else is a default.
 type Options struct {
-	// Fly is the Fly API client (a *flyapi.Client). Required.
-	Fly FlyClient
+	// Orgs gives the Fly client of each FlyOrg.
+	Orgs *flyorg.Registry
+	// Namer makes and recognises this cluster's peer names. The sweeper
+	// removes Fly peers only when Namer.Ours says the name is this
+	// cluster's and no FlyPeer names it.
+	Namer *Namer
 
-	// Prefix starts the name of every peer this cluster's webhook creates,
-	// e.g. "k8s-prod-". The sweeper only ever removes Fly peers whose name
-	// starts with it, so it must identify this cluster's peers: peers of
-	// other clusters sharing an org must use another prefix. Required when
-	// Orgs is set; must match [a-z0-9-]+.
-	Prefix string
-	// Orgs are the Fly org slugs whose peers the sweeper lists for orphans.
-	// Empty disables the Fly half of the sweeper (peer Secrets are still
-	// swept, and deleting Secrets still remove their peer in any org).
-	Orgs []string
-
-	// Grace is how long a peer Secret may go unclaimed, and how long a Fly
-	// peer must stay orphaned, before the sweeper removes it. It must cover
-	// an admission from the Fly call to the pod's creation. Default 5m.
+	// Grace is how long a FlyPeer may go unclaimed by a pod before the
+	// sweeper deletes it. At least MinGrace; default 5m. Ages are measured
+	// against the API server's clock.
 	Grace time.Duration
 	// SweepInterval is the time between two sweeps. Default 1m.
 	SweepInterval time.Duration
-	// RemovalDeadline bounds how long, counted from the Secret's
-	// deletionTimestamp, the finalizer waits for a failing Fly API before it
-	// lets the Secret go. Default 10m.
+	// RemovalDeadline bounds how long, from its deletion, a FlyPeer waits
+	// for a failing Fly API before its finalizer is released (the sweeper
+	// then removes the orphaned Fly peer). Default 10m.
 	RemovalDeadline time.Duration
-	// RetryBaseDelay and RetryMaxDelay bound the exponential backoff between
-	// two removal attempts of one Secret. Default 1s and 2m.
+	// RetryBaseDelay and RetryMaxDelay bound the backoff between two
+	// removal attempts. Default 1s and 2m.
 	RetryBaseDelay, RetryMaxDelay time.Duration
-	// FlyCallTimeout bounds one Fly operation (with the client's own
-	// retries). Default 30s.
+	// FlyCallTimeout bounds one Fly operation. Default 30s.
 	FlyCallTimeout time.Duration
-	// MaxConcurrentReconciles of the Secret controller. Default 2.
+	// MaxConcurrentReconciles of the FlyPeer controller. Default 2.
 	MaxConcurrentReconciles int
-	// DisableSweeper runs the Secret controller alone.
+	// DisableSweeper runs the FlyPeer controller alone.
 	DisableSweeper bool
+	// AllowShortGrace lifts the MinGrace floor (tests only).
+	AllowShortGrace bool
 
 	// Clock is for tests; default the real clock.
 	Clock clock.WithTicker
 }
 
-// prefixRE is the shape of a peer-name prefix (peer names are [a-z0-9-]).
-var prefixRE = regexp.MustCompile(`^[a-z0-9-]+$`)
-
-// setDefaults fills zero values.
 func (o *Options) setDefaults() {
-	if o.Grace <= 0 {
+	if o.Grace == 0 {
 		o.Grace = DefaultGrace
 	}
 	if o.SweepInterval <= 0 {
@@ -145,21 +121,25 @@ func (o *Options) setDefaults() {
 	}
 }
 
-// validate reports every problem at once.
+// ValidateGrace checks a sweep grace period against the floor.
+func ValidateGrace(grace time.Duration) error {
+	if grace < MinGrace {
+		return fmt.Errorf("sweep grace %s is under the minimum of %s: the sweeper could delete a peer whose pod is being created (and clocks drift); use --sweep-grace=%s or more", grace, MinGrace, MinGrace)
+	}
+	return nil
+}
+
 func (o *Options) validate() error {
 	var errs []error
-	if o.Fly == nil {
-		errs = append(errs, errors.New("Options.Fly is nil: pass the *flyapi.Client"))
+	if o.Orgs == nil {
+		errs = append(errs, errors.New("Options.Orgs is nil: pass the FlyOrg registry"))
 	}
-	if o.Prefix != "" && !prefixRE.MatchString(o.Prefix) {
-		errs = append(errs, fmt.Errorf("Options.Prefix %q: use lower-case letters, digits and '-' (peer names are [a-z0-9-])", o.Prefix))
+	if o.Namer == nil {
+		errs = append(errs, errors.New("Options.Namer is nil: the sweeper must know this cluster's peer names"))
 	}
-	if len(o.Orgs) > 0 && o.Prefix == "" {
-		errs = append(errs, errors.New("Options.Prefix is empty but Orgs is set: the sweeper needs the prefix of this cluster's peer names so that it never removes peers it did not create"))
-	}
-	for _, org := range o.Orgs {
-		if org == "" {
-			errs = append(errs, errors.New("Options.Orgs has an empty slug"))
+	if !o.AllowShortGrace {
+		if err := ValidateGrace(o.Grace); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	if err := errors.Join(errs...); err != nil {

@@ -1,6 +1,8 @@
 // Package v1alpha1 holds glaceon's custom resources, API group glaceon.fly,
 // version v1alpha1: the MachineProxy, a shared proxy that gives a private
-// Fly.io app a cluster-wide name.
+// Fly.io app a cluster-wide name; the FlyOrg, a Fly organization the
+// cluster may use (token, allowed namespaces); and the FlyPeer, one Fly
+// WireGuard peer the cluster made for a pod.
 //
 // The CRD YAML in deploy/crd is generated from these types (make manifests),
 // and so is zz_generated.deepcopy.go (make generate); validation lives in
@@ -31,7 +33,11 @@ var (
 )
 
 func addKnownTypes(scheme *runtime.Scheme) error {
-	scheme.AddKnownTypes(GroupVersion, &MachineProxy{}, &MachineProxyList{})
+	scheme.AddKnownTypes(GroupVersion,
+		&MachineProxy{}, &MachineProxyList{},
+		&FlyOrg{}, &FlyOrgList{},
+		&FlyPeer{}, &FlyPeerList{},
+	)
 	metav1.AddToGroupVersion(scheme, GroupVersion)
 	return nil
 }

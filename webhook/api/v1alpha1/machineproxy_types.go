@@ -29,12 +29,13 @@ const (
 //
 // +kubebuilder:validation:XValidation:rule="!has(self.port) || !self.target.contains(',')",message="port sets the Service port of a single target; with several targets each is served on its own port, so remove port",fieldPath=".port"
 type MachineProxySpec struct {
-	// Org is the Fly organization slug the proxy's peers belong to, as
-	// `fly orgs list` shows it. Empty means the glaceon manager's default org.
+	// Org is the name of the FlyOrg the proxy's peers belong to (the
+	// glaceon.fly/org of its pods). Empty means the cluster's default
+	// FlyOrg. The FlyOrg's spec.namespaces must admit this namespace.
 	//
 	// +optional
 	// +kubebuilder:validation:MaxLength=63
-	// +kubebuilder:validation:XValidation:rule="self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')",message="org must be a Fly org slug as `fly orgs list` shows it: lower-case letters, digits and '-'"
+	// +kubebuilder:validation:XValidation:rule="self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')",message="org must name a FlyOrg (see `kubectl get flyorgs`): lower-case letters, digits and '-'"
 	Org string `json:"org,omitempty"`
 
 	// Region is the Fly WireGuard gateway region, a three-letter code such

@@ -1,34 +1,16 @@
-// Package managertest is glaceon's one test environment: a real local
-// control plane (etcd, kube-apiserver, kube-controller-manager), the Fly
-// double, and the whole manager built by manager.New, as `glaceon manager`
-// builds it. The real kube-apiserver calls the webhook over TLS with the
-// certificate the manager issues itself, as in a cluster.
-//
-// Start runs it with defaults; StartWith takes Options:
-//
-//   - Configure adjusts manager.Config before manager.New. The override
-//     points tests use are fields of manager.Config: Log, Inject, FlyTimeout,
-//     the Sweep* durations, AdmissionMiddleware (observe or fail an
-//     admission) and PeerOptions (e.g. DisableSweeper, RetryBaseDelay).
-//   - Secure runs the manager as its ServiceAccount (client impersonation)
-//     with deploy/rbac applied, so a permission the shipped RBAC lacks fails
-//     the test, and makes Tenant available: a user bound to the stock "edit"
-//     ClusterRole in one namespace, to try what a hostile tenant would.
-//   - Fly configures the Fly double.
-//
-// Fixtures without Kubernetes (the sidecar binary, temp files) are in
-// hack/testkit, the Pod Security check in hack/testkit/podsecurity.
+// Package managertest runs glaceon's whole manager against a real local
+// control plane and the Fly double, for end-to-end tests: the real
+// kube-apiserver calls the webhook over TLS with the certificate the
+// manager issues itself, as in a cluster.
 package managertest
 
 import (
-	"bytes"
 	"context"
-	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"testing"
 	"time"
 
@@ -37,11 +19,11 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	k8sruntime "k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/wait"
-	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	"k8s.io/utils/ptr"
@@ -59,32 +41,48 @@ import (
 // Namespace is glaceon's own namespace in the test cluster.
 const Namespace = "glaceon-system"
 
-// ServiceAccount is the manager's identity in deploy/rbac.
-const ServiceAccount = "glaceon-manager"
+// Names of what Start creates in the test cluster.
+const (
+	// TokenSecret holds the Fly double's token, in Namespace.
+	TokenSecret = "fly-api-token"
+	// DefaultFlyOrg is the FlyOrg Start creates (slug personal, every
+	// namespace, the default).
+	DefaultFlyOrg = "personal"
+	// ManagerServiceAccount is the manager's ServiceAccount in deploy/rbac.
+	ManagerServiceAccount = "glaceon-manager"
+)
 
 // Env is a running control plane, Fly double and manager.
 type Env struct {
 	ControlPlane *controlplane.ControlPlane
 	Fly          *flyapitest.Server
-	// Client reads from the API server (no cache), as a cluster admin.
+	// Client is a cluster admin reading from the API server (no cache).
 	Client  client.Client
 	Manager *manager.Manager
-	// ManagerConfig is the rest config the manager runs with: the admin's,
-	// or with Secure its ServiceAccount's (impersonated).
-	ManagerConfig *rest.Config
-
-	scheme *k8sruntime.Scheme
+	// Config is the manager's config as started.
+	Config manager.Config
+	// ManagerRESTConfig is what the manager talks to the API server with:
+	// impersonating its ServiceAccount under deploy/rbac when
+	// Options.AsServiceAccount.
+	ManagerRESTConfig *rest.Config
+	scheme            *k8sruntime.Scheme
+	stop              func()
 }
 
-// Options configure StartWith; the zero value is Start's defaults.
+// Options for StartWith.
 type Options struct {
-	// Configure adjusts the manager's config (defaults: org "personal",
-	// peer prefix "k8s-", Fly timeout 5s, logs discarded).
+	// Configure adjusts the manager's config.
 	Configure func(*manager.Config)
-	// Secure runs the manager as its ServiceAccount with deploy/rbac.
-	Secure bool
-	// Fly configures the double (default: logs discarded).
-	Fly flyapitest.Options
+	// AsServiceAccount runs the manager as its ServiceAccount with the
+	// RBAC of deploy/rbac applied (impersonation), not as cluster admin.
+	AsServiceAccount bool
+	// NoFlyOrg skips the default FlyOrg and its token Secret.
+	NoFlyOrg bool
+	// ControlPlane, if set, is used instead of starting one (several
+	// managers on one cluster; the caller stops it).
+	ControlPlane *controlplane.ControlPlane
+	// Fly, if set, is the Fly double to use (several clusters, one org).
+	Fly *flyapitest.Server
 }
 
 // RepoRoot is the repository's root directory.
@@ -93,47 +91,55 @@ func RepoRoot() string {
 	return filepath.Join(filepath.Dir(file), "..", "..", "..")
 }
 
-// Start runs everything for tb; configure adjusts the manager's config
-// (defaults: org "personal", peer prefix "k8s-", Fly timeout 5s).
+// Start runs everything for tb with the default FlyOrg; configure adjusts
+// the manager's config (defaults: peer prefix "k8s-", Fly timeout 5s).
 func Start(tb testing.TB, configure func(*manager.Config)) *Env {
 	tb.Helper()
 	return StartWith(tb, Options{Configure: configure})
 }
 
-// StartWith runs everything for tb as opts say.
+// StartWith runs a control plane (or uses opts.ControlPlane), a Fly double
+// (or opts.Fly) and a manager for tb.
 func StartWith(tb testing.TB, opts Options) *Env {
 	tb.Helper()
-	if opts.Fly.Logf == nil {
-		opts.Fly.Logf = func(string, ...any) {}
+	e := &Env{Fly: opts.Fly, ControlPlane: opts.ControlPlane}
+	if e.Fly == nil {
+		e.Fly = flyapitest.Start(tb, flyapitest.Options{Logf: func(string, ...any) {}})
 	}
-	e := &Env{Fly: flyapitest.Start(tb, opts.Fly)}
-	e.ControlPlane = controlplane.StartForTest(tb, controlplane.Options{
-		CRDDirectoryPaths: []string{filepath.Join(RepoRoot(), "deploy", "crd")},
-	})
+	if e.ControlPlane == nil {
+		e.ControlPlane = controlplane.StartForTest(tb, controlplane.Options{
+			CRDDirectoryPaths: []string{filepath.Join(RepoRoot(), "deploy", "crd")},
+		})
+	}
 	// No client-side throttling: tests create many objects at once.
 	e.ControlPlane.Config.QPS, e.ControlPlane.Config.Burst = 1000, 1000
 	var err error
-	scheme := k8sruntime.NewScheme()
+	e.scheme = k8sruntime.NewScheme()
 	for _, add := range []func(*k8sruntime.Scheme) error{clientgoscheme.AddToScheme, glaceonv1alpha1.AddToScheme} {
-		if err := add(scheme); err != nil {
+		if err := add(e.scheme); err != nil {
 			tb.Fatal(err)
 		}
 	}
-	e.scheme = scheme
-	if e.Client, err = client.New(e.ControlPlane.Config, client.Options{Scheme: scheme}); err != nil {
+	if e.Client, err = client.New(e.ControlPlane.Config, client.Options{Scheme: e.scheme}); err != nil {
 		tb.Fatal(err)
 	}
 	ctx := context.Background()
-	if err := e.Client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: Namespace}}); err != nil {
+	if err := e.Client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: Namespace}}); err != nil && !apierrors.IsAlreadyExists(err) {
 		tb.Fatal(err)
 	}
-	e.ManagerConfig = e.ControlPlane.Config
-	if opts.Secure {
-		if err := ApplyYAML(ctx, e.Client, filepath.Join(RepoRoot(), "deploy", "rbac")); err != nil {
-			tb.Fatalf("apply deploy/rbac: %v", err)
+	e.ManagerRESTConfig = rest.CopyConfig(e.ControlPlane.Config)
+	if opts.AsServiceAccount {
+		if err := ApplyRBAC(ctx, e.Client); err != nil {
+			tb.Fatal(err)
 		}
-		e.ManagerConfig = Impersonate(e.ControlPlane.Config, "system:serviceaccount:"+Namespace+":"+ServiceAccount,
-			"system:serviceaccounts", "system:serviceaccounts:"+Namespace, "system:authenticated")
+		e.ManagerRESTConfig.Impersonate = rest.ImpersonationConfig{
+			UserName: "system:serviceaccount:" + Namespace + ":" + ManagerServiceAccount,
+			Groups:   []string{"system:serviceaccounts", "system:serviceaccounts:" + Namespace, "system:authenticated"},
+		}
+	}
+	if !opts.NoFlyOrg {
+		e.SetToken(tb, e.Fly.Token())
+		e.CreateFlyOrg(tb, DefaultFlyOrg, "personal", []string{"*"}, true)
 	}
 
 	port, err := controlplane.FreePort()
@@ -145,49 +151,63 @@ func StartWith(tb testing.TB, opts Options) *Env {
 		tb.Fatal(err)
 	}
 	if err := e.Client.Create(ctx, mwc); err != nil {
-		tb.Fatalf("register the webhook: %v", err)
+		if !apierrors.IsAlreadyExists(err) {
+			tb.Fatalf("register the webhook: %v", err)
+		}
+		// A second manager on this cluster: point the webhook at it.
+		var cur admissionv1.MutatingWebhookConfiguration
+		if err := e.Client.Get(ctx, client.ObjectKeyFromObject(mwc), &cur); err != nil {
+			tb.Fatal(err)
+		}
+		for i := range cur.Webhooks {
+			cur.Webhooks[i].ClientConfig.URL = mwc.Webhooks[i].ClientConfig.URL
+		}
+		if err := e.Client.Update(ctx, &cur); err != nil {
+			tb.Fatal(err)
+		}
 	}
 
-	fly, err := flyapi.New(flyapi.Options{BaseURL: e.Fly.URL(), Token: e.Fly.Token(), TokenSource: "test"})
-	if err != nil {
-		tb.Fatal(err)
-	}
 	cfg := manager.Config{
 		Namespace:        Namespace,
 		Inject:           inject.DefaultConfig(),
 		PeerPrefix:       "k8s-",
+		Fly:              flyapi.Options{BaseURL: e.Fly.URL()},
 		FlyTimeout:       5 * time.Second,
 		GatewayPort:      e.Fly.GatewayPort(),
-		TokenSource:      "secret glaceon-system/fly-api-token",
 		WebhookHost:      "127.0.0.1",
 		WebhookPort:      port,
 		WebhookService:   "glaceon-webhook",
 		WebhookConfig:    "glaceon",
 		WebhookExtraSANs: []string{"127.0.0.1"},
 		CertSecret:       "glaceon-webhook-tls",
-		PolicyConfigMap:  "glaceon-org-policy",
 		MetricsAddr:      "0",
 		HealthAddr:       "0",
 		Log:              logr.Discard(),
 		// -count=N and benchmarks build one manager per run.
 		SkipNameValidation: true,
 	}
-	cfg.Inject.DefaultOrg = "personal"
 	if opts.Configure != nil {
 		opts.Configure(&cfg)
 	}
-	if e.Manager, err = manager.New(e.ManagerConfig, fly, cfg); err != nil {
+	e.Config = cfg
+	if e.Manager, err = manager.New(e.ManagerRESTConfig, cfg); err != nil {
 		tb.Fatal(err)
 	}
 	runCtx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() { done <- e.Manager.Start(runCtx) }()
-	tb.Cleanup(func() {
+	stopped := false
+	e.stop = func() {
+		if stopped {
+			return
+		}
+		stopped = true
 		cancel()
 		if err := <-done; err != nil {
 			tb.Errorf("manager: %v", err)
 		}
-	})
+	}
+	tb.Cleanup(e.Stop)
 	// Ready as the kubelet would see it: certificate issued, caBundle
 	// patched, webhook server listening.
 	err = wait.PollUntilContextTimeout(runCtx, 50*time.Millisecond, time.Minute, true, func(context.Context) (bool, error) {
@@ -196,7 +216,135 @@ func StartWith(tb testing.TB, opts Options) *Env {
 	if err != nil {
 		tb.Fatalf("manager not ready: %v", err)
 	}
+	if !opts.NoFlyOrg {
+		e.WaitFlyOrgReady(tb, DefaultFlyOrg)
+	}
 	return e
+}
+
+// Stop stops the manager (idempotent; also run at cleanup).
+func (e *Env) Stop() { e.stop() }
+
+// SetToken creates or replaces the token Secret with token.
+func (e *Env) SetToken(tb testing.TB, token string) {
+	tb.Helper()
+	ctx := context.Background()
+	s := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: TokenSecret, Namespace: Namespace}, Data: map[string][]byte{"token": []byte(token)}}
+	if err := e.Client.Create(ctx, s); err != nil {
+		if !apierrors.IsAlreadyExists(err) {
+			tb.Fatal(err)
+		}
+		if err := e.Client.Update(ctx, s); err != nil {
+			tb.Fatal(err)
+		}
+	}
+}
+
+// CreateFlyOrg creates a FlyOrg using the token Secret.
+func (e *Env) CreateFlyOrg(tb testing.TB, name, slug string, namespaces []string, isDefault bool) *glaceonv1alpha1.FlyOrg {
+	tb.Helper()
+	org := &glaceonv1alpha1.FlyOrg{
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		Spec: glaceonv1alpha1.FlyOrgSpec{
+			Slug:           slug,
+			TokenSecretRef: glaceonv1alpha1.SecretKeyRef{Name: TokenSecret, Key: "token"},
+			Namespaces:     namespaces,
+		},
+	}
+	if isDefault {
+		org.Annotations = map[string]string{glaceonv1alpha1.AnnotationDefaultFlyOrg: "true"}
+	}
+	if err := e.Client.Create(context.Background(), org); err != nil && !apierrors.IsAlreadyExists(err) {
+		tb.Fatal(err)
+	}
+	return org
+}
+
+// FlyOrgReady returns the FlyOrg's Ready condition (nil if none yet).
+func (e *Env) FlyOrgReady(tb testing.TB, name string) *metav1.Condition {
+	tb.Helper()
+	var org glaceonv1alpha1.FlyOrg
+	if err := e.Client.Get(context.Background(), client.ObjectKey{Name: name}, &org); err != nil {
+		tb.Fatal(err)
+	}
+	return meta.FindStatusCondition(org.Status.Conditions, glaceonv1alpha1.ConditionReady)
+}
+
+// WaitFlyOrgReady waits up to a minute for the FlyOrg's Ready=True.
+func (e *Env) WaitFlyOrgReady(tb testing.TB, name string) {
+	tb.Helper()
+	var last *metav1.Condition
+	err := wait.PollUntilContextTimeout(context.Background(), 50*time.Millisecond, time.Minute, true, func(context.Context) (bool, error) {
+		last = e.FlyOrgReady(tb, name)
+		return last != nil && last.Status == metav1.ConditionTrue, nil
+	})
+	if err != nil {
+		tb.Fatalf("FlyOrg %s not ready: %v (last condition %+v)", name, err, last)
+	}
+}
+
+// FlyPeers lists the cluster's FlyPeers.
+func (e *Env) FlyPeers(tb testing.TB) []glaceonv1alpha1.FlyPeer {
+	tb.Helper()
+	var list glaceonv1alpha1.FlyPeerList
+	if err := e.Client.List(context.Background(), &list); err != nil {
+		tb.Fatal(err)
+	}
+	return list.Items
+}
+
+// ApplyRBAC creates deploy/rbac's ServiceAccount, roles and bindings with
+// the admin client c.
+func ApplyRBAC(ctx context.Context, c client.Client) error {
+	dir := filepath.Join(RepoRoot(), "deploy", "rbac")
+	files, err := filepath.Glob(filepath.Join(dir, "*.yaml"))
+	if err != nil {
+		return err
+	}
+	for _, f := range files {
+		if filepath.Base(f) == "kustomization.yaml" {
+			continue
+		}
+		data, err := os.ReadFile(f)
+		if err != nil {
+			return err
+		}
+		for _, doc := range strings.Split(string(data), "\n---") {
+			var u unstructured.Unstructured
+			if err := yaml.Unmarshal([]byte(doc), &u.Object); err != nil {
+				return fmt.Errorf("parse %s: %w", f, err)
+			}
+			if len(u.Object) == 0 {
+				continue
+			}
+			if err := c.Create(ctx, &u); err != nil && !apierrors.IsAlreadyExists(err) {
+				return fmt.Errorf("apply %s %s from %s: %w", u.GetKind(), u.GetName(), f, err)
+			}
+		}
+	}
+	return nil
+}
+
+// TenantClient returns a client for a user who holds the stock edit role
+// in namespace only, as most tenants do.
+func (e *Env) TenantClient(tb testing.TB, user, namespace string) client.Client {
+	tb.Helper()
+	ctx := context.Background()
+	rb := &rbacv1.RoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: user + "-edit", Namespace: namespace},
+		RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: "edit"},
+		Subjects:   []rbacv1.Subject{{APIGroup: "rbac.authorization.k8s.io", Kind: "User", Name: user}},
+	}
+	if err := e.Client.Create(ctx, rb); err != nil && !apierrors.IsAlreadyExists(err) {
+		tb.Fatal(err)
+	}
+	cfg := rest.CopyConfig(e.ControlPlane.Config)
+	cfg.Impersonate = rest.ImpersonationConfig{UserName: user, Groups: []string{"system:authenticated"}}
+	c, err := client.New(cfg, client.Options{Scheme: e.scheme})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return c
 }
 
 // WebhookConfiguration is deploy/webhook's configuration pointed at a
@@ -226,88 +374,4 @@ func (e *Env) Namespace(tb testing.TB, name string) string {
 		tb.Fatal(err)
 	}
 	return name
-}
-
-// Impersonate is cfg acting as user in groups (the admin may impersonate).
-func Impersonate(cfg *rest.Config, user string, groups ...string) *rest.Config {
-	c := rest.CopyConfig(cfg)
-	c.Impersonate = rest.ImpersonationConfig{UserName: user, Groups: groups}
-	return c
-}
-
-// Tenant is a client for a user bound to the stock "edit" ClusterRole in
-// namespace ns only (created if missing), as a namespace's developers are
-// in a cluster. The kube-controller-manager's clusterrole-aggregation
-// controller gives "edit" its rules.
-func (e *Env) Tenant(tb testing.TB, ns string) client.Client {
-	tb.Helper()
-	ctx := context.Background()
-	err := e.Client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}})
-	if err != nil && !apierrors.IsAlreadyExists(err) {
-		tb.Fatal(err)
-	}
-	user := "tenant-" + ns
-	binding := &rbacv1.RoleBinding{
-		ObjectMeta: metav1.ObjectMeta{Name: user, Namespace: ns},
-		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: "edit"},
-		Subjects:   []rbacv1.Subject{{APIGroup: rbacv1.GroupName, Kind: rbacv1.UserKind, Name: user}},
-	}
-	if err := e.Client.Create(ctx, binding); err != nil && !apierrors.IsAlreadyExists(err) {
-		tb.Fatal(err)
-	}
-	c, err := client.New(Impersonate(e.ControlPlane.Config, user, "system:authenticated"), client.Options{Scheme: e.scheme})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	// Wait until "edit" has been aggregated and the binding is in force.
-	err = wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
-		return c.List(ctx, &corev1.PodList{}, client.InNamespace(ns)) == nil, nil
-	})
-	if err != nil {
-		tb.Fatalf("tenant of %s cannot list pods there: is the clusterrole-aggregation controller running? %v", ns, err)
-	}
-	return c
-}
-
-// ApplyYAML creates every object of the YAML files in dir (multi-document,
-// kustomization.yaml skipped) with c.
-func ApplyYAML(ctx context.Context, c client.Client, dir string) error {
-	files, err := filepath.Glob(filepath.Join(dir, "*.yaml"))
-	if err != nil {
-		return err
-	}
-	for _, f := range files {
-		if filepath.Base(f) == "kustomization.yaml" {
-			continue
-		}
-		data, err := os.ReadFile(f)
-		if err != nil {
-			return err
-		}
-		dec := utilyaml.NewYAMLOrJSONDecoder(bytes.NewReader(data), 4096)
-		for {
-			var u unstructured.Unstructured
-			if err := dec.Decode(&u.Object); err != nil {
-				if errors.Is(err, io.EOF) {
-					break
-				}
-				return fmt.Errorf("%s: %w", f, err)
-			}
-			if len(u.Object) == 0 {
-				continue
-			}
-			if err := c.Create(ctx, &u); err != nil && !apierrors.IsAlreadyExists(err) {
-				return fmt.Errorf("%s: create %s %s: %w", f, u.GetKind(), u.GetName(), err)
-			}
-		}
-	}
-	return nil
-}
-
-// AnnotatedPod is a minimal pod with annotations (e.g. glaceon.fly/target).
-func AnnotatedPod(ns, name string, annotations map[string]string) *corev1.Pod {
-	return &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, Annotations: annotations},
-		Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: "example.invalid/app:1"}}},
-	}
 }

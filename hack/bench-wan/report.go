@@ -1,0 +1,378 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"math"
+	"net/netip"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/glaceon/glaceon/hack/bench-wan/link"
+)
+
+func netipLoopback(port int) netip.AddrPort {
+	return netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), uint16(port))
+}
+
+const (
+	side = "glaceon-sidecar"
+	base = "vanilla"
+)
+
+type cellKey struct {
+	rtt, loss float64
+	dir       string
+	streams   int
+}
+
+func keyOf(c Cell) cellKey { return cellKey{c.RTTms, c.Loss, c.Dir, c.Streams} }
+
+// pairs groups the cells by matrix position, in run order.
+func pairs(rep *Report) ([]cellKey, map[cellKey]map[string]Cell) {
+	var keys []cellKey
+	m := map[cellKey]map[string]Cell{}
+	for _, c := range rep.Cells {
+		k := keyOf(c)
+		if m[k] == nil {
+			m[k] = map[string]Cell{}
+			keys = append(keys, k)
+		}
+		m[k][c.Binary] = c
+	}
+	return keys, m
+}
+
+func rttName(ms float64) string {
+	if ms == 0 {
+		return "loopback"
+	}
+	return fmt.Sprintf("%.0f ms", ms)
+}
+
+func lossName(l float64) string {
+	if l == 0 {
+		return "0"
+	}
+	return strings.TrimRight(strings.TrimRight(fmt.Sprintf("%.2f", l*100), "0"), ".") + " %"
+}
+
+func ratio(a, b float64) string {
+	if b == 0 {
+		return "—"
+	}
+	return fmt.Sprintf("%.2f", a/b)
+}
+
+func bound(c Cell) string {
+	if c.BoundMbps == 0 {
+		return "—"
+	}
+	return fmt.Sprintf("%.0f", c.BoundMbps)
+}
+
+func printReport(w io.Writer, rep *Report) {
+	fmt.Fprintf(w, "\n# bench-wan %s (%s), load before %s, after %s; %.0f s per cell (first %.1f s not counted), %.0f s in all\n",
+		rep.When, rep.Host, rep.LoadBefore, rep.LoadAfter, rep.Duration, rep.Warmup, rep.Elapsed)
+	fmt.Fprintf(w, "# Linux side: %s\n", strings.Join(rep.Sysctls, ", "))
+	if len(rep.SidecarEnv) > 0 {
+		fmt.Fprintf(w, "# glaceon-sidecar environment: %s\n", strings.Join(rep.SidecarEnv, " "))
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "| RTT | loss | dir | streams | sidecar Mbit/s | stock Mbit/s | ratio | bound s / st (Mbit/s) | CPU s/GiB s / st | peak RSS MiB s / st | window KiB s / st | stalled s / st | UDP drops s / st (system) |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+	keys, m := pairs(rep)
+	for _, k := range keys {
+		s, v := m[k][side], m[k][base]
+		fmt.Fprintf(w, "| %s | %s | %s | %d | %.1f | %.1f | %s | %s / %s | %.2f / %.2f | %.1f / %.1f | %d / %d | %d / %d | %d / %d (%d / %d) |\n",
+			rttName(k.rtt), lossName(k.loss), k.dir, k.streams, s.Mbps, v.Mbps, ratio(s.Mbps, v.Mbps),
+			bound(s), bound(v), s.CPUPerGiB, v.CPUPerGiB, s.PeakRSSMiB, v.PeakRSSMiB,
+			s.WindowBytes>>10, v.WindowBytes>>10, s.Stalled, v.Stalled, s.PathDrops, v.PathDrops, s.RcvbufErrors, v.RcvbufErrors)
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintf(w, "Small requests (one keep-alive connection, GET /, no loss); plain loopback TCP: p50 %.0f µs, p99 %.0f µs\n\n", rep.PlainP50us, rep.PlainP99us)
+	fmt.Fprintln(w, "| RTT | sidecar p50 / p99 | stock p50 / p99 | sidecar p50 − RTT | stock p50 − RTT | Linux min RTT (TCP_INFO) | RTT check |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|")
+	lat := map[float64]map[string]Latency{}
+	var rtts []float64
+	for _, l := range rep.Latency {
+		if lat[l.RTTms] == nil {
+			lat[l.RTTms] = map[string]Latency{}
+			rtts = append(rtts, l.RTTms)
+		}
+		lat[l.RTTms][l.Binary] = l
+	}
+	for _, r := range rtts {
+		s, v := lat[r][side], lat[r][base]
+		minRTT := math.Inf(1)
+		for _, c := range rep.Cells {
+			if c.RTTms == r && c.Loss == 0 && c.KernelMinRTT > 0 {
+				minRTT = math.Min(minRTT, c.KernelMinRTT)
+			}
+		}
+		check := "—"
+		if r > 0 && !math.IsInf(minRTT, 1) {
+			check = fmt.Sprintf("min RTT / RTT = %.3f", minRTT/r)
+			if b := baseRTT(rep); b > 0 {
+				check += fmt.Sprintf("; (min RTT − loopback's) / RTT = %.3f", (minRTT-b)/r)
+			}
+		}
+		mr := "—"
+		if !math.IsInf(minRTT, 1) {
+			mr = fmt.Sprintf("%.2f ms", minRTT)
+		}
+		fmt.Fprintf(w, "| %s | %.0f / %.0f µs | %.0f / %.0f µs | %.0f µs | %.0f µs | %s | %s |\n", rttName(r), s.P50us, s.P99us, v.P50us, v.P99us,
+			s.P50us-r*1000, v.P50us-r*1000, mr, check)
+	}
+	fmt.Fprintln(w)
+	printTargets(w, rep, keys, m, lat)
+}
+
+// baseRTT is the smallest RTT Linux measured on loopback cells without
+// loss: the path's own round trip, without the emulated delay.
+func baseRTT(rep *Report) float64 {
+	b := 0.0
+	for _, c := range rep.Cells {
+		if c.RTTms == 0 && c.Loss == 0 && c.KernelMinRTT > 0 && (b == 0 || c.KernelMinRTT < b) {
+			b = c.KernelMinRTT
+		}
+	}
+	return b
+}
+
+func printTargets(w io.Writer, rep *Report, keys []cellKey, m map[cellKey]map[string]Cell, lat map[float64]map[string]Latency) {
+	verdict := func(ok bool) string {
+		if ok {
+			return "met"
+		}
+		return "NOT met"
+	}
+	fmt.Fprintln(w, "Targets (issue 17 part 4), as measured in this run:")
+	fmt.Fprintln(w)
+	// 1: loss-free, RTT > 0, one stream, at ≥ 80 % of the cap.
+	worst, worstAt := math.Inf(1), ""
+	for _, k := range keys {
+		s := m[k][side]
+		if k.rtt > 0 && k.loss == 0 && k.streams == 1 && s.RateMbit > 0 {
+			if r := s.Mbps / s.RateMbit; r < worst {
+				worst, worstAt = r, fmt.Sprintf("%s %s", rttName(k.rtt), k.dir)
+			}
+		}
+	}
+	if !math.IsInf(worst, 1) {
+		fmt.Fprintf(w, "- loss-free single stream ≥ 0.80 of the cap: lowest %.2f (%s): %s\n", worst, worstAt, verdict(worst >= 0.8))
+	}
+	// 2: never slower than the stock forwarder; lossy cells ≥ 2×.
+	worst, worstAt = math.Inf(1), ""
+	worstLossy, worstLossyAt := math.Inf(1), ""
+	slower, compared := 0, 0
+	for _, k := range keys {
+		s, v := m[k][side], m[k][base]
+		if v.Mbps == 0 || k.streams > 16 {
+			continue
+		}
+		compared++
+		r := s.Mbps / v.Mbps
+		at := fmt.Sprintf("%s, loss %s, %s ×%d", rttName(k.rtt), lossName(k.loss), k.dir, k.streams)
+		if r < 1 {
+			slower++
+		}
+		if r < worst {
+			worst, worstAt = r, at
+		}
+		if k.loss > 0 && r < worstLossy {
+			worstLossy, worstLossyAt = r, at
+		}
+	}
+	fmt.Fprintf(w, "- never slower than the stock forwarder: lowest ratio %.2f (%s), %d of %d cells slower: %s\n", worst, worstAt, slower, compared, verdict(worst >= 1))
+	if !math.IsInf(worstLossy, 1) {
+		fmt.Fprintf(w, "- lossy cells ≥ 2× the stock forwarder: lowest ratio %.2f (%s): %s\n", worstLossy, worstLossyAt, verdict(worstLossy >= 2))
+	}
+	// 3: loopback CPU and keep-alive latency.
+	for _, dir := range []string{"download", "upload"} {
+		if x, ok := m[cellKey{0, 0, dir, 1}]; ok {
+			s, v := x[side], x[base]
+			fmt.Fprintf(w, "- loopback %s CPU s/GiB ≤ 1/3 of the stock forwarder's: %.2f / %.2f = %.2f: %s\n", dir, s.CPUPerGiB, v.CPUPerGiB, s.CPUPerGiB/v.CPUPerGiB, verdict(s.CPUPerGiB/v.CPUPerGiB <= 1.0/3))
+		}
+	}
+	if l, ok := lat[0][side]; ok && rep.PlainP50us > 0 {
+		r := l.P50us / rep.PlainP50us
+		fmt.Fprintf(w, "- loopback keep-alive p50 ≤ 5× plain loopback: %.0f / %.0f µs = %.1f×: %s\n", l.P50us, rep.PlainP50us, r, verdict(r <= 5))
+	}
+	// 4: memory.
+	peak, peakAt := 0.0, ""
+	for _, k := range keys {
+		if s := m[k][side]; k.streams == 1 && s.PeakRSSMiB > peak {
+			peak, peakAt = s.PeakRSSMiB, fmt.Sprintf("%s, loss %s, %s", rttName(k.rtt), lossName(k.loss), k.dir)
+		}
+	}
+	fmt.Fprintf(w, "- one stream peak RSS ≤ 24 MiB at any RTT: highest %.1f MiB (%s): %s\n", peak, peakAt, verdict(peak <= 24))
+	for _, k := range keys {
+		if k.streams == 100 {
+			s, v := m[k][side], m[k][base]
+			fmt.Fprintf(w, "- 100 parallel streams ≤ 64 MiB, no stall: %.1f MiB, %d stalled (stock: %.1f MiB, %d stalled; %.0f vs %.0f Mbit/s): %s\n",
+				s.PeakRSSMiB, s.Stalled, v.PeakRSSMiB, v.Stalled, s.Mbps, v.Mbps, verdict(s.PeakRSSMiB <= 64 && s.Stalled == 0))
+		}
+	}
+	var errs, over, drops int64
+	var late time.Duration
+	lossBy := map[float64][2]int64{}
+	for _, c := range rep.Cells {
+		errs += c.RcvbufErrors
+		drops += c.PathDrops
+		for _, d := range []link.DirStats{c.LinkUp, c.LinkDown} {
+			over += d.Overflow
+			late = max(late, d.LateP99)
+			x := lossBy[c.Loss]
+			x[0] += d.Lost
+			x[1] += d.Offered
+			lossBy[c.Loss] = x
+		}
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintf(w, "Harness checks: receive-buffer drops on this path's UDP sockets (must stay 0): %d (system-wide UdpRcvbufErrors, other work included: %d); relay overflow drops: %d; worst cell's p99 send lateness of the link emulator: %v; emulated loss measured:", drops, errs, over, late)
+	var ls []float64
+	for l := range lossBy {
+		ls = append(ls, l)
+	}
+	sort.Float64s(ls)
+	for _, l := range ls {
+		if x := lossBy[l]; x[1] > 0 {
+			fmt.Fprintf(w, " %s → %.3f %%", lossName(l), 100*float64(x[0])/float64(x[1]))
+		}
+	}
+	fmt.Fprintln(w)
+}
+
+// plotSVG draws throughput against RTT, one panel per loss rate, a line
+// per direction × streams × binary, on a log scale. Hand-written SVG: no
+// plotting dependency.
+func plotSVG(rep *Report) []byte {
+	var losses, rtts []float64
+	seenL, seenR := map[float64]bool{}, map[float64]bool{}
+	lo, hi := math.Inf(1), 0.0
+	for _, c := range rep.Cells {
+		if c.Streams > 16 {
+			continue
+		}
+		if !seenL[c.Loss] {
+			seenL[c.Loss] = true
+			losses = append(losses, c.Loss)
+		}
+		if !seenR[c.RTTms] {
+			seenR[c.RTTms] = true
+			rtts = append(rtts, c.RTTms)
+		}
+		if c.Mbps > 0 {
+			lo, hi = math.Min(lo, c.Mbps), math.Max(hi, c.Mbps)
+		}
+	}
+	sort.Float64s(losses)
+	sort.Float64s(rtts)
+	if hi == 0 {
+		lo, hi = 1, 10
+	}
+	yLo, yHi := math.Floor(math.Log10(lo)), math.Ceil(math.Log10(hi))
+	if yHi <= yLo {
+		yHi = yLo + 1
+	}
+	const (
+		pw, ph          = 360.0, 300.0
+		left, top, gapX = 70.0, 50.0, 40.0
+	)
+	width := left + float64(len(losses))*(pw+gapX) + 10
+	height := top + ph + 120
+	var b bytes.Buffer
+	fmt.Fprintf(&b, `<svg xmlns="http://www.w3.org/2000/svg" width="%.0f" height="%.0f" font-family="sans-serif" font-size="12">`+"\n", width, height)
+	fmt.Fprintf(&b, `<rect width="100%%" height="100%%" fill="white"/>`+"\n")
+	fmt.Fprintf(&b, `<text x="%.0f" y="20" font-size="15">Throughput through the tunnel vs RTT (%s, %s); rate cap %.0f Mbit/s off loopback</text>`+"\n", left, rep.When, strings.SplitN(rep.Host, ",", 2)[0], capOf(rep))
+	type series struct {
+		dir     string
+		streams int
+		color   string
+	}
+	ser := []series{{"download", 1, "#1f77b4"}, {"download", 16, "#2ca02c"}, {"upload", 1, "#ff7f0e"}, {"upload", 16, "#d62728"}}
+	y := func(v float64) float64 {
+		v = math.Max(v, math.Pow(10, yLo))
+		return top + ph - (math.Log10(v)-yLo)/(yHi-yLo)*ph
+	}
+	for pi, loss := range losses {
+		x0 := left + float64(pi)*(pw+gapX)
+		x := func(i int) float64 { return x0 + 20 + float64(i)*(pw-40)/math.Max(1, float64(len(rtts)-1)) }
+		fmt.Fprintf(&b, `<rect x="%.1f" y="%.1f" width="%.1f" height="%.1f" fill="none" stroke="#888"/>`+"\n", x0, top, pw, ph)
+		fmt.Fprintf(&b, `<text x="%.1f" y="%.1f" text-anchor="middle" font-size="13">loss %s per direction</text>`+"\n", x0+pw/2, top-8, lossName(loss))
+		for e := yLo; e <= yHi; e++ {
+			for _, mult := range []float64{1, 2, 5} {
+				v := mult * math.Pow(10, e)
+				if math.Log10(v) > yHi {
+					continue
+				}
+				fmt.Fprintf(&b, `<line x1="%.1f" x2="%.1f" y1="%.1f" y2="%.1f" stroke="#eee"/>`+"\n", x0, x0+pw, y(v), y(v))
+				if pi == 0 {
+					fmt.Fprintf(&b, `<text x="%.1f" y="%.1f" text-anchor="end">%g</text>`+"\n", x0-6, y(v)+4, v)
+				}
+			}
+		}
+		if c := capOf(rep); c > 0 {
+			fmt.Fprintf(&b, `<line x1="%.1f" x2="%.1f" y1="%.1f" y2="%.1f" stroke="#999" stroke-dasharray="2,3"/>`+"\n", x(1), x0+pw, y(c), y(c))
+		}
+		for i, r := range rtts {
+			fmt.Fprintf(&b, `<text x="%.1f" y="%.1f" text-anchor="middle">%s</text>`+"\n", x(i), top+ph+16, rttName(r))
+		}
+		for _, s := range ser {
+			for _, bin := range []string{side, base} {
+				var pts []string
+				for i, r := range rtts {
+					for _, c := range rep.Cells {
+						if c.Binary == bin && c.Loss == loss && c.RTTms == r && c.Dir == s.dir && c.Streams == s.streams {
+							pts = append(pts, fmt.Sprintf("%.1f,%.1f", x(i), y(c.Mbps)))
+						}
+					}
+				}
+				if len(pts) == 0 {
+					continue
+				}
+				dash, marker := "", "circle"
+				if bin == base {
+					dash, marker = ` stroke-dasharray="6,4"`, "rect"
+				}
+				fmt.Fprintf(&b, `<polyline points="%s" fill="none" stroke="%s" stroke-width="2"%s/>`+"\n", strings.Join(pts, " "), s.color, dash)
+				for _, p := range pts {
+					var px, py float64
+					fmt.Sscanf(p, "%f,%f", &px, &py)
+					if marker == "circle" {
+						fmt.Fprintf(&b, `<circle cx="%.1f" cy="%.1f" r="3" fill="%s"/>`+"\n", px, py, s.color)
+					} else {
+						fmt.Fprintf(&b, `<rect x="%.1f" y="%.1f" width="6" height="6" fill="white" stroke="%s"/>`+"\n", px-3, py-3, s.color)
+					}
+				}
+			}
+		}
+	}
+	fmt.Fprintf(&b, `<text x="20" y="%.1f" transform="rotate(-90 20 %.1f)" text-anchor="middle">Mbit/s (log)</text>`+"\n", top+ph/2, top+ph/2)
+	ly := top + ph + 45
+	for i, s := range ser {
+		lx := left + float64(i)*200
+		fmt.Fprintf(&b, `<line x1="%.1f" x2="%.1f" y1="%.1f" y2="%.1f" stroke="%s" stroke-width="3"/>`, lx, lx+30, ly, ly, s.color)
+		fmt.Fprintf(&b, `<text x="%.1f" y="%.1f">%s × %d</text>`+"\n", lx+36, ly+4, s.dir, s.streams)
+	}
+	ly += 24
+	fmt.Fprintf(&b, `<line x1="%.1f" x2="%.1f" y1="%.1f" y2="%.1f" stroke="#333" stroke-width="2"/><circle cx="%.1f" cy="%.1f" r="3" fill="#333"/>`, left, left+30, ly, ly, left+15, ly)
+	fmt.Fprintf(&b, `<text x="%.1f" y="%.1f">glaceon-sidecar</text>`+"\n", left+36, ly+4)
+	fmt.Fprintf(&b, `<line x1="%.1f" x2="%.1f" y1="%.1f" y2="%.1f" stroke="#333" stroke-width="2" stroke-dasharray="6,4"/><rect x="%.1f" y="%.1f" width="6" height="6" fill="white" stroke="#333"/>`, left+230, left+260, ly, ly, left+242, ly-3)
+	fmt.Fprintf(&b, `<text x="%.1f" y="%.1f">stock wireguard-go netstack forwarder</text>`+"\n", left+266, ly+4)
+	fmt.Fprintf(&b, `<text x="%.1f" y="%.1f" fill="#666">dotted: rate cap. Load average before / after: %s / %s (2 cores shared with other work).</text>`+"\n", left, ly+28, rep.LoadBefore, rep.LoadAfter)
+	b.WriteString("</svg>\n")
+	return b.Bytes()
+}
+
+func capOf(rep *Report) float64 {
+	for _, c := range rep.Cells {
+		if c.RateMbit > 0 {
+			return c.RateMbit
+		}
+	}
+	return 0
+}

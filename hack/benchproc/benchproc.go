@@ -1,0 +1,145 @@
+// Package benchproc is the proxy process the tunnel benchmarks in hack/
+// measure: it starts one (glaceon-sidecar, or the stock forwarder, which
+// takes the same flags), waits until /readyz answers, stops it, and reads
+// its resident memory, peak and CPU time from /proc. Linux only.
+package benchproc
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// Proc is a running proxy forwarding Listen to twi-ollama.flycast:80.
+type Proc struct {
+	Cmd    *exec.Cmd
+	Listen string // 127.0.0.1:port of its forward
+	Health string // 127.0.0.1:port of /healthz and /readyz
+	exited chan error
+}
+
+// Pid is the process ID.
+func (p *Proc) Pid() int { return p.Cmd.Process.Pid }
+
+func freePort() (string, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer ln.Close()
+	return ln.Addr().String(), nil
+}
+
+// Start runs bin with the wg-quick file cfg and the environment env (plus
+// PATH) and returns once it is ready, with the time that took. The process
+// is killed if the caller's process dies first.
+func Start(bin, cfg string, env []string) (*Proc, time.Duration, error) {
+	health, err := freePort()
+	if err != nil {
+		return nil, 0, err
+	}
+	listen, err := freePort()
+	if err != nil {
+		return nil, 0, err
+	}
+	cmd := exec.Command(bin, "--wg-config", cfg, "--forward", listen+"=twi-ollama.flycast:80",
+		"--health-addr", health, "--shutdown-grace", "1s", "--log-level", "error")
+	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH")}, env...)
+	cmd.Stderr = os.Stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	hc := &http.Client{Timeout: time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	start := time.Now()
+	if err := cmd.Start(); err != nil {
+		return nil, 0, err
+	}
+	p := &Proc{Cmd: cmd, Health: health, Listen: listen, exited: make(chan error, 1)}
+	go func() { p.exited <- cmd.Wait() }()
+	for {
+		resp, err := hc.Get("http://" + health + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return p, time.Since(start), nil
+			}
+		}
+		select {
+		case err := <-p.exited:
+			return nil, 0, fmt.Errorf("%s exited before ready: %v", filepath.Base(bin), err)
+		case <-time.After(2 * time.Millisecond):
+		}
+		if time.Since(start) > 30*time.Second {
+			p.Stop()
+			return nil, 0, errors.New("not ready after 30s")
+		}
+	}
+}
+
+// Stop sends SIGTERM and waits; SIGKILL after 10 s.
+func (p *Proc) Stop() {
+	_ = p.Cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.exited:
+	case <-time.After(10 * time.Second):
+		_ = p.Cmd.Process.Kill()
+		<-p.exited
+	}
+}
+
+// Memory is a process's resident set now (VmRSS) and at its peak (VmHWM),
+// in KiB.
+type Memory struct{ RSSKiB, HWMKiB int64 }
+
+// ReadMemory reads /proc/<pid>/status.
+func ReadMemory(pid int) (Memory, error) {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return Memory{}, err
+	}
+	defer f.Close()
+	var m Memory
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		k, v, _ := strings.Cut(sc.Text(), ":")
+		n, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+		switch k {
+		case "VmRSS":
+			m.RSSKiB = n
+		case "VmHWM":
+			m.HWMKiB = n
+		}
+	}
+	return m, sc.Err()
+}
+
+// CPUSeconds is the process's utime+stime from /proc/<pid>/stat.
+func CPUSeconds(pid int) (float64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 || i+2 > len(s) {
+		return 0, fmt.Errorf("/proc/%d/stat: no command field", pid)
+	}
+	// Fields after ')' start at field 3 (state); utime is 14, stime 15.
+	f := strings.Fields(s[i+2:])
+	if len(f) < 13 {
+		return 0, fmt.Errorf("/proc/%d/stat: %d fields", pid, len(f))
+	}
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return float64(ut+st) / 100, nil // USER_HZ is 100 on Linux
+}
+
+// MiB converts KiB to MiB.
+func MiB(kib int64) float64 { return float64(kib) / 1024 }

@@ -1,0 +1,31 @@
+package benchproc
+
+import (
+	"os"
+	"testing"
+)
+
+func TestSelf(t *testing.T) {
+	m, err := ReadMemory(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.RSSKiB <= 0 || m.HWMKiB < m.RSSKiB {
+		t.Fatalf("memory %+v: want 0 < RSS ≤ HWM", m)
+	}
+	// Burn a little CPU so utime moves past one tick.
+	x := 0
+	for i := 0; i < 50_000_000; i++ {
+		x += i % 7
+	}
+	c, err := CPUSeconds(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c <= 0 {
+		t.Fatalf("cpu %v s after a busy loop (x=%d)", c, x)
+	}
+	if _, err := ReadMemory(-1); err == nil {
+		t.Fatal("no error for a process that cannot exist")
+	}
+}
