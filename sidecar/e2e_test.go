@@ -95,7 +95,13 @@ func startSidecarWithLog(t testing.TB, log logr.Logger, cfgPath string, targets 
 // startSidecarOpts: before Run, prepare may adjust the Sidecar (tests only).
 func startSidecarOpts(t testing.TB, log logr.Logger, prepare func(*Sidecar), cfgPath string, targets ...string) (*running, []string) {
 	t.Helper()
-	args := []string{"--wg-config", cfgPath, "--health-addr", freeAddr(t), "--shutdown-grace", "2s"}
+	return startSidecarEnv(t, log, nil, prepare, cfgPath, targets...)
+}
+
+// startSidecarEnv: getenv (may be nil) is the sidecar's environment.
+func startSidecarEnv(t testing.TB, log logr.Logger, getenv func(string) string, prepare func(*Sidecar), cfgPath string, targets ...string) (*running, []string) {
+	t.Helper()
+	args := []string{"--wg-config", cfgPath, "--health-addr", freeAddr(t), "--metrics-addr", freeAddr(t), "--shutdown-grace", "2s"}
 	var addrs []string
 	for _, tg := range targets {
 		if listen, _, ok := strings.Cut(tg, "="); ok { // a full LISTEN=TARGET
@@ -107,7 +113,7 @@ func startSidecarOpts(t testing.TB, log logr.Logger, prepare func(*Sidecar), cfg
 		addrs = append(addrs, a)
 		args = append(args, "--forward", a+"="+tg)
 	}
-	opts, err := ParseOptions(args, nil)
+	opts, err := ParseOptions(args, getenv)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -172,7 +178,7 @@ func (r *running) get(t testing.TB, url string) (int, string) {
 
 func (r *running) metric(t testing.TB, prefix string) string {
 	t.Helper()
-	_, body := r.get(t, "http://"+r.s.HealthAddr()+"/metrics")
+	_, body := r.get(t, "http://"+r.s.MetricsAddr()+"/metrics")
 	for _, l := range strings.Split(body, "\n") {
 		if strings.HasPrefix(l, prefix) {
 			return strings.TrimSpace(strings.TrimPrefix(l, prefix))

@@ -35,9 +35,12 @@ func (f Forward) Target() string { return f.Host + ":" + strconv.Itoa(int(f.Port
 
 // Options is the parsed command line.
 type Options struct {
-	WGConfig      string
-	Forwards      []Forward
-	HealthAddr    netip.AddrPort
+	WGConfig   string
+	Forwards   []Forward
+	HealthAddr netip.AddrPort
+	// MetricsAddr serves /metrics; the zero value (the default) serves
+	// them nowhere, since they name the Fly hosts the pod reaches.
+	MetricsAddr   netip.AddrPort
 	MTU           int
 	ShutdownGrace time.Duration
 	LogLevel      string // debug, info, error
@@ -69,6 +72,7 @@ const (
 	EnvWGConfig      = "GLACEON_WG_CONFIG"
 	EnvForward       = "GLACEON_FORWARD"
 	EnvHealthAddr    = "GLACEON_HEALTH_ADDR"
+	EnvMetricsAddr   = "GLACEON_METRICS_ADDR"
 	EnvMTU           = "GLACEON_MTU"
 	EnvShutdownGrace = "GLACEON_SHUTDOWN_GRACE"
 	EnvLogLevel      = "GLACEON_LOG_LEVEL"
@@ -85,7 +89,8 @@ func ParseOptions(args []string, getenv func(string) string) (*Options, error) {
 	fs.SetOutput(io.Discard)
 	var (
 		wgConfig   = fs.String("wg-config", "", "path of the wg-quick file (env "+EnvWGConfig+")")
-		healthAddr = fs.String("health-addr", "", "address for /healthz, /readyz, /metrics (default "+DefaultHealthAddr+"; env "+EnvHealthAddr+")")
+		healthAddr = fs.String("health-addr", "", "address for /healthz and /readyz; [::] is every address family the pod has (default "+DefaultHealthAddr+"; env "+EnvHealthAddr+")")
+		metrics    = fs.String("metrics-addr", "", "address for /metrics (default: not served; env "+EnvMetricsAddr+")")
 		mtu        = fs.String("mtu", "", "tunnel MTU (default 1420; env "+EnvMTU+")")
 		grace      = fs.String("shutdown-grace", "", "how long open connections may finish after SIGTERM (default 25s; env "+EnvShutdownGrace+")")
 		logLevel   = fs.String("log-level", "", "debug, info or error (default info; env "+EnvLogLevel+")")
@@ -163,6 +168,18 @@ func ParseOptions(args []string, getenv func(string) string) (*Options, error) {
 		return nil, usageErr(field, "%s is also a forward's listen address: pick another port for health", ap)
 	}
 	o.HealthAddr = ap
+
+	field, v = pick("metrics-addr", *metrics, EnvMetricsAddr)
+	if v != "" {
+		ap, err := parseListenAddr(v)
+		if err != nil {
+			return nil, usageErr(field, "%s", err.Error())
+		}
+		if _, clash := seen[ap]; clash || ap == o.HealthAddr {
+			return nil, usageErr(field, "%s is also a forward's or the health listen address: pick another port for metrics", ap)
+		}
+		o.MetricsAddr = ap
+	}
 
 	field, v = pick("mtu", *mtu, EnvMTU)
 	o.MTU = DefaultMTU
@@ -247,7 +264,7 @@ func parseTuning(s string) (netStackOptions, error) {
 func flagError(err error) error {
 	msg := err.Error()
 	if errors.Is(err, flag.ErrHelp) {
-		return usageErr("--help", "flags: --wg-config PATH --forward LISTEN=TARGET (repeatable) [--health-addr %s] [--mtu %d] [--shutdown-grace %s] [--log-level info]", DefaultHealthAddr, DefaultMTU, DefaultShutdownGrace)
+		return usageErr("--help", "flags: --wg-config PATH --forward LISTEN=TARGET (repeatable) [--health-addr %s] [--metrics-addr IP:PORT] [--mtu %d] [--shutdown-grace %s] [--log-level info]", DefaultHealthAddr, DefaultMTU, DefaultShutdownGrace)
 	}
 	// "flag provided but not defined: -x" / "flag needs an argument: -x" /
 	// "invalid value ... for flag -x: ..."
@@ -258,7 +275,7 @@ func flagError(err error) error {
 	}
 	switch {
 	case strings.HasPrefix(msg, "flag provided but not defined"):
-		return usageErr(name, "unknown flag: the flags are --wg-config, --forward, --health-addr, --mtu, --shutdown-grace, --log-level")
+		return usageErr(name, "unknown flag: the flags are --wg-config, --forward, --health-addr, --metrics-addr, --mtu, --shutdown-grace, --log-level")
 	case strings.HasPrefix(msg, "flag needs an argument"):
 		return usageErr(name, "needs a value, e.g. %s=VALUE", name)
 	}

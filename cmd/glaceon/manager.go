@@ -6,6 +6,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/go-logr/logr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
@@ -16,6 +17,18 @@ import (
 )
 
 func runManager(env *cliEnv, args []string) error {
+	cfg, zapOpts, err := parseManagerFlags(env, args)
+	if err != nil {
+		return err
+	}
+	log := zap.New(zap.UseFlagOptions(&zapOpts), zap.WriteTo(env.stderr))
+	ctrl.SetLogger(log)
+	cfg.Log = log
+	return startManager(cfg, log)
+}
+
+// parseManagerFlags turns the command line into the manager's config.
+func parseManagerFlags(env *cliEnv, args []string) (manager.Config, zap.Options, error) {
 	fs := newFlagSet(env, "manager", "glaceon manager [flags]  (the webhook and the controllers; FLY_API_TOKEN from the environment)")
 	cfg := manager.Config{Inject: inject.DefaultConfig()}
 	var sidecarMode, sweepOrgs, extraSANs string
@@ -24,6 +37,9 @@ func runManager(env *cliEnv, args []string) error {
 	fs.StringVar(&cfg.Inject.DefaultRegion, "default-region", "", "gateway region for pods without glaceon.fly/region (empty: Fly chooses)")
 	fs.StringVar(&sweepOrgs, "sweep-orgs", "", "comma-separated orgs whose orphaned peers (with --peer-prefix) the sweeper removes (default: --default-org)")
 	fs.StringVar(&cfg.Inject.Image, "sidecar-image", inject.DefaultSidecarImage, "glaceon-sidecar image injected into pods")
+	fs.StringVar(&cfg.Inject.HealthListenHost, "sidecar-listen-host", cfg.Inject.HealthListenHost, "address the sidecar's health server (and MachineProxy listeners) bind: :: for every address family the pod has (IPv4, IPv6-only, dual-stack), 0.0.0.0 for IPv4 only")
+	var metricsPort int
+	fs.IntVar(&metricsPort, "sidecar-metrics-port", 0, "port of the sidecar's /metrics on the pod IP (0: not served; any pod that reaches the pod IP can read them)")
 	fs.StringVar(&sidecarMode, "sidecar-mode", string(inject.SidecarModeNative), "native (init container with restartPolicy Always, Kubernetes 1.29+) or classic")
 	fs.StringVar(&cfg.PeerPrefix, "peer-prefix", "k8s-", "prefix of the Fly peer names this cluster creates; give each cluster sharing an org its own, e.g. k8s-prod-")
 	fs.DurationVar(&cfg.FlyTimeout, "fly-timeout", 10*time.Second, "deadline of the Fly calls of one admission; keep it under the webhook's timeoutSeconds (15s)")
@@ -44,17 +60,21 @@ func runManager(env *cliEnv, args []string) error {
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(fs)
 	if err := parseFlags(fs, args); err != nil {
-		return err
+		return cfg, zapOpts, err
 	}
 	cfg.Inject.Mode = inject.SidecarMode(sidecarMode)
+	if metricsPort < 0 || metricsPort > 65535 {
+		return cfg, zapOpts, usagef("manager: --sidecar-metrics-port %d: give 0 (off) or a port from 1 to 65535", metricsPort)
+	}
+	cfg.Inject.MetricsPort = int32(metricsPort)
 	cfg.SweepOrgs, cfg.WebhookExtraSANs = splitList(sweepOrgs), splitList(extraSANs)
 	if err := cfg.Validate(); err != nil {
-		return usagef("manager: %v", err)
+		return cfg, zapOpts, usagef("manager: %v", err)
 	}
-	log := zap.New(zap.UseFlagOptions(&zapOpts), zap.WriteTo(env.stderr))
-	ctrl.SetLogger(log)
-	cfg.Log = log
+	return cfg, zapOpts, nil
+}
 
+func startManager(cfg manager.Config, log logr.Logger) error {
 	flyOpts, err := flyapi.OptionsFromEnv()
 	if err != nil {
 		return err

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"strconv"
 
@@ -127,9 +126,9 @@ func newPlan(pod *corev1.Pod, cfg Config) (plan, field.ErrorList) {
 			p.aliases = append(p.aliases, corev1.HostAlias{IP: addr.String(), Hostnames: []string{t.Host}})
 		}
 		p.listeners = append(p.listeners, listener{target: t, addr: addr})
-		if t.Port == cfg.HealthPort {
+		if name := cfg.sidecarPort(t.Port); name != "" {
 			errs = append(errs, field.Invalid(annotationsPath.Key(AnnotationTarget), t.String(),
-				fmt.Sprintf("port %d is the sidecar's health port; ask the cluster admin to move the health port (webhook config) to reach this target", cfg.HealthPort)))
+				fmt.Sprintf("port %d is the sidecar's %s port; ask the cluster admin to move the %s port (webhook config) to reach this target", t.Port, name, name)))
 		}
 	}
 
@@ -180,9 +179,9 @@ func (p *plan) checkContainers(pod *corev1.Pod, cfg Config, specPath *field.Path
 				continue
 			}
 			portPath := path.Child("ports").Index(j).Child("containerPort")
-			if port.ContainerPort == cfg.HealthPort {
+			if name := cfg.sidecarPort(port.ContainerPort); name != "" {
 				errs = append(errs, field.Invalid(portPath, port.ContainerPort,
-					"the port is the glaceon sidecar's health port; move the app to another port, or ask the cluster admin to move the health port"))
+					fmt.Sprintf("the port is the glaceon sidecar's %s port; move the app to another port, or ask the cluster admin to move the %s port", name, name)))
 				continue
 			}
 			for _, l := range p.listeners {
@@ -379,19 +378,15 @@ func (p *plan) sidecarContainer(cfg Config) corev1.Container {
 	for _, l := range p.listeners {
 		args = append(args, "--forward", l.listenAddr()+"="+l.target.String())
 	}
-	args = append(args, "--health-addr", net.JoinHostPort(cfg.HealthListenHost, strconv.Itoa(int(cfg.HealthPort))))
+	args = append(args, cfg.SidecarServeArgs()...)
 
 	c := corev1.Container{
 		Name:            SidecarContainerName,
 		Image:           cfg.Image,
 		ImagePullPolicy: cfg.ImagePullPolicy,
 		Args:            args,
-		Ports: []corev1.ContainerPort{{
-			Name:          HealthPortName,
-			ContainerPort: cfg.HealthPort,
-			Protocol:      corev1.ProtocolTCP,
-		}},
-		Resources: *cfg.Resources.DeepCopy(),
+		Ports:           cfg.SidecarServePorts(),
+		Resources:       *cfg.Resources.DeepCopy(),
 		VolumeMounts: []corev1.VolumeMount{{
 			Name:      PeerVolumeName,
 			MountPath: cfg.SecretMountPath,

@@ -193,8 +193,8 @@ func proxyPodSpec(mp *glaceonv1alpha1.MachineProxy, targets []proxyTarget, cfg i
 		args = append(args, "--forward", listen+"="+t.target.String())
 		ports = append(ports, corev1.ContainerPort{Name: t.portName, ContainerPort: t.listenPort, Protocol: corev1.ProtocolTCP})
 	}
-	args = append(args, "--health-addr", net.JoinHostPort(cfg.HealthListenHost, strconv.Itoa(int(cfg.HealthPort))))
-	ports = append(ports, corev1.ContainerPort{Name: inject.HealthPortName, ContainerPort: cfg.HealthPort, Protocol: corev1.ProtocolTCP})
+	args = append(args, cfg.SidecarServeArgs()...)
+	ports = append(ports, cfg.SidecarServePorts()...)
 
 	spread := func(key string) corev1.TopologySpreadConstraint {
 		return corev1.TopologySpreadConstraint{
