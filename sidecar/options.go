@@ -45,7 +45,7 @@ type Options struct {
 	ShutdownGrace time.Duration
 	LogLevel      string // debug, info, error
 	// Tuning overrides netstack defaults, for benchmarks and debugging only
-	// (env GLACEON_TUNING, e.g. "gro=0,rcvbuf=4194304,sndbuf=1048576,cc=reno,sack=0").
+	// (env GLACEON_TUNING, e.g. "gro=0,rcvbuf=4194304,sndbuf=1048576,cc=reno,sack=0,keepalive=30s").
 	Tuning netStackOptions
 }
 
@@ -248,6 +248,12 @@ func parseTuning(s string) (netStackOptions, error) {
 			} else {
 				t.SendBufMax = n
 			}
+		case "keepalive":
+			d, err := time.ParseDuration(v)
+			if err != nil || d < 100*time.Millisecond || d > time.Hour {
+				return t, fmt.Errorf("keepalive=%q must be a duration from 100ms to 1h", v)
+			}
+			t.KeepaliveIdle = d
 		case "cc":
 			if v != "reno" && v != "cubic" {
 				return t, fmt.Errorf("cc=%q: use reno or cubic", v)

@@ -158,6 +158,7 @@ func (g *gateway) startDevice(peers []*peerRec) error {
 		return errors.New("flyapitest: gateway already running")
 	}
 	t := newGwTun(g.ep)
+	t.drop = &g.s.blackholed
 	b := udpbind.New(udpbind.Options{Loopback: true})
 	logger := &device.Logger{
 		Verbosef: device.DiscardLogf,
@@ -305,6 +306,7 @@ type gwTun struct {
 	cancel    context.CancelFunc
 	events    chan tun.Event
 	closeOnce sync.Once
+	drop      *blackholes
 }
 
 const gwTunBatch = 128
@@ -347,6 +349,9 @@ func (t *gwTun) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 			}
 		}
 		pkt.DecRef()
+		if size > 0 && t.drop != nil && t.drop.drops(dst[:size]) {
+			size = 0
+		}
 		if size > 0 {
 			sizes[n] = size
 			n++
@@ -368,6 +373,9 @@ func (t *gwTun) Write(bufs [][]byte, offset int) (int, error) {
 			continue
 		}
 		if string(p[8:14]) != string(p[24:30]) {
+			continue
+		}
+		if t.drop != nil && t.drop.drops(p) {
 			continue
 		}
 		pkb := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(p)})
