@@ -7,7 +7,7 @@ SHELL := /usr/bin/env bash
 
 GO        ?= go
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
-LDFLAGS   := -s -w -X github.com/glaceon/glaceon/flyapi.Version=$(VERSION)
+LDFLAGS   := -s -w -X github.com/glaceon/glaceon/flyapi/version.Version=$(VERSION)
 BIN       := bin
 # Whole-suite timeout: envtest and the tunnel e2e tests are in it.
 TEST_TIMEOUT ?= 30m

@@ -12,15 +12,16 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-logr/logr"
-)
 
-// Version is the glaceon version sent in the User-Agent; set with
-// -ldflags "-X github.com/glaceon/glaceon/flyapi.Version=v1.2.3".
-var Version = "dev"
+	"github.com/glaceon/glaceon/flyapi/version"
+	"github.com/glaceon/glaceon/flyapi/wgquick"
+)
 
 // DefaultBaseURL is the Fly API base; requests go to BaseURL + "/graphql".
 const DefaultBaseURL = "https://api.fly.io"
@@ -55,12 +56,27 @@ type Options struct {
 	// BaseURL defaults to https://api.fly.io; requests go to BaseURL+"/graphql".
 	BaseURL string
 	// Token is the raw token as the user has it ("FlyV1 fm2_...", "fo1_...",
-	// with or without scheme); it is normalised by NormalizeToken.
+	// with or without scheme); it is normalised by NormalizeToken. Ignored
+	// when Tokens is set.
 	Token string
 	// TokenSource says where the token came from (e.g. "FLY_API_TOKEN"), for
-	// error messages. Never the token itself.
+	// error messages. Never the token itself. Ignored when Tokens is set.
 	TokenSource string
-	// UserAgent defaults to "glaceon/" + Version.
+	// Tokens, if set, supplies the token for every request instead of
+	// Token, so that a rotated token is used without a new Client (e.g. a
+	// *TokenHolder fed from a Secret). New does not require it to hold a
+	// token yet: requests fail with KindUnauthorized until it does.
+	Tokens TokenProvider
+	// Org names what this client serves (the FlyOrg: one client per org),
+	// the "org" label of its metrics and a key of its logs. Optional.
+	Org string
+	// Metrics receives the glaceon_fly_api_* series; nil means
+	// DefaultMetrics.
+	Metrics *Metrics
+	// OrgCacheTTL is how long CachedOrganization keeps a lookup: 0 means
+	// DefaultOrgCacheTTL, negative disables the cache.
+	OrgCacheTTL time.Duration
+	// UserAgent defaults to "glaceon/" + version.Version.
 	UserAgent string
 	// HTTPClient defaults to a client with a 30s timeout that does not follow
 	// redirects.
@@ -73,7 +89,7 @@ type Options struct {
 	// full jitter; 0 means the defaults (100ms, 2s).
 	RetryBaseDelay, RetryMaxDelay time.Duration
 	// GatewayPort is not sent anywhere: it is carried for NewWireGuardConfig
-	// users (FLY_WG_GATEWAY_PORT). 0 means DefaultGatewayPort.
+	// users (FLY_WG_GATEWAY_PORT). 0 means wgquick.DefaultGatewayPort.
 	GatewayPort int
 }
 
@@ -83,8 +99,11 @@ func (o Options) String() string {
 	if o.Token != "" {
 		tok = redacted
 	}
-	return fmt.Sprintf("{BaseURL:%s Token:%s TokenSource:%s UserAgent:%s MaxRetries:%d RetryBaseDelay:%s RetryMaxDelay:%s GatewayPort:%d}",
-		o.BaseURL, tok, o.TokenSource, o.UserAgent, o.MaxRetries, o.RetryBaseDelay, o.RetryMaxDelay, o.GatewayPort)
+	if o.Tokens != nil {
+		tok = "<provider>"
+	}
+	return fmt.Sprintf("{BaseURL:%s Token:%s TokenSource:%s Org:%s UserAgent:%s MaxRetries:%d RetryBaseDelay:%s RetryMaxDelay:%s GatewayPort:%d}",
+		o.BaseURL, tok, o.TokenSource, o.Org, o.UserAgent, o.MaxRetries, o.RetryBaseDelay, o.RetryMaxDelay, o.GatewayPort)
 }
 
 // GoString is String with a type name.
@@ -92,6 +111,9 @@ func (o Options) GoString() string { return "flyapi.Options" + o.String() }
 
 // Format implements fmt.Formatter so no verb prints the token.
 func (o Options) Format(f fmt.State, verb rune) { formatRedacted(f, verb, o.String(), o.GoString()) }
+
+// redacted replaces a secret in printed values.
+const redacted = "<redacted>"
 
 func formatRedacted(f fmt.State, verb rune, s, gs string) {
 	if verb == 'v' && f.Flag('#') {
@@ -128,9 +150,9 @@ func optionsFromEnv(getenv func(string) string) (Options, error) {
 		o.BaseURL = v
 	}
 	if v := strings.TrimSpace(getenv(EnvGatewayPort)); v != "" {
-		n, err := parsePort(v)
-		if err != nil || n == 0 {
-			return o, fmt.Errorf("invalid %s %q: use a UDP port number in 1..65535 (default %d)", EnvGatewayPort, truncate(v, 20), DefaultGatewayPort)
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > 65535 || strings.Trim(v, "0123456789") != "" {
+			return o, fmt.Errorf("invalid %s %q: use a UDP port number in 1..65535 (default %d)", EnvGatewayPort, truncate(v, 20), wgquick.DefaultGatewayPort)
 		}
 		o.GatewayPort = n
 	}
@@ -141,9 +163,11 @@ func optionsFromEnv(getenv func(string) string) (Options, error) {
 // Formatting a Client never prints the token.
 type Client struct {
 	endpoint    string
-	auth        string // full Authorization header value: never log it
-	secrets     []string
-	tokenSource string
+	tokens      TokenProvider
+	auth        atomic.Pointer[authState] // the last token seen, normalised
+	org         string
+	metrics     *Metrics
+	orgs        *orgCache
 	userAgent   string
 	hc          *http.Client
 	log         logr.Logger
@@ -158,12 +182,21 @@ type Client struct {
 
 // New validates opts and returns a Client.
 func New(opts Options) (*Client, error) {
-	auth, err := NormalizeToken(opts.Token)
-	if err != nil {
-		if opts.TokenSource != "" {
-			return nil, fmt.Errorf("flyapi: token from %s: %w", opts.TokenSource, err)
+	tokens := opts.Tokens
+	var first *authState
+	if tokens == nil {
+		auth, err := NormalizeToken(opts.Token)
+		if err != nil {
+			if opts.TokenSource != "" {
+				return nil, fmt.Errorf("flyapi: token from %s: %w", opts.TokenSource, err)
+			}
+			return nil, fmt.Errorf("flyapi: %w", err)
 		}
-		return nil, fmt.Errorf("flyapi: %w", err)
+		tokens = &staticToken{token: opts.Token, source: opts.TokenSource}
+		first = &authState{raw: opts.Token, header: auth, secrets: tokenSegments(auth), source: opts.TokenSource}
+	}
+	if strings.ContainsFunc(opts.Org, func(r rune) bool { return r < 0x20 || r == 0x7f }) || len(opts.Org) > 253 {
+		return nil, errors.New("flyapi: Org must be a short name without control characters")
 	}
 	base := opts.BaseURL
 	if base == "" {
@@ -175,19 +208,19 @@ func New(opts Options) (*Client, error) {
 	}
 	ua := opts.UserAgent
 	if ua == "" {
-		ua = "glaceon/" + Version
+		ua = "glaceon/" + version.Version
 	}
 	if strings.ContainsFunc(ua, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
 		return nil, errors.New("flyapi: user agent contains control characters")
 	}
 	if opts.GatewayPort < 0 || opts.GatewayPort > 65535 {
-		return nil, fmt.Errorf("flyapi: gateway port %d out of range: use 1..65535 (0 for %d)", opts.GatewayPort, DefaultGatewayPort)
+		return nil, fmt.Errorf("flyapi: gateway port %d out of range: use 1..65535 (0 for %d)", opts.GatewayPort, wgquick.DefaultGatewayPort)
 	}
 	c := &Client{
 		endpoint:    u + "/graphql",
-		auth:        auth,
-		secrets:     tokenSegments(auth),
-		tokenSource: opts.TokenSource,
+		tokens:      tokens,
+		org:         opts.Org,
+		metrics:     opts.Metrics,
 		userAgent:   ua,
 		hc:          opts.HTTPClient,
 		log:         opts.Logger,
@@ -196,6 +229,18 @@ func New(opts Options) (*Client, error) {
 		maxDelay:    opts.RetryMaxDelay,
 		gatewayPort: opts.GatewayPort,
 		sleep:       sleepCtx,
+	}
+	c.auth.Store(first)
+	if c.metrics == nil {
+		c.metrics = DefaultMetrics
+	}
+	ttl := opts.OrgCacheTTL
+	if ttl == 0 {
+		ttl = DefaultOrgCacheTTL
+	}
+	c.orgs = newOrgCache(ttl)
+	if c.log.GetSink() != nil && c.org != "" {
+		c.log = c.log.WithValues("org", c.org)
 	}
 	if c.hc == nil {
 		c.hc = &http.Client{
@@ -221,27 +266,34 @@ func New(opts Options) (*Client, error) {
 		c.maxDelay = c.baseDelay
 	}
 	if c.gatewayPort == 0 {
-		c.gatewayPort = DefaultGatewayPort
+		c.gatewayPort = wgquick.DefaultGatewayPort
 	}
 	return c, nil
 }
 
-// GatewayPort is Options.GatewayPort, or DefaultGatewayPort.
+// GatewayPort is Options.GatewayPort, or wgquick.DefaultGatewayPort.
 func (c *Client) GatewayPort() int { return c.gatewayPort }
 
 // Endpoint is the GraphQL URL requests go to.
 func (c *Client) Endpoint() string { return c.endpoint }
 
+// Org is Options.Org.
+func (c *Client) Org() string { return c.org }
+
 // String describes the client without its token.
-func (c Client) String() string {
-	return fmt.Sprintf("flyapi.Client{endpoint:%s token:%s tokenSource:%s}", c.endpoint, redacted, c.tokenSource)
+func (c *Client) String() string {
+	src := ""
+	if st := c.auth.Load(); st != nil {
+		src = st.source
+	}
+	return fmt.Sprintf("flyapi.Client{endpoint:%s org:%s token:%s tokenSource:%s}", c.endpoint, c.org, redacted, src)
 }
 
 // GoString is String.
-func (c Client) GoString() string { return c.String() }
+func (c *Client) GoString() string { return c.String() }
 
 // Format implements fmt.Formatter so no verb prints the token.
-func (c Client) Format(f fmt.State, verb rune) { formatRedacted(f, verb, c.String(), c.GoString()) }
+func (c *Client) Format(f fmt.State, verb rune) { formatRedacted(f, verb, c.String(), c.GoString()) }
 
 func parseBaseURL(s string) (string, error) {
 	u, err := url.Parse(strings.TrimSpace(s))
@@ -299,7 +351,13 @@ type gqlRequest struct {
 }
 
 // run sends one GraphQL document with retries and returns the "data" member.
-func (c *Client) run(ctx context.Context, op, query string, vars map[string]any, mode retryMode) (json.RawMessage, error) {
+func (c *Client) run(ctx context.Context, op, query string, vars map[string]any, mode retryMode) (data json.RawMessage, err error) {
+	start := time.Now()
+	defer func() { c.observeCall(op, start, err) }()
+	return c.runRetrying(ctx, op, query, vars, mode)
+}
+
+func (c *Client) runRetrying(ctx context.Context, op, query string, vars map[string]any, mode retryMode) (json.RawMessage, error) {
 	body, err := json.Marshal(gqlRequest{Query: query, Variables: vars})
 	if err != nil {
 		return nil, &Error{Op: op, Kind: KindInvalid, Message: "cannot encode request", Err: err}
@@ -365,21 +423,31 @@ func (c *Client) backoff(attempt int, retryAfter time.Duration) time.Duration {
 	return d
 }
 
-// once performs one HTTP exchange.
+// once performs one HTTP exchange with the current token.
 func (c *Client) once(ctx context.Context, op string, body []byte, attempt int) (json.RawMessage, *Error) {
+	st, terr := c.currentAuth(ctx, op)
+	if terr != nil {
+		return nil, terr
+	}
+	data, apiErr := c.exchange(ctx, st, op, body, attempt)
+	c.observeRequest(op, apiErr)
+	return data, apiErr
+}
+
+func (c *Client) exchange(ctx context.Context, st *authState, op string, body []byte, attempt int) (json.RawMessage, *Error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.endpoint, bytes.NewReader(body))
 	if err != nil {
 		return nil, &Error{Op: op, Kind: KindInvalid, Message: "cannot build request", Err: err}
 	}
 	req.Header.Set("Content-Type", "application/json; charset=utf-8")
 	req.Header.Set("Accept", "application/json; charset=utf-8")
-	req.Header.Set("Authorization", c.auth)
+	req.Header.Set("Authorization", st.header)
 	req.Header.Set("User-Agent", c.userAgent)
 
 	start := time.Now()
 	resp, err := c.hc.Do(req)
 	if err != nil {
-		e := &Error{Op: op, Kind: KindTransient, summary: "request failed", Err: c.scrubErr(err), ambiguous: !notSent(err)}
+		e := &Error{Op: op, Kind: KindTransient, summary: "request failed", Err: st.scrubErr(err), ambiguous: !notSent(err)}
 		if ctx.Err() != nil {
 			e.Err = ctx.Err()
 		}
@@ -398,7 +466,7 @@ func (c *Client) once(ctx context.Context, op string, body []byte, attempt int) 
 	data, apiErr := decodeResponse(resp.StatusCode, resp.Header, raw)
 	if apiErr != nil {
 		apiErr.Op = op
-		c.decorate(apiErr)
+		c.decorate(st, apiErr)
 		return nil, apiErr
 	}
 	return data, nil
@@ -416,31 +484,31 @@ func notSent(err error) bool {
 }
 
 // scrubErr removes token segments from an error message, just in case.
-func (c *Client) scrubErr(err error) error {
+func (st *authState) scrubErr(err error) error {
 	msg := err.Error()
-	if s := c.scrub(msg); s != msg {
+	if s := st.scrub(msg); s != msg {
 		return errors.New(s)
 	}
 	return err
 }
 
-func (c *Client) scrub(s string) string {
-	for _, sec := range c.secrets {
+func (st *authState) scrub(s string) string {
+	for _, sec := range st.secrets {
 		s = strings.ReplaceAll(s, sec, redacted)
 	}
 	return s
 }
 
 // decorate scrubs secrets and adds the actionable hint for the kind.
-func (c *Client) decorate(e *Error) {
-	e.Message = c.scrub(e.Message)
+func (c *Client) decorate(st *authState, e *Error) {
+	e.Message = st.scrub(e.Message)
 	switch e.Kind {
 	case KindUnauthorized:
 		src := "the configured token"
 		set := "set FLY_API_TOKEN"
-		if c.tokenSource != "" {
-			src = "the token from " + c.tokenSource
-			set = "set " + c.tokenSource
+		if st.source != "" {
+			src = "the token from " + st.source
+			set = "set " + st.source
 		}
 		e.summary = "Fly API rejected " + src
 		e.hint = "create one with `fly tokens create org` (or the least-privileged `fly tokens create wireguard`) and " + set

@@ -13,6 +13,9 @@ import (
 	"time"
 
 	"github.com/go-logr/logr/funcr"
+
+	"github.com/glaceon/glaceon/flyapi/version"
+	"github.com/glaceon/glaceon/flyapi/wgquick"
 )
 
 func TestRequestShape(t *testing.T) {
@@ -47,7 +50,7 @@ func TestRequestShape(t *testing.T) {
 		"Content-Type":  "application/json; charset=utf-8",
 		"Accept":        "application/json; charset=utf-8",
 		"Authorization": testTokenHdr,
-		"User-Agent":    "glaceon/" + Version,
+		"User-Agent":    "glaceon/" + version.Version,
 	} {
 		if got := h.Get(k); got != want {
 			t.Errorf("header %s = %q, want %q", k, got, want)
@@ -101,7 +104,7 @@ func TestNewValidation(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Endpoint() != "https://api.fly.io/graphql" || c.GatewayPort() != DefaultGatewayPort || c.maxRetries != DefaultMaxRetries {
+	if c.Endpoint() != "https://api.fly.io/graphql" || c.GatewayPort() != wgquick.DefaultGatewayPort || c.maxRetries != DefaultMaxRetries {
 		t.Fatalf("defaults: %s %d %d", c.Endpoint(), c.GatewayPort(), c.maxRetries)
 	}
 	c, _ = New(Options{Token: "fm2_x", MaxRetries: -1, GatewayPort: 1234})
@@ -117,8 +120,16 @@ func TestSecretsNotPrinted(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	holder, err := NewTokenHolder(secret, "secret ns/x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hc, err := New(Options{Tokens: holder})
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, verb := range []string{"%v", "%+v", "%#v", "%s", "%q", "%x", "%d"} {
-		for name, v := range map[string]any{"Options": opts, "*Options": &opts, "*Client": c, "Client": *c} {
+		for name, v := range map[string]any{"Options": opts, "*Options": &opts, "*Client": c, "*TokenHolder": holder, "provider *Client": hc, "provider Options": Options{Tokens: holder}} {
 			out := fmt.Sprintf(verb, v)
 			if strings.Contains(out, "TOPSECRET") || strings.Contains(out, fmt.Sprintf("%x", "TOPSECRET")) {
 				t.Errorf("%s %s leaks the token: %s", name, verb, out)
@@ -602,12 +613,12 @@ func TestLogsHaveNoSecrets(t *testing.T) {
 	log := funcr.New(func(prefix, args string) { logged.WriteString(prefix + " " + args + "\n") }, funcr.Options{Verbosity: 9})
 	f := newFakeFly(t)
 	c := f.client(t, func(o *Options) { o.Logger = log })
-	kp, err := GenerateKeyPair()
+	kp, err := wgquick.GenerateKeyPair()
 	if err != nil {
 		t.Fatal(err)
 	}
 	f.inject("addWireGuardPeer", fault{apply: true, status: 502})
-	f.inject("listPeers", fault{status: 503})
+	f.inject("getPeer", fault{status: 503})
 	created, err := c.AddPeer(context.Background(), AddPeerInput{Org: f.orgs["acme"], Name: "k8s-log", PublicKey: kp.Public})
 	if err != nil {
 		t.Fatal(err)

@@ -51,6 +51,9 @@ func decodeResponse(status int, header http.Header, body []byte) (json.RawMessag
 			if k := classifyGraphQL(e.Code, e.Message); k != KindUnknown && (e.Kind == KindUnknown || e.Kind == KindInvalid) {
 				e.Kind = k
 			}
+			if e.Kind == KindNotFound {
+				e.Object = notFoundObjectOf(e.Message, e.Path)
+			}
 		} else if len(bytes.TrimSpace(body)) > 0 {
 			e.Message = describeBody(status, header, body)
 		}
@@ -68,6 +71,9 @@ func decodeResponse(status int, header http.Header, body []byte) (json.RawMessag
 		e := &Error{HTTPStatus: status}
 		fillFromGraphQL(e, errs)
 		e.Kind = classifyGraphQL(e.Code, e.Message)
+		if e.Kind == KindNotFound {
+			e.Object = notFoundObjectOf(e.Message, e.Path)
+		}
 		switch strings.ToUpper(e.Code) {
 		case "SERVER_ERROR", "INTERNAL_SERVER_ERROR":
 			e.ambiguous = true

@@ -1,11 +1,23 @@
 // Package flyapi is glaceon's small client for the Fly.io GraphQL API (the
 // WireGuard peer operations: organization lookup, nearest gateway region,
-// add / list / remove / validate peers), plus WireGuard key pairs and the
-// wg-quick file `fly wireguard create` writes.
+// add / list / remove / validate peers), and NewWireGuardConfig, which turns
+// an addWireGuardPeer response into the wg-quick file `fly wireguard create`
+// writes.
 //
 // The wire contract is ../shared/fly-api.md (fly-go and flyctl behaviour).
-// The package must stay small: it is imported by the tunnel sidecar, so it
-// depends on the standard library and logr only (no client-go).
+// The package depends on the standard library and logr only (no client-go).
+//
+// # The flyapi tree
+//
+// flyapi is the bottom of glaceon's import graph: everything glaceon knows
+// about Fly. Its leaf packages import only the standard library (and
+// wireguard-go for the bind), so the sidecar, the manager and the test
+// double use them without importing each other or this client:
+//
+//   - flyapi/wgquick: the wg-quick file and WireGuard keys;
+//   - flyapi/udpbind: the UDP transport to Fly's WireGuard gateways;
+//   - flyapi/version: the release version glaceon announces in User-Agent;
+//   - flyapi/flyapitest: the Fly API and gateway double for tests.
 //
 // # Errors
 //
@@ -28,7 +40,7 @@
 // context ends the error wraps both the context error and the last API error.
 // addWireGuardPeer is retried directly only when the request certainly did
 // not take effect (429, dial/DNS failure, MAINTENANCE); after an ambiguous
-// failure AddPeer lists the peers and reconciles by name and public key (see
+// failure AddPeer looks the peer up by name and reconciles by public key (see
 // AddPeer).
 //
 // # Decisions where fly-api.md leaves room
@@ -46,15 +58,24 @@
 //     public key, AddPeer removes and recreates it once (the gateway key and
 //     endpoint are only in the create response) and logs it.
 //   - ListPeers requests first: 100 and also the peer "network" field.
-//   - RemovePeer lists before and after removal when it knows the slug.
-//   - wg-quick parsing: ListenPort is validated then ignored; DNS defaults
-//     to <prefix48>::3; Address must be IPv6; PostUp/Table/PresharedKey and
-//     other wg-quick keys are rejected (see ParseWireGuardConfig).
+//   - RemovePeer never lists: it sends the mutation and, when it knows the
+//     slug, confirms with one organization.wireGuardPeer(name:) lookup (also
+//     after running out of retries, which may hide an applied removal).
+//     Only a missing peer is "already removed"; a missing organization is an
+//     error (Error.Object, IsPeerNotFound, IsOrgNotFound).
+//   - AddPeer sends the default network ("default") as "" like flyctl.
+//
+// # One client per org
+//
+// Options.Tokens (a TokenProvider such as *TokenHolder) is asked for the
+// token on every request, so a rotated token is used at once; a change
+// empties the org cache. CachedOrganization caches lookups (OrgCacheTTL).
+// Every client reports glaceon_fly_api_* to its Metrics (DefaultMetrics
+// unless set) under its Options.Org label; register them with
+// RegisterMetrics.
 //
 // # Secrets
 //
-// KeyPair, WireGuardConfig, Options and Client implement fmt.Formatter (and
-// logr.Marshaler where relevant) so that printing them with any verb never
-// shows a private key or token. Key itself prints its base64 value: do not
-// format a bare private Key.
+// Options and Client implement fmt.Formatter so that printing them with any
+// verb never shows the token (wgquick does the same for keys).
 package flyapi

@@ -78,6 +78,11 @@ type Error struct {
 	RetryAfter time.Duration
 	// Err is the underlying error (network error, decode error), if any.
 	Err error
+	// Object is, for KindNotFound, what is missing: ObjectOrganization,
+	// ObjectWireGuardPeer, or "" when the API did not say. Callers that
+	// treat "not found" as "already done" must check it (IsPeerNotFound):
+	// a missing organization is never a removed peer.
+	Object string
 
 	// summary replaces the kind in the message when set, e.g. "Fly API
 	// rejected the token from FLY_API_TOKEN".
@@ -160,8 +165,55 @@ func isKind(err error, k ErrorKind) bool {
 // kind KindUnauthorized.
 func IsUnauthorized(err error) bool { return isKind(err, KindUnauthorized) }
 
-// IsNotFound reports whether err is a *Error of kind KindNotFound.
+// IsNotFound reports whether err is a *Error of kind KindNotFound, whatever
+// is missing. Use IsPeerNotFound or IsOrgNotFound to tell which.
 func IsNotFound(err error) bool { return isKind(err, KindNotFound) }
+
+// Objects a KindNotFound error may name (Error.Object), as the API spells
+// them in "Could not find <Object>".
+const (
+	ObjectOrganization  = "Organization"
+	ObjectWireGuardPeer = "WireGuardPeer"
+)
+
+// IsPeerNotFound reports whether err says that the WireGuard peer does not
+// exist (and only that: the organization was found). For a removal this
+// means "already removed".
+func IsPeerNotFound(err error) bool { return notFoundObject(err) == ObjectWireGuardPeer }
+
+// IsOrgNotFound reports whether err says that the organization does not
+// exist or the token cannot see it. Never "already removed".
+func IsOrgNotFound(err error) bool { return notFoundObject(err) == ObjectOrganization }
+
+func notFoundObject(err error) string {
+	var e *Error
+	if errors.As(err, &e) && e.Kind == KindNotFound {
+		return e.Object
+	}
+	return ""
+}
+
+// notFoundObjectOf reads what a not-found GraphQL error names: the
+// "Could not find <Type>" wording of the API (fly-api.md §1.5), else the
+// last field of its path. "" when neither says.
+func notFoundObjectOf(message string, path []any) string {
+	m := strings.ToLower(strings.TrimSpace(message))
+	switch {
+	case strings.HasPrefix(m, "could not find wireguardpeer"), strings.HasPrefix(m, "could not find wire guard peer"):
+		return ObjectWireGuardPeer
+	case strings.HasPrefix(m, "could not find organization"):
+		return ObjectOrganization
+	}
+	if len(path) > 0 {
+		switch last, _ := path[len(path)-1].(string); last {
+		case "wireGuardPeer":
+			return ObjectWireGuardPeer
+		case "organization":
+			return ObjectOrganization
+		}
+	}
+	return ""
+}
 
 // IsInvalid reports whether err is a *Error of kind KindInvalid.
 func IsInvalid(err error) bool { return isKind(err, KindInvalid) }
@@ -246,4 +298,12 @@ func classifyHTTP(status int) ErrorKind {
 		return KindInvalid
 	}
 	return KindUnknown
+}
+
+// truncate keeps values quoted back in messages short.
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "..."
 }

@@ -108,6 +108,12 @@ func (f *fakeFly) addPeerState(name, pubkey string) {
 	f.peers = append(f.peers, Peer{ID: "p" + strconv.Itoa(len(f.peers)+1), Name: name, PublicKey: pubkey, Region: "ord", PeerIP: f.allocIP()})
 }
 
+func (f *fakeFly) removeAll() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.peers = nil
+}
+
 func (f *fakeFly) peerNames() []string {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -129,6 +135,8 @@ func fieldOf(q string) string {
 	switch {
 	case strings.Contains(q, "wireGuardPeers"):
 		return "listPeers"
+	case strings.Contains(q, "wireGuardPeer("):
+		return "getPeer"
 	case strings.Contains(q, "addWireGuardPeer"):
 		return "addWireGuardPeer"
 	case strings.Contains(q, "removeWireGuardPeer"):
@@ -250,6 +258,21 @@ func (f *fakeFly) handle(field string, vars map[string]any) (int, any) {
 			pi = map[string]any{"hasNextPage": true, "endCursor": "same"}
 		}
 		return 200, map[string]any{"data": map[string]any{"organization": map[string]any{"wireGuardPeers": map[string]any{"nodes": nodes, "pageInfo": pi}}}}
+	case "getPeer":
+		slug, _ := vars["slug"].(string)
+		name, _ := vars["name"].(string)
+		if _, ok := f.orgs[slug]; !ok {
+			return 200, map[string]any{"data": map[string]any{"organization": nil}}
+		}
+		for _, p := range f.peers {
+			if p.Name == name {
+				return 200, map[string]any{"data": map[string]any{"organization": map[string]any{"wireGuardPeer": map[string]any{
+					"id": p.ID, "name": p.Name, "pubkey": p.PublicKey, "region": p.Region, "peerip": p.PeerIP, "network": nil}}}}
+			}
+		}
+		// graphql-ruby: the non-null field's error nulls its parent.
+		return 200, map[string]any{"data": map[string]any{"organization": nil}, "errors": []any{map[string]any{
+			"message": "Could not find WireGuardPeer", "path": []any{"organization", "wireGuardPeer"}, "extensions": map[string]any{"code": "NOT_FOUND"}}}}
 	case "addWireGuardPeer":
 		name, _ := input["name"].(string)
 		pub, _ := input["pubkey"].(string)

@@ -2,9 +2,7 @@ package flyapi
 
 import (
 	"encoding/json"
-	"errors"
 	"net/http"
-	"reflect"
 	"strings"
 	"testing"
 	"unicode"
@@ -71,46 +69,6 @@ func FuzzNormalizeToken(f *testing.F) {
 	})
 }
 
-func FuzzParseWireGuardConfig(f *testing.F) {
-	f.Add([]byte(goldenFlyConf))
-	f.Add([]byte("[Interface]\nPrivateKey = " + testPrivB64 + "\nAddress = fdaa:0:18:a7b:d6b:0:a:2\nMTU = 1420\n[Peer]\nPublicKey = " + testGWKey + "\nAllowedIPs = fdaa:0:18::/48, 10.0.0.0/8\nEndpoint = [2001:db8::1]:51820\n"))
-	f.Add([]byte("[interface]\r\nprivatekey=" + testPrivB64 + "#c\r\naddress=fdaa::2/64\r\n[peer]\r\npublickey=" + testGWKey + "\r\nallowedips=fdaa::/16\r\nendpoint=localhost:1\r\npersistentkeepalive=off\r\n"))
-	f.Add([]byte("[Peer]\n[Peer]\n"))
-	f.Add([]byte("Key = x\n"))
-	f.Fuzz(func(t *testing.T, data []byte) {
-		cfg, err := ParseWireGuardConfig(data)
-		if err != nil {
-			var ce *ConfigError
-			if !errors.As(err, &ce) {
-				t.Fatalf("error %T is not a *ConfigError: %v", err, err)
-			}
-			if ce.Line < 0 || ce.Line > strings.Count(string(data), "\n")+1 {
-				t.Fatalf("line %d out of range", ce.Line)
-			}
-			return
-		}
-		if err := cfg.Validate(); err != nil {
-			t.Fatalf("parsed config does not validate: %v", err)
-		}
-		rendered := cfg.Render()
-		again, err := ParseWireGuardConfig(rendered)
-		if err != nil {
-			t.Fatalf("render of a parsed config does not parse: %v\n%s", err, rendered)
-		}
-		if !reflect.DeepEqual(again, cfg) {
-			t.Fatalf("round trip changed the config:\n%#v\n%#v", cfg, again)
-		}
-		if string(again.Render()) != string(rendered) {
-			t.Fatal("render is not deterministic")
-		}
-		if s := fmt_(cfg); cfg.PrivateKey != cfg.PeerPublicKey && strings.Contains(s, cfg.PrivateKey.String()) {
-			t.Fatalf("formatting shows the private key: %s", s)
-		}
-	})
-}
-
-func fmt_(c *WireGuardConfig) string { return c.String() + c.GoString() }
-
 func FuzzDecodeResponse(f *testing.F) {
 	seeds := []struct {
 		status int
@@ -165,6 +123,71 @@ func FuzzDecodeResponse(f *testing.F) {
 		var anyv any
 		if err := json.Unmarshal(data, &anyv); err != nil {
 			t.Fatalf("data is not valid JSON: %v", err)
+		}
+	})
+}
+
+// FuzzPeerLookup: whatever the API answers to organization.wireGuardPeer,
+// the client never panics, never calls a missing organization a missing
+// peer (or both), and never returns a peer of another name.
+func FuzzPeerLookup(f *testing.F) {
+	for _, body := range []string{
+		`{"data":{"organization":{"wireGuardPeer":{"id":"1","name":"k8s-a","pubkey":"k","region":"ord","peerip":"fdaa::2","network":null}}}}`,
+		`{"data":{"organization":null},"errors":[{"message":"Could not find WireGuardPeer","path":["organization","wireGuardPeer"],"extensions":{"code":"NOT_FOUND"}}]}`,
+		`{"data":{"organization":null}}`,
+		`{"data":{"organization":{"wireGuardPeer":null}}}`,
+		`{"data":null,"errors":[{"message":"Could not find Organization","path":["organization"]}]}`,
+		`{"data":null,"errors":[{"message":"Not found","path":["organization","wireGuardPeer",3],"extensions":{"code":"NOT_FOUND"}}]}`,
+		`{"data":null,"errors":[{"message":"not found","extensions":{"code":"NOT_FOUND"}}]}`,
+		`{"data":{"organization":{"wireGuardPeer":{"name":"other"}}}}`,
+		`{"data":{"organization":{"wireGuardPeer":"x"}}}`,
+	} {
+		f.Add(200, []byte(body), "k8s-a")
+	}
+	f.Fuzz(func(t *testing.T, status int, body []byte, name string) {
+		var (
+			p   *Peer
+			err error
+		)
+		data, apiErr := decodeResponse(status, http.Header{}, body)
+		if apiErr != nil {
+			apiErr.Op = OpPeer
+			err = notFoundDetail(apiErr, "acme", name)
+		} else {
+			p, err = decodePeer(data, "acme", name)
+		}
+		if IsPeerNotFound(err) && IsOrgNotFound(err) {
+			t.Fatalf("both peer and org not found: %v", err)
+		}
+		if (p == nil) == (err == nil) {
+			t.Fatalf("peer %v with error %v", p, err)
+		}
+		if p != nil && p.Name != name {
+			t.Fatalf("asked for %q, got %q", name, p.Name)
+		}
+		if err != nil {
+			_ = err.Error()
+		}
+	})
+}
+
+// FuzzNotFoundObject: the classification of a not-found error is total and
+// only ever names one of the two objects.
+func FuzzNotFoundObject(f *testing.F) {
+	f.Add("Could not find WireGuardPeer", "organization", "wireGuardPeer")
+	f.Add("Could not find Organization", "removeWireGuardPeer", "")
+	f.Add("Not found", "", "")
+	f.Fuzz(func(t *testing.T, msg, p1, p2 string) {
+		var path []any
+		for _, p := range []string{p1, p2} {
+			if p != "" {
+				path = append(path, p)
+			}
+		}
+		switch o := notFoundObjectOf(msg, path); o {
+		case "", ObjectOrganization, ObjectWireGuardPeer:
+		default:
+			t.Fatalf("object %q", o)
 		}
 	})
 }

@@ -20,6 +20,7 @@ import (
 
 	"github.com/glaceon/glaceon/flyapi"
 	"github.com/glaceon/glaceon/flyapi/flyapitest"
+	"github.com/glaceon/glaceon/flyapi/wgquick"
 )
 
 const (
@@ -67,9 +68,9 @@ func integCtx(t *testing.T, d time.Duration) context.Context {
 	return ctx
 }
 
-func integKey(t *testing.T) flyapi.KeyPair {
+func integKey(t *testing.T) wgquick.KeyPair {
 	t.Helper()
-	kp, err := flyapi.GenerateKeyPair()
+	kp, err := wgquick.GenerateKeyPair()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -106,7 +107,7 @@ func integNamed(srv *flyapitest.Server, org, name string) []flyapitest.PeerState
 
 // integOnePeer asserts that the double has exactly one peer called name in
 // org, with public key pub, and returns it.
-func integOnePeer(t *testing.T, srv *flyapitest.Server, org, name string, pub flyapi.Key) flyapitest.PeerState {
+func integOnePeer(t *testing.T, srv *flyapitest.Server, org, name string, pub wgquick.Key) flyapitest.PeerState {
 	t.Helper()
 	got := integNamed(srv, org, name)
 	if len(got) != 1 {
@@ -128,7 +129,7 @@ func integNoPeer(t *testing.T, srv *flyapitest.Server, org, name string) {
 // integCheckCreated asserts that a CreatedPeer describes the peer the double
 // holds now: same address, the double's gateway key and endpoint, and that
 // it makes a valid wg-quick file.
-func integCheckCreated(t *testing.T, srv *flyapitest.Server, c *flyapi.Client, cp *flyapi.CreatedPeer, kp flyapi.KeyPair, org, name string) {
+func integCheckCreated(t *testing.T, srv *flyapitest.Server, c *flyapi.Client, cp *flyapi.CreatedPeer, kp wgquick.KeyPair, org, name string) {
 	t.Helper()
 	if cp == nil {
 		t.Fatal("AddPeer returned a nil CreatedPeer without an error")
@@ -153,7 +154,7 @@ func integCheckCreated(t *testing.T, srv *flyapitest.Server, c *flyapi.Client, c
 	if err != nil {
 		t.Fatalf("NewWireGuardConfig: %v", err)
 	}
-	back, err := flyapi.ParseWireGuardConfig(cfg.Render())
+	back, err := wgquick.Parse(cfg.Render())
 	if err != nil {
 		t.Fatalf("ParseWireGuardConfig(Render()): %v", err)
 	}
@@ -408,7 +409,7 @@ func TestIntegrationPeerLifecycle(t *testing.T) {
 				t.Fatal(err)
 			}
 
-			keys := map[string]flyapi.KeyPair{}
+			keys := map[string]wgquick.KeyPair{}
 			created := map[string]*flyapi.CreatedPeer{}
 			for i := 0; i < nPeers; i++ {
 				name := fmt.Sprintf("integ-peer-%d", i)
@@ -416,9 +417,9 @@ func TestIntegrationPeerLifecycle(t *testing.T) {
 				in := flyapi.AddPeerInput{Org: *org, Name: name, PublicKey: kp.Public, Region: region}
 				wantReqs := 1
 				if i == 0 {
-					// Org given by slug only: AddPeer looks the ID up first.
+					// Org given by slug only: AddPeer takes the ID from
+					// the cache the lookup above filled.
 					in.Org = flyapi.Organization{Slug: tc.org}
-					wantReqs = 2
 				}
 				var cp *flyapi.CreatedPeer
 				n := integDelta(srv, func() { cp, err = c.AddPeer(ctx, in) })
@@ -485,15 +486,14 @@ func TestIntegrationPeerLifecycle(t *testing.T) {
 				t.Errorf("ValidatePeers invalid = %v, want %v", invalid, want)
 			}
 
-			// Remove, alternating the full org (list, remove, list again to
-			// confirm; each listing costs one request per page) and the
-			// ID-only form (remove only).
+			// Remove, alternating the full org (remove, then one
+			// single-peer lookup to confirm, whatever the page size) and
+			// the ID-only form (remove only). Never a listing.
 			i := 0
 			for name := range keys {
 				o, want := flyapi.Organization{ID: org.ID}, 1
 				if i%2 == 0 {
-					remaining := len(srv.Peers(tc.org))
-					o, want = *org, pages(remaining)+1+pages(remaining-1)
+					o, want = *org, 2
 				}
 				i++
 				n := integDelta(srv, func() { err = c.RemovePeer(ctx, o, name) })
@@ -683,24 +683,24 @@ func TestIntegrationAddPeerRejected(t *testing.T) {
 	acme := integOrgOf(t, srv, integOrg)
 	tests := []struct {
 		name     string
-		in       func(kp flyapi.KeyPair) flyapi.AddPeerInput
+		in       func(kp wgquick.KeyPair) flyapi.AddPeerInput
 		wantErr  func(error) bool
 		wantSub  string
 		wantReqs int
 	}{
-		{name: "invalid name, refused by the client", in: func(kp flyapi.KeyPair) flyapi.AddPeerInput {
+		{name: "invalid name, refused by the client", in: func(kp wgquick.KeyPair) flyapi.AddPeerInput {
 			return flyapi.AddPeerInput{Org: acme, Name: "Bad_Name", PublicKey: kp.Public}
 		}, wantErr: flyapi.IsInvalid, wantReqs: 0},
-		{name: "zero public key, refused by the client", in: func(flyapi.KeyPair) flyapi.AddPeerInput {
+		{name: "zero public key, refused by the client", in: func(wgquick.KeyPair) flyapi.AddPeerInput {
 			return flyapi.AddPeerInput{Org: acme, Name: "integ-rej"}
 		}, wantErr: flyapi.IsInvalid, wantReqs: 0},
-		{name: "region without a gateway", in: func(kp flyapi.KeyPair) flyapi.AddPeerInput {
+		{name: "region without a gateway", in: func(kp wgquick.KeyPair) flyapi.AddPeerInput {
 			return flyapi.AddPeerInput{Org: acme, Name: "integ-rej", PublicKey: kp.Public, Region: "gru"}
 		}, wantErr: flyapi.IsInvalid, wantSub: "gru", wantReqs: 1},
-		{name: "unknown org slug names the slug", in: func(kp flyapi.KeyPair) flyapi.AddPeerInput {
+		{name: "unknown org slug names the slug", in: func(kp wgquick.KeyPair) flyapi.AddPeerInput {
 			return flyapi.AddPeerInput{Org: flyapi.Organization{Slug: "nope-org"}, Name: "integ-rej", PublicKey: kp.Public}
 		}, wantErr: flyapi.IsNotFound, wantSub: `"nope-org"`, wantReqs: 1},
-		{name: "stale org ID", in: func(kp flyapi.KeyPair) flyapi.AddPeerInput {
+		{name: "stale org ID", in: func(kp wgquick.KeyPair) flyapi.AddPeerInput {
 			return flyapi.AddPeerInput{Org: flyapi.Organization{ID: "T3JnYW5pemF0aW9uLzE=", Slug: integOrg}, Name: "integ-rej", PublicKey: kp.Public}
 		}, wantErr: flyapi.IsNotFound, wantReqs: 1},
 	}
@@ -739,7 +739,7 @@ func TestIntegrationAddPeerRejected(t *testing.T) {
 type integState struct {
 	org     flyapi.Organization
 	name    string
-	kp      flyapi.KeyPair
+	kp      wgquick.KeyPair
 	seeded  []string
 	knownIP string
 
@@ -754,10 +754,13 @@ type integOp struct {
 	name  string
 	field string // top-level GraphQL field the fault targets
 	// pre/post: requests the call makes before/after the faulted request
-	// (RemovePeer lists before and after). reconcile: extra requests per
-	// ambiguous failure (AddPeer lists). recreate: extra requests when the
-	// reconcile finds our own peer (AddPeer removes it).
-	pre, post, reconcile, recreate int
+	// (RemovePeer looks the peer up after). reconcile: extra requests per
+	// ambiguous failure (AddPeer looks the peer up). recreate: extra
+	// requests when the reconcile finds our own peer (AddPeer removes it).
+	// failConfirm: requests after the faulted request failed for good
+	// with a retryable error (RemovePeer looks the peer up: an earlier
+	// attempt may have removed it).
+	pre, post, reconcile, recreate, failConfirm int
 	// effect: the faulted request changes the double's state when applied.
 	effect bool
 	seed   func(t *testing.T, srv *flyapitest.Server, s *integState)
@@ -853,7 +856,7 @@ func integOps() []integOp {
 			},
 		},
 		{
-			name: "RemovePeer", field: "removeWireGuardPeer", pre: 1, post: 1, effect: true,
+			name: "RemovePeer", field: "removeWireGuardPeer", post: 1, failConfirm: 1, effect: true,
 			seed: seedPeer,
 			call: func(ctx context.Context, c *flyapi.Client, s *integState) error {
 				return c.RemovePeer(ctx, s.org, s.name)
@@ -900,6 +903,8 @@ type integFaultCase struct {
 	httpTimeout time.Duration
 	ctxTimeout  time.Duration // 0 = integTimeout
 	want        integOutcome
+	// wantByOp overrides want for some operations.
+	wantByOp map[string]integOutcome
 	// applies: the faulted requests take effect (apply-then-502).
 	applies bool
 	// reqs is the exact number of GraphQL requests the call must make.
@@ -918,7 +923,7 @@ func integFaultCases() []integFaultCase {
 	// a retried ambiguous failure: AddPeer also lists to reconcile.
 	ambiguousOnce := func(op integOp, _ int) int { return op.pre + 2 + op.reconcile + op.post }
 	// ambiguous forever: every attempt (and AddPeer's reconcile) repeated.
-	ambiguousForever := func(op integOp, r int) int { return op.pre + (r+1)*(1+op.reconcile) }
+	ambiguousForever := func(op integOp, r int) int { return op.pre + (r+1)*(1+op.reconcile) + op.failConfirm }
 	fault := func(k flyapitest.FaultKind, times int) flyapitest.Fault {
 		return flyapitest.Fault{Kind: k, Times: times}
 	}
@@ -949,12 +954,12 @@ func integFaultCases() []integFaultCase {
 		{name: "429 once honours Retry-After", fault: flyapitest.Fault{Kind: flyapitest.Fault429, Times: 1, RetryAfter: time.Second},
 			want: integSuccess, reqs: retriedOnce, minElapsed: 900 * time.Millisecond, maxElapsed: 5 * time.Second},
 		{name: "429 forever", fault: flyapitest.Fault{Kind: flyapitest.Fault429, RetryAfter: time.Second}, maxRetries: 1,
-			want: integRateLimited, reqs: func(op integOp, _ int) int { return op.pre + 2 }, minElapsed: 900 * time.Millisecond, maxElapsed: 5 * time.Second,
+			want: integRateLimited, reqs: func(op integOp, _ int) int { return op.pre + 2 + op.failConfirm }, minElapsed: 900 * time.Millisecond, maxElapsed: 5 * time.Second,
 			check: retryAfter(time.Second)},
 		{name: "429 with Retry-After beyond a minute gives up at once", fault: flyapitest.Fault{Kind: flyapitest.Fault429, Times: 1, RetryAfter: 2 * time.Minute},
-			want: integRateLimited, reqs: noRetry, maxElapsed: 2 * time.Second, check: retryAfter(2 * time.Minute)},
+			want: integRateLimited, reqs: func(op integOp, _ int) int { return op.pre + 1 + op.failConfirm }, maxElapsed: 2 * time.Second, check: retryAfter(2 * time.Minute)},
 		{name: "429 with Retry-After past the deadline gives up at once", fault: flyapitest.Fault{Kind: flyapitest.Fault429, RetryAfter: 5 * time.Second},
-			ctxTimeout: 2 * time.Second, want: integDeadline, reqs: noRetry, maxElapsed: time.Second,
+			ctxTimeout: 2 * time.Second, want: integDeadline, reqs: func(op integOp, _ int) int { return op.pre + 1 + op.failConfirm }, maxElapsed: time.Second,
 			check: func(t *testing.T, err error) {
 				if !flyapi.IsRateLimited(err) {
 					t.Errorf("error does not match IsRateLimited: %v", err)
@@ -976,13 +981,16 @@ func integFaultCases() []integFaultCase {
 			// the others simply retry. RemovePeer's retry gets NOT_FOUND,
 			// which is success without the confirming list (no op.post).
 			reqs: func(op integOp, _ int) int { return op.pre + 2 + op.reconcile + op.recreate }},
+		// RemovePeer succeeds: its lookup after the failed attempts
+		// finds the peer gone.
 		{name: "apply then 502 forever", fault: fault(flyapitest.FaultApplyThen502, 0), want: integTransient, applies: true,
+			wantByOp: map[string]integOutcome{"RemovePeer": integSuccess},
 			reqs: func(op integOp, r int) int {
 				if op.reconcile > 0 {
-					// add, list (ours), remove, add, list (ours again): stop.
+					// add, lookup (ours), remove, add, lookup (ours again): stop.
 					return 2*(1+op.reconcile) + op.recreate
 				}
-				return op.pre + r + 1
+				return op.pre + r + 1 + op.failConfirm
 			}},
 
 		{name: "slow past the deadline", fault: flyapitest.Fault{Kind: flyapitest.FaultSlow, Delay: 10 * time.Second},
@@ -1061,7 +1069,11 @@ func integRunFault(t *testing.T, op integOp, fc integFaultCase) {
 	integNoSecret(t, srv, err)
 
 	var ok bool
-	switch fc.want {
+	want := fc.want
+	if w, found := fc.wantByOp[op.name]; found {
+		want = w
+	}
+	switch want {
 	case integSuccess:
 		ok = err == nil
 	case integUnauthorized:
@@ -1202,19 +1214,22 @@ func TestIntegrationAmbiguousRemove(t *testing.T) {
 		wantErr  bool
 		wantReqs int
 	}{
-		// list, remove (applied, 502), remove (NOT_FOUND: done, so no
-		// confirming list).
+		// remove (applied, 502), remove (Could not find WireGuardPeer:
+		// done, so no confirming lookup).
 		{name: "with slug", org: func(srv *flyapitest.Server) flyapi.Organization {
 			return flyapi.Organization{ID: srv.OrgID(integOrg), Slug: integOrg}
-		}, times: 1, wantReqs: 3},
-		// lookup, list, remove, remove.
-		{name: "slug only", org: func(*flyapitest.Server) flyapi.Organization { return flyapi.Organization{Slug: integOrg} }, times: 1, wantReqs: 4},
+		}, times: 1, wantReqs: 2},
+		// org lookup, remove, remove.
+		{name: "slug only", org: func(*flyapitest.Server) flyapi.Organization { return flyapi.Organization{Slug: integOrg} }, times: 1, wantReqs: 3},
 		// remove (applied, 502), remove (NOT_FOUND → success).
 		{name: "ID only", org: func(srv *flyapitest.Server) flyapi.Organization { return flyapi.Organization{ID: srv.OrgID(integOrg)} }, times: 1, wantReqs: 2},
-		// list, then 4 removes all answered 502.
+		// 4 removes all answered 502, then one lookup finds it gone.
 		{name: "with slug, forever", org: func(srv *flyapitest.Server) flyapi.Organization {
 			return flyapi.Organization{ID: srv.OrgID(integOrg), Slug: integOrg}
-		}, times: 0, wantErr: true, wantReqs: 1 + flyapi.DefaultMaxRetries + 1},
+		}, times: 0, wantReqs: flyapi.DefaultMaxRetries + 2},
+		// ID only: nothing to confirm with, the 502 is the answer.
+		{name: "ID only, forever", org: func(srv *flyapitest.Server) flyapi.Organization { return flyapi.Organization{ID: srv.OrgID(integOrg)} },
+			times: 0, wantErr: true, wantReqs: flyapi.DefaultMaxRetries + 1},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -1247,11 +1262,12 @@ func TestIntegrationAmbiguousRemove(t *testing.T) {
 			if !flyapi.IsTransient(err) {
 				t.Fatalf("RemovePeer = %s, want IsTransient", integKinds(err))
 			}
-			// Called again (fault still active), it sees the peer is gone
-			// from the list and succeeds without removing.
+			// With the slug, the same call succeeds: the lookup after
+			// the failed mutations sees the peer gone.
+			org.Slug = integOrg
 			n = integDelta(srv, func() { err = c.RemovePeer(integCtx(t, integTimeout), org, name) })
-			if err != nil || n != 1 {
-				t.Fatalf("RemovePeer again = %v in %d requests, want nil in 1", err, n)
+			if err != nil || n != flyapi.DefaultMaxRetries+2 {
+				t.Fatalf("RemovePeer with slug = %v in %d requests, want nil in %d", err, n, flyapi.DefaultMaxRetries+2)
 			}
 		})
 	}
@@ -1357,8 +1373,8 @@ func TestIntegrationAuth(t *testing.T) {
 		name string
 		opts flyapitest.Options
 	}{
-		{"HTTP 401", flyapitest.Options{}},
-		{"UNAUTHORIZED code", flyapitest.Options{UnauthorizedAsGraphQL: true}},
+		{"UNAUTHORIZED code (the real API)", flyapitest.Options{}},
+		{"HTTP 401", flyapitest.Options{UnauthorizedHTTP401: true}},
 	}
 	for _, tc := range rejected {
 		t.Run("rejected/"+tc.name, func(t *testing.T) {
@@ -1398,8 +1414,8 @@ func TestIntegrationAuth(t *testing.T) {
 		if !flyapi.IsUnauthorized(err) {
 			t.Fatalf("RemovePeer with an add-only token = %s", integKinds(err))
 		}
-		if n != 2 { // list, remove (rejected, not retried)
-			t.Errorf("requests = %d, want 2", n)
+		if n != 1 { // remove (rejected, not retried)
+			t.Errorf("requests = %d, want 1", n)
 		}
 		integNoSecret(t, srv, err, addOnly)
 		integOnePeer(t, srv, integOrg, "integ-ssh", kp.Public)
@@ -1419,7 +1435,7 @@ func TestIntegrationConcurrent(t *testing.T) {
 		flyapitest.Fault{Op: "organization", Kind: flyapitest.FaultDropConnection, Times: 2},
 	)
 	ctx := integCtx(t, integTimeout)
-	keys := make([]flyapi.KeyPair, workers)
+	keys := make([]wgquick.KeyPair, workers)
 	errs := make(chan error, workers)
 	for i := range keys {
 		keys[i] = integKey(t)

@@ -7,6 +7,8 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+
+	"github.com/glaceon/glaceon/flyapi/wgquick"
 )
 
 // GraphQL documents (fly-api.md §2). Whitespace is irrelevant to the server.
@@ -15,6 +17,7 @@ const (
 	queryNearestRegion = `query { nearestRegion(wireguardGateway: true) { code name gatewayAvailable deprecated } }`
 	mutationAddPeer    = `mutation($input: AddWireGuardPeerInput!) { addWireGuardPeer(input: $input) { peerip endpointip pubkey } }`
 	queryListPeers     = `query($slug: String!, $first: Int, $after: String) { organization(slug: $slug) { wireGuardPeers(first: $first, after: $after) { nodes { id name pubkey region peerip network } pageInfo { hasNextPage endCursor } } } }`
+	queryPeer          = `query($slug: String!, $name: String!) { organization(slug: $slug) { wireGuardPeer(name: $name) { id name pubkey region peerip network } } }`
 	mutationRemovePeer = `mutation($input: RemoveWireGuardPeerInput!) { removeWireGuardPeer(input: $input) { organization { id } } }`
 	mutationValidate   = `mutation($input: ValidateWireGuardPeersInput!) { validateWireGuardPeers(input: $input) { invalidPeerIps } }`
 )
@@ -25,9 +28,14 @@ const (
 	OpNearestRegion = "find nearest gateway region"
 	OpAddPeer       = "add wireguard peer"
 	OpListPeers     = "list wireguard peers"
+	OpPeer          = "look up wireguard peer"
 	OpRemovePeer    = "remove wireguard peer"
 	OpValidatePeers = "validate wireguard peers"
 )
+
+// DefaultNetwork is the name of an org's default 6PN network; AddPeer sends
+// it as "" like flyctl.
+const DefaultNetwork = "default"
 
 // ListPageSize is the page size ListPeers asks for; the server may use a
 // smaller one.
@@ -55,7 +63,7 @@ func (o Organization) slugFor() string {
 type AddPeerInput struct {
 	Org       Organization
 	Name      string
-	PublicKey Key
+	PublicKey wgquick.Key
 	Region    string
 	Network   string
 }
@@ -65,7 +73,7 @@ type CreatedPeer struct {
 	Name             string
 	PeerIP           netip.Addr
 	EndpointHost     string // gateway host name (or IP) without port
-	GatewayPublicKey Key
+	GatewayPublicKey wgquick.Key
 	Network          string
 }
 
@@ -177,14 +185,18 @@ func (c *Client) Organization(ctx context.Context, slug string) (*Organization, 
 	if strings.TrimSpace(o.ID) == "" {
 		return nil, invalidResponse(op, "organization.id", "empty")
 	}
-	return &Organization{ID: o.ID, Slug: o.Slug, RawSlug: o.RawSlug, Name: o.Name, Type: o.Type}, nil
+	org := Organization{ID: o.ID, Slug: o.Slug, RawSlug: o.RawSlug, Name: o.Name, Type: o.Type}
+	c.orgs.put(slug, org)
+	return &org, nil
 }
 
-// orgNotFound rewrites a not-found error so that it names the slug and says
-// what to check.
+// orgNotFound rewrites a not-found error of a query that only looks up the
+// organization (so whatever is missing is the organization) so that it
+// names the slug and says what to check.
 func orgNotFound(err error, slug string) error {
 	var e *Error
-	if errors.As(err, &e) && e.Kind == KindNotFound {
+	if errors.As(err, &e) && e.Kind == KindNotFound && e.Object != ObjectWireGuardPeer {
+		e.Object = ObjectOrganization
 		e.summary = fmt.Sprintf("organization %q not found", slug)
 		e.hint = "check the slug with `fly orgs list` (for a personal org use its real slug, not \"personal\") and that the token belongs to that organization"
 	}
@@ -226,8 +238,8 @@ func (c *Client) NearestGatewayRegion(ctx context.Context) (string, error) {
 // The mutation is never blindly retried: rate limits and failures where the
 // request certainly did not reach the server are retried directly; after an
 // ambiguous failure (timeout, connection reset, 5xx) or a duplicate-name
-// error, the peers of the organization are listed and reconciled by name and
-// public key:
+// error, the peer is looked up by name (one request, whatever the size of
+// the organization) and reconciled by public key:
 //   - name absent: the create did not happen, try again (within MaxRetries);
 //   - name present with our public key: the peer was created but the
 //     response was lost, and the gateway key and endpoint are only returned
@@ -235,7 +247,7 @@ func (c *Client) NearestGatewayRegion(ctx context.Context) (string, error) {
 //     is logged;
 //   - name present with another public key: a KindConflict error.
 //
-// If listing fails too, the ambiguous error is returned: the peer may exist,
+// If the lookup fails too, the ambiguous error is returned: the peer may exist,
 // and it carries our public key (so a sweeper can find it by name).
 func (c *Client) AddPeer(ctx context.Context, in AddPeerInput) (*CreatedPeer, error) {
 	const op = OpAddPeer
@@ -248,6 +260,11 @@ func (c *Client) AddPeer(ctx context.Context, in AddPeerInput) (*CreatedPeer, er
 	if err := validateRegion(in.Region); err != nil {
 		return nil, invalidInput(op, err)
 	}
+	// flyctl sends the org's default network as "" (the flaps name
+	// "default" is web's ""), so do we.
+	if in.Network == DefaultNetwork {
+		in.Network = ""
+	}
 	if err := validateNetwork(in.Network); err != nil {
 		return nil, invalidInput(op, err)
 	}
@@ -255,7 +272,7 @@ func (c *Client) AddPeer(ctx context.Context, in AddPeerInput) (*CreatedPeer, er
 		if in.Org.slugFor() == "" {
 			return nil, invalidInput(op, errors.New("organization ID and slug are both empty: look the organization up with Organization first"))
 		}
-		org, err := c.Organization(ctx, in.Org.slugFor())
+		org, err := c.CachedOrganization(ctx, in.Org.slugFor())
 		if err != nil {
 			return nil, err
 		}
@@ -283,18 +300,18 @@ func (c *Client) AddPeer(ctx context.Context, in AddPeerInput) (*CreatedPeer, er
 		existing, lerr := c.findPeer(ctx, slug, in.Name)
 		if lerr != nil {
 			if apiErr.Kind == KindConflict {
-				return nil, conflictError(in, err, fmt.Sprintf("(listing peers to compare public keys failed: %v)", lerr))
+				return nil, conflictError(in, err, fmt.Sprintf("(looking the peer up to compare public keys failed: %v)", lerr))
 			}
-			return nil, fmt.Errorf("%s: the create may have been applied and listing peers to check failed (%v): %w", op, lerr, err)
+			return nil, fmt.Errorf("%s: the create may have been applied and looking the peer up to check failed (%v): %w", op, lerr, err)
 		}
 		switch {
 		case existing == nil && apiErr.Kind == KindConflict && mentionsPublicKey(apiErr.Message):
 			// Not our name: our public key belongs to another peer.
 			return nil, keyConflictError(in, err)
 		case existing == nil && apiErr.Kind == KindConflict:
-			// The server says the name is taken but does not list it:
+			// The server says the name is taken but cannot find it:
 			// nothing to reconcile.
-			return nil, conflictError(in, err, "(not listed yet)")
+			return nil, conflictError(in, err, "(not found by name yet)")
 		case existing == nil:
 			if attempt > c.maxRetries {
 				return nil, err
@@ -355,8 +372,8 @@ func mentionsPublicKey(m string) bool {
 	return strings.Contains(m, "pubkey") || strings.Contains(m, "public key")
 }
 
-func samePublicKey(listed string, ours Key) bool {
-	k, err := ParseKey(listed)
+func samePublicKey(listed string, ours wgquick.Key) bool {
+	k, err := wgquick.ParseKey(listed)
 	return err == nil && k == ours
 }
 
@@ -378,6 +395,9 @@ func (c *Client) addPeerOnce(ctx context.Context, in AddPeerInput) (*CreatedPeer
 	}
 	data, err := c.run(ctx, op, mutationAddPeer, map[string]any{"input": input}, retrySafe)
 	if err != nil {
+		if IsOrgNotFound(err) {
+			c.forgetOrganizationID(in.Org.ID)
+		}
 		return nil, err
 	}
 	created, verr := decodeAddPeer(data)
@@ -429,11 +449,11 @@ func decodeAddPeer(data []byte) (*CreatedPeer, *Error) {
 	}
 	cp.PeerIP = ip
 	host := strings.TrimSpace(*p.EndpointIP)
-	if err := validateEndpointHost(host); err != nil {
+	if err := wgquick.ValidateEndpointHost(host); err != nil {
 		return nil, invalidResponse(op, "addWireGuardPeer.endpointip", "%v", err)
 	}
 	cp.EndpointHost = strings.Trim(host, "[]")
-	k, err := ParseKey(*p.PubKey)
+	k, err := wgquick.ParseKey(*p.PubKey)
 	if err != nil {
 		return nil, invalidResponse(op, "addWireGuardPeer.pubkey", "%v", err)
 	}
@@ -444,33 +464,113 @@ func decodeAddPeer(data []byte) (*CreatedPeer, *Error) {
 	return &cp, nil
 }
 
-// findPeer lists the organization's peers and returns the one named name,
-// or nil.
+// findPeer returns the peer named name, or nil if the organization has no
+// such peer: one single-peer lookup, whatever the size of the organization.
 func (c *Client) findPeer(ctx context.Context, slug, name string) (*Peer, error) {
-	peers, err := c.ListPeers(ctx, slug)
-	if err != nil {
+	p, err := c.Peer(ctx, slug, name)
+	if IsPeerNotFound(err) {
+		return nil, nil
+	}
+	return p, err
+}
+
+// peerNode is a WireGuardPeer as the queries select it.
+type peerNode struct {
+	ID      string  `json:"id"`
+	Name    string  `json:"name"`
+	PubKey  string  `json:"pubkey"`
+	Region  string  `json:"region"`
+	PeerIP  string  `json:"peerip"`
+	Network *string `json:"network"`
+}
+
+func (n *peerNode) peer() Peer {
+	p := Peer{ID: n.ID, Name: n.Name, PublicKey: n.PubKey, Region: n.Region, PeerIP: n.PeerIP}
+	if n.Network != nil {
+		p.Network = *n.Network
+	}
+	return p
+}
+
+// validatePeerRef is the rule for a peer name we look up or remove: looser
+// than ValidatePeerName, since peers made by others (flyctl) are named
+// differently, but never empty, huge, or with spaces or control characters.
+func validatePeerRef(op, name string) *Error {
+	if name == "" || len(name) > 255 || strings.ContainsFunc(name, func(r rune) bool { return r <= ' ' || r == 0x7f }) {
+		return invalidInput(op, fmt.Errorf("peer name %q is empty or has spaces or control characters", truncate(name, 80)))
+	}
+	return nil
+}
+
+// Peer looks up one WireGuard peer by name (fly-go GetWireGuardPeer:
+// organization(slug:) { wireGuardPeer(name:) }): one request, whatever the
+// size of the organization. A peer that does not exist gives a KindNotFound
+// error with Object ObjectWireGuardPeer (IsPeerNotFound); an organization
+// that does not exist, or that the token cannot see, gives Object
+// ObjectOrganization (IsOrgNotFound). A not-found error that names neither
+// is returned as it came (Object ""), so that it is never mistaken for a
+// missing peer.
+func (c *Client) Peer(ctx context.Context, orgSlug, name string) (*Peer, error) {
+	const op = OpPeer
+	if err := validateSlug(orgSlug); err != nil {
+		return nil, invalidInput(op, err)
+	}
+	if err := validatePeerRef(op, name); err != nil {
 		return nil, err
 	}
-	for i := range peers {
-		if peers[i].Name == name {
-			return &peers[i], nil
-		}
+	data, err := c.run(ctx, op, queryPeer, map[string]any{"slug": orgSlug, "name": name}, retryAll)
+	if err != nil {
+		return nil, notFoundDetail(err, orgSlug, name)
 	}
-	return nil, nil
+	return decodePeer(data, orgSlug, name)
+}
+
+// decodePeer decodes and checks the data of a single-peer lookup.
+func decodePeer(data []byte, orgSlug, name string) (*Peer, error) {
+	const op = OpPeer
+	var resp struct {
+		Organization *struct {
+			WireGuardPeer *peerNode `json:"wireGuardPeer"`
+		} `json:"organization"`
+	}
+	if err := decodeData(op, data, &resp); err != nil {
+		return nil, err
+	}
+	if resp.Organization == nil {
+		return nil, orgNotFound(&Error{Op: op, Kind: KindNotFound, HTTPStatus: 200}, orgSlug)
+	}
+	n := resp.Organization.WireGuardPeer
+	if n == nil {
+		// The schema makes it non-null; a null is read as "no such peer".
+		return nil, notFoundDetail(&Error{Op: op, Kind: KindNotFound, HTTPStatus: 200, Object: ObjectWireGuardPeer}, orgSlug, name)
+	}
+	if n.Name != name {
+		return nil, invalidResponse(op, "organization.wireGuardPeer.name", "asked for %q, got %q", truncate(name, 80), truncate(n.Name, 80))
+	}
+	p := n.peer()
+	return &p, nil
+}
+
+// notFoundDetail names the missing object of a single-peer lookup.
+func notFoundDetail(err error, slug, name string) error {
+	var e *Error
+	if !errors.As(err, &e) || e.Kind != KindNotFound {
+		return err
+	}
+	switch e.Object {
+	case ObjectOrganization:
+		return orgNotFound(err, slug)
+	case ObjectWireGuardPeer:
+		e.summary = fmt.Sprintf("peer %q not found in organization %q", name, slug)
+	}
+	return err
 }
 
 // peersPage is one page of wireGuardPeers.
 type peersPage struct {
 	Organization *struct {
 		WireGuardPeers *struct {
-			Nodes []*struct {
-				ID      string  `json:"id"`
-				Name    string  `json:"name"`
-				PubKey  string  `json:"pubkey"`
-				Region  string  `json:"region"`
-				PeerIP  string  `json:"peerip"`
-				Network *string `json:"network"`
-			} `json:"nodes"`
+			Nodes    []*peerNode `json:"nodes"`
 			PageInfo *struct {
 				HasNextPage bool    `json:"hasNextPage"`
 				EndCursor   *string `json:"endCursor"`
@@ -518,11 +618,7 @@ func (c *Client) ListPeers(ctx context.Context, orgSlug string) ([]Peer, error) 
 			if n == nil {
 				continue
 			}
-			p := Peer{ID: n.ID, Name: n.Name, PublicKey: n.PubKey, Region: n.Region, PeerIP: n.PeerIP}
-			if n.Network != nil {
-				p.Network = *n.Network
-			}
-			out = append(out, p)
+			out = append(out, n.peer())
 		}
 		pi := conn.PageInfo
 		if pi == nil || !pi.HasNextPage {
@@ -539,16 +635,19 @@ func (c *Client) ListPeers(ctx context.Context, orgSlug string) ([]Peer, error) 
 	}
 }
 
-// RemovePeer removes the peer named name from org. It is idempotent: a peer
-// that is already gone is success. With org.Slug (or RawSlug) set, it lists
-// first (absent → nil), removes, and confirms by listing again; a peer still
-// listed gives a KindTransient error. Without a slug it removes directly and
-// maps not-found errors to success. org.ID is looked up from the slug when
-// empty.
+// RemovePeer removes the peer named name from org, in O(1) Fly requests: the
+// removeWireGuardPeer mutation, then (when org.Slug or RawSlug is set) one
+// single-peer lookup to confirm (also made when the mutation ran out of
+// retries, which may hide an applied removal). It is idempotent: "Could not
+// find WireGuardPeer" (IsPeerNotFound), from the mutation or the confirming
+// lookup, means already removed and is success. An organization that is not
+// found (IsOrgNotFound) is an error, never "already removed". A peer still
+// found after the mutation gives a KindTransient error. org.ID is looked up
+// (CachedOrganization) from the slug when empty.
 func (c *Client) RemovePeer(ctx context.Context, org Organization, name string) error {
 	const op = OpRemovePeer
-	if name == "" || len(name) > 255 || strings.ContainsFunc(name, func(r rune) bool { return r <= ' ' || r == 0x7f }) {
-		return invalidInput(op, fmt.Errorf("peer name %q is empty or has spaces or control characters", truncate(name, 80)))
+	if err := validatePeerRef(op, name); err != nil {
+		return err
 	}
 	slug := org.slugFor()
 	if slug != "" {
@@ -560,47 +659,56 @@ func (c *Client) RemovePeer(ctx context.Context, org Organization, name string) 
 		if slug == "" {
 			return invalidInput(op, errors.New("organization ID and slug are both empty"))
 		}
-		o, err := c.Organization(ctx, slug)
+		o, err := c.CachedOrganization(ctx, slug)
 		if err != nil {
 			return err
 		}
 		org.ID = o.ID
 	}
-	if slug != "" {
-		existing, err := c.findPeer(ctx, slug, name)
-		if err != nil {
-			return err
+	merr := c.removePeerMutation(ctx, org.ID, name)
+	switch {
+	case merr == nil:
+	case IsPeerNotFound(merr):
+		c.log.V(1).Info("peer already gone", "op", op, "peer", name)
+		return nil
+	case IsOrgNotFound(merr):
+		c.forgetOrganizationID(org.ID)
+		var e *Error
+		if errors.As(merr, &e) {
+			e.summary = fmt.Sprintf("organization %q (ID %s) not found", slug, org.ID)
+			e.hint = joinHint(e.hint, "check the organization and that the token belongs to it; the peer was not removed")
 		}
-		if existing == nil {
-			c.log.V(1).Info("peer already gone", "op", op, "peer", name)
-			return nil
-		}
-	}
-	if err := c.removePeerMutation(ctx, org.ID, name); err != nil {
-		if IsNotFound(err) {
-			return nil
-		}
-		if IsUnauthorized(err) {
+		return merr
+	case IsNotFound(merr) && slug != "":
+		// Not found, but the API did not say what: the lookup tells.
+	case IsRetryable(merr) && slug != "" && ctx.Err() == nil:
+		// Out of retries, but an earlier attempt may have been applied
+		// (a 502 after the removal): the lookup tells.
+	default:
+		if IsUnauthorized(merr) {
 			var e *Error
-			if errors.As(err, &e) {
+			if errors.As(merr, &e) {
 				e.hint = joinHint(e.hint, "removing peers needs an org or `fly tokens create wireguard` token; SSH tokens can add peers but not remove them")
 			}
 		}
-		return err
+		return merr
 	}
 	if slug == "" {
-		return nil
+		return merr
 	}
-	still, err := c.findPeer(ctx, slug, name)
-	if err != nil {
-		c.log.Info("could not confirm peer removal", "op", op, "peer", name, "error", err.Error())
+	_, lerr := c.Peer(ctx, slug, name)
+	switch {
+	case IsPeerNotFound(lerr):
 		return nil
-	}
-	if still != nil {
-		return &Error{Op: op, Kind: KindTransient, summary: fmt.Sprintf("peer %q is still listed after removal", name),
+	case merr != nil:
+		return merr
+	case lerr == nil:
+		return &Error{Op: op, Kind: KindTransient, summary: fmt.Sprintf("peer %q is still present after removal", name),
 			hint: "retry later"}
+	default:
+		c.log.Info("could not confirm peer removal", "op", op, "peer", name, "error", lerr.Error())
+		return nil
 	}
-	return nil
 }
 
 // removePeerMutation sends removeWireGuardPeer; it is idempotent, so it is

@@ -7,11 +7,13 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/glaceon/glaceon/flyapi/wgquick"
 )
 
-func testAddInput(t *testing.T, f *fakeFly) (AddPeerInput, KeyPair) {
+func testAddInput(t *testing.T, f *fakeFly) (AddPeerInput, wgquick.KeyPair) {
 	t.Helper()
-	kp, err := GenerateKeyPair()
+	kp, err := wgquick.GenerateKeyPair()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -80,7 +82,7 @@ func TestAddPeerInputValidation(t *testing.T) {
 		{"too long", func(in *AddPeerInput) { in.Name = strings.Repeat("a", 64) }, "more than 63"},
 		{"interactive prefix", func(in *AddPeerInput) { in.Name = "interactive-abc" }, "interactive-"},
 		{"leading dash", func(in *AddPeerInput) { in.Name = "-abc" }, "start or end"},
-		{"zero key", func(in *AddPeerInput) { in.PublicKey = Key{} }, "public key is empty"},
+		{"zero key", func(in *AddPeerInput) { in.PublicKey = wgquick.Key{} }, "public key is empty"},
 		{"bad region", func(in *AddPeerInput) { in.Region = "ORD" }, "region"},
 		{"bad network", func(in *AddPeerInput) { in.Network = "1net" }, "start with a letter"},
 		{"no org", func(in *AddPeerInput) { in.Org = Organization{} }, "organization ID and slug"},
@@ -145,8 +147,8 @@ func TestAddPeerReconcile(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if f.count("addWireGuardPeer") != 2 || f.count("listPeers") != 1 || f.count("removeWireGuardPeer") != 0 {
-			t.Fatalf("add %d list %d remove %d", f.count("addWireGuardPeer"), f.count("listPeers"), f.count("removeWireGuardPeer"))
+		if f.count("addWireGuardPeer") != 2 || f.count("getPeer") != 1 || f.count("removeWireGuardPeer") != 0 {
+			t.Fatalf("add %d lookup %d remove %d", f.count("addWireGuardPeer"), f.count("getPeer"), f.count("removeWireGuardPeer"))
 		}
 		if created.Name != in.Name || len(f.peerNames()) != 1 {
 			t.Fatalf("created %+v peers %v", created, f.peerNames())
@@ -221,7 +223,7 @@ func TestAddPeerReconcile(t *testing.T) {
 		in, _ := testAddInput(t, f)
 		f.inject("addWireGuardPeer", fault{body: `{"errors":[{"message":"Name has already been taken"}]}`})
 		_, err := c.AddPeer(ctx, in)
-		if !IsConflict(err) || !strings.Contains(err.Error(), "not listed yet") || f.count("addWireGuardPeer") != 1 {
+		if !IsConflict(err) || !strings.Contains(err.Error(), "not found by name yet") || f.count("addWireGuardPeer") != 1 {
 			t.Fatalf("err = %v", err)
 		}
 	})
@@ -230,9 +232,9 @@ func TestAddPeerReconcile(t *testing.T) {
 		c := f.client(t, func(o *Options) { o.MaxRetries = -1 })
 		in, _ := testAddInput(t, f)
 		f.inject("addWireGuardPeer", fault{body: `{"errors":[{"message":"Name has already been taken"}]}`})
-		f.inject("listPeers", fault{status: 500})
+		f.inject("getPeer", fault{status: 500})
 		_, err := c.AddPeer(ctx, in)
-		if !IsConflict(err) || !strings.Contains(err.Error(), "listing peers to compare public keys failed") {
+		if !IsConflict(err) || !strings.Contains(err.Error(), "looking the peer up to compare public keys failed") {
 			t.Fatalf("err = %v", err)
 		}
 	})
@@ -245,8 +247,8 @@ func TestAddPeerReconcile(t *testing.T) {
 		if _, err := c.AddPeer(ctx, in); err != nil {
 			t.Fatal(err)
 		}
-		if f.count("addWireGuardPeer") != 2 || f.count("listPeers") != 0 {
-			t.Fatalf("add %d list %d", f.count("addWireGuardPeer"), f.count("listPeers"))
+		if f.count("addWireGuardPeer") != 2 || f.count("getPeer") != 0 {
+			t.Fatalf("add %d lookup %d", f.count("addWireGuardPeer"), f.count("getPeer"))
 		}
 	})
 	t.Run("ambiguous failure and listing fails", func(t *testing.T) {
@@ -254,9 +256,9 @@ func TestAddPeerReconcile(t *testing.T) {
 		c := f.client(t, func(o *Options) { o.MaxRetries = -1 })
 		in, _ := testAddInput(t, f)
 		f.inject("addWireGuardPeer", fault{status: 502})
-		f.inject("listPeers", fault{status: 503})
+		f.inject("getPeer", fault{status: 503})
 		_, err := c.AddPeer(ctx, in)
-		if !IsTransient(err) || !strings.Contains(err.Error(), "listing peers to check failed") || f.count("addWireGuardPeer") != 1 {
+		if !IsTransient(err) || !strings.Contains(err.Error(), "looking the peer up to check failed") || f.count("addWireGuardPeer") != 1 {
 			t.Fatalf("err = %v", err)
 		}
 	})
@@ -280,15 +282,15 @@ func TestAddPeerReconcile(t *testing.T) {
 		if _, err := c.AddPeer(ctx, in); err != nil {
 			t.Fatal(err)
 		}
-		if f.count("addWireGuardPeer") != 2 || f.count("listPeers") != 1 {
-			t.Fatalf("add %d list %d", f.count("addWireGuardPeer"), f.count("listPeers"))
+		if f.count("addWireGuardPeer") != 2 || f.count("getPeer") != 1 {
+			t.Fatalf("add %d lookup %d", f.count("addWireGuardPeer"), f.count("getPeer"))
 		}
 	})
 }
 
 func TestRemovePeer(t *testing.T) {
 	ctx := context.Background()
-	t.Run("present: removed and confirmed", func(t *testing.T) {
+	t.Run("present: removed, confirmed by one lookup, never listed", func(t *testing.T) {
 		f := newFakeFly(t)
 		c := f.client(t)
 		f.addPeerState("k8s-a", testGWKey)
@@ -299,21 +301,21 @@ func TestRemovePeer(t *testing.T) {
 		if names := f.peerNames(); len(names) != 1 || names[0] != "k8s-b" {
 			t.Fatalf("peers %v", names)
 		}
-		if f.count("listPeers") != 2 || f.count("removeWireGuardPeer") != 1 {
-			t.Fatalf("list %d remove %d", f.count("listPeers"), f.count("removeWireGuardPeer"))
+		if f.count("removeWireGuardPeer") != 1 || f.count("getPeer") != 1 || f.count("listPeers") != 0 {
+			t.Fatalf("remove %d lookup %d list %d", f.count("removeWireGuardPeer"), f.count("getPeer"), f.count("listPeers"))
 		}
 	})
-	t.Run("absent: success without a mutation", func(t *testing.T) {
+	t.Run("absent: Could not find WireGuardPeer is success", func(t *testing.T) {
 		f := newFakeFly(t)
 		c := f.client(t)
 		if err := c.RemovePeer(ctx, f.orgs["acme"], "k8s-gone"); err != nil {
 			t.Fatal(err)
 		}
-		if f.count("removeWireGuardPeer") != 0 {
-			t.Fatal("removed a peer that was not listed")
+		if f.count("removeWireGuardPeer") != 1 || f.count("getPeer") != 0 || f.count("listPeers") != 0 {
+			t.Fatalf("remove %d lookup %d list %d", f.count("removeWireGuardPeer"), f.count("getPeer"), f.count("listPeers"))
 		}
 	})
-	t.Run("no slug: not-found error is success", func(t *testing.T) {
+	t.Run("no slug: peer not-found error is success", func(t *testing.T) {
 		f := newFakeFly(t)
 		c := f.client(t)
 		if err := c.RemovePeer(ctx, Organization{ID: "T3JnOjE="}, "k8s-gone"); err != nil {
@@ -323,15 +325,56 @@ func TestRemovePeer(t *testing.T) {
 			t.Fatal("expected a direct removal")
 		}
 	})
-	t.Run("slug only: org looked up", func(t *testing.T) {
+	t.Run("organization not found is an error, not already removed", func(t *testing.T) {
+		for name, body := range map[string]string{
+			"message":       `{"data":null,"errors":[{"message":"Could not find Organization","path":["removeWireGuardPeer"]}]}`,
+			"code and path": `{"data":{"removeWireGuardPeer":null},"errors":[{"message":"Not found","path":["removeWireGuardPeer","organization"],"extensions":{"code":"NOT_FOUND"}}]}`,
+		} {
+			t.Run(name, func(t *testing.T) {
+				f := newFakeFly(t)
+				c := f.client(t)
+				f.addPeerState("k8s-a", testGWKey)
+				f.inject("removeWireGuardPeer", fault{body: body})
+				err := c.RemovePeer(ctx, f.orgs["acme"], "k8s-a")
+				if !IsOrgNotFound(err) || IsPeerNotFound(err) || !strings.Contains(err.Error(), "not removed") {
+					t.Fatalf("err = %v", err)
+				}
+				if len(f.peerNames()) != 1 {
+					t.Fatal("peer gone")
+				}
+			})
+		}
+	})
+	t.Run("untyped not found: the lookup decides", func(t *testing.T) {
 		f := newFakeFly(t)
 		c := f.client(t)
 		f.addPeerState("k8s-a", testGWKey)
-		if err := c.RemovePeer(ctx, Organization{Slug: "acme"}, "k8s-a"); err != nil {
-			t.Fatal(err)
+		f.inject("removeWireGuardPeer", fault{body: `{"data":null,"errors":[{"message":"Not found","extensions":{"code":"NOT_FOUND"}}]}`})
+		err := c.RemovePeer(ctx, f.orgs["acme"], "k8s-a")
+		if !IsNotFound(err) || IsPeerNotFound(err) {
+			t.Fatalf("peer still there, err = %v", err)
+		}
+		f.removeAll()
+		f.inject("removeWireGuardPeer", fault{body: `{"data":null,"errors":[{"message":"Not found","extensions":{"code":"NOT_FOUND"}}]}`})
+		if err := c.RemovePeer(ctx, f.orgs["acme"], "k8s-a"); err != nil {
+			t.Fatalf("peer gone, err = %v", err)
+		}
+		if err := c.RemovePeer(ctx, Organization{ID: f.orgs["acme"].ID}, "k8s-a"); err != nil {
+			t.Fatalf("typed, no slug: %v", err)
+		}
+	})
+	t.Run("slug only: org looked up once", func(t *testing.T) {
+		f := newFakeFly(t)
+		c := f.client(t)
+		f.addPeerState("k8s-a", testGWKey)
+		f.addPeerState("k8s-b", testGWKey)
+		for _, n := range []string{"k8s-a", "k8s-b"} {
+			if err := c.RemovePeer(ctx, Organization{Slug: "acme"}, n); err != nil {
+				t.Fatal(err)
+			}
 		}
 		if len(f.peerNames()) != 0 || f.count("organization") != 1 {
-			t.Fatal("not removed")
+			t.Fatalf("peers %v, %d org lookups", f.peerNames(), f.count("organization"))
 		}
 	})
 	t.Run("transient failure is retried", func(t *testing.T) {
@@ -346,13 +389,13 @@ func TestRemovePeer(t *testing.T) {
 			t.Fatalf("remove %d", f.count("removeWireGuardPeer"))
 		}
 	})
-	t.Run("still listed after removal", func(t *testing.T) {
+	t.Run("still present after removal", func(t *testing.T) {
 		f := newFakeFly(t)
 		c := f.client(t)
 		f.addPeerState("k8s-a", testGWKey)
 		f.inject("removeWireGuardPeer", fault{body: `{"data":{"removeWireGuardPeer":{"organization":{"id":"x"}}}}`})
 		err := c.RemovePeer(ctx, f.orgs["acme"], "k8s-a")
-		if !IsTransient(err) || !strings.Contains(err.Error(), "still listed") {
+		if !IsTransient(err) || !strings.Contains(err.Error(), "still present") {
 			t.Fatalf("err = %v", err)
 		}
 	})
@@ -376,6 +419,44 @@ func TestRemovePeer(t *testing.T) {
 			t.Fatalf("err = %v", err)
 		}
 	})
+}
+
+func TestPeerLookup(t *testing.T) {
+	ctx := context.Background()
+	f := newFakeFly(t)
+	c := f.client(t)
+	f.addPeerState("k8s-a", testGWKey)
+	p, err := c.Peer(ctx, "acme", "k8s-a")
+	if err != nil || p.Name != "k8s-a" || p.PublicKey != testGWKey {
+		t.Fatalf("Peer = %+v, %v", p, err)
+	}
+	if _, err := c.Peer(ctx, "acme", "k8s-nope"); !IsPeerNotFound(err) || IsOrgNotFound(err) || !strings.Contains(err.Error(), `peer "k8s-nope" not found in organization "acme"`) {
+		t.Fatalf("missing peer: %v", err)
+	}
+	if _, err := c.Peer(ctx, "nope", "k8s-a"); !IsOrgNotFound(err) || IsPeerNotFound(err) {
+		t.Fatalf("missing org: %v", err)
+	}
+	if f.count("getPeer") != 3 || f.count("listPeers") != 0 {
+		t.Fatalf("lookup %d list %d", f.count("getPeer"), f.count("listPeers"))
+	}
+	for name, body := range map[string]string{
+		"wrong name":       `{"data":{"organization":{"wireGuardPeer":{"id":"x","name":"other","pubkey":"k","region":"ord","peerip":"fdaa::2"}}}}`,
+		"bad shape":        `{"data":{"organization":{"wireGuardPeer":[]}}}`,
+		"untyped notfound": `{"data":null,"errors":[{"message":"not found","extensions":{"code":"NOT_FOUND"}}]}`,
+	} {
+		f.inject("getPeer", fault{body: body})
+		_, err := c.Peer(ctx, "acme", "k8s-a")
+		if err == nil || IsPeerNotFound(err) || IsOrgNotFound(err) {
+			t.Errorf("%s: err = %v", name, err)
+		}
+	}
+	f.inject("getPeer", fault{body: `{"data":{"organization":{"wireGuardPeer":null}}}`})
+	if _, err := c.Peer(ctx, "acme", "k8s-a"); !IsPeerNotFound(err) {
+		t.Errorf("null peer: %v", err)
+	}
+	if _, err := c.Peer(ctx, "acme", "a b"); !IsInvalid(err) {
+		t.Errorf("bad name: %v", err)
+	}
 }
 
 func TestValidatePeers(t *testing.T) {

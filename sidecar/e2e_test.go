@@ -26,6 +26,7 @@ import (
 
 	"github.com/glaceon/glaceon/flyapi"
 	"github.com/glaceon/glaceon/flyapi/flyapitest"
+	"github.com/glaceon/glaceon/flyapi/wgquick"
 )
 
 // newPeerFile creates a peer in org through the Fly API double with the real
@@ -42,7 +43,7 @@ func newPeerFile(t testing.TB, srv *flyapitest.Server, org string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	kp, err := flyapi.GenerateKeyPair()
+	kp, err := wgquick.GenerateKeyPair()
 	if err != nil {
 		t.Fatal(err)
 	}

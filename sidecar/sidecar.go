@@ -21,7 +21,7 @@ import (
 
 	"github.com/go-logr/logr"
 
-	"github.com/glaceon/glaceon/flyapi"
+	"github.com/glaceon/glaceon/flyapi/wgquick"
 )
 
 const (
@@ -72,14 +72,14 @@ type Sidecar struct {
 
 // New checks the config, builds the tunnel and binds every listener (so a
 // port conflict fails here, before anything runs). Call Run next.
-func New(opts *Options, cfg *flyapi.WireGuardConfig, log logr.Logger) (*Sidecar, error) {
+func New(opts *Options, cfg *wgquick.Config, log logr.Logger) (*Sidecar, error) {
 	if cfg.MTU != 0 && opts.MTU == DefaultMTU && cfg.MTU >= MinMTU && cfg.MTU <= MaxMTU {
 		// An MTU line in the file applies unless the flag says otherwise.
 		opts.MTU = cfg.MTU
 	}
 	dns := cfg.DNS
 	if !dns.IsValid() {
-		dns = flyapi.DNSServerFor(cfg.Address)
+		dns = wgquick.DNSServerFor(cfg.Address)
 	}
 	s := &Sidecar{opts: opts, log: log, conns: newConnSet(), started: time.Now()}
 	s.m = newMetrics(s.handshakeAge)

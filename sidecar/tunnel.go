@@ -16,15 +16,14 @@ import (
 	"github.com/go-logr/logr"
 	"golang.zx2c4.com/wireguard/device"
 
-	"github.com/glaceon/glaceon/flyapi"
-
-	"github.com/glaceon/glaceon/sidecar/udpbind"
+	"github.com/glaceon/glaceon/flyapi/udpbind"
+	"github.com/glaceon/glaceon/flyapi/wgquick"
 )
 
 // tunnel is the wireguard-go device on top of our netstack, plus the state
 // the watchdog needs (endpoint candidates, which one is in use).
 type tunnel struct {
-	cfg *flyapi.WireGuardConfig
+	cfg *wgquick.Config
 	tun *netTun
 	dev *device.Device
 	log logr.Logger
@@ -37,7 +36,7 @@ type tunnel struct {
 	current   int              // index into endpoints
 }
 
-func newTunnel(cfg *flyapi.WireGuardConfig, mtu int, tuning netStackOptions, log logr.Logger, m *metrics) (*tunnel, error) {
+func newTunnel(cfg *wgquick.Config, mtu int, tuning netStackOptions, log logr.Logger, m *metrics) (*tunnel, error) {
 	tuning.MTU, tuning.Local = mtu, cfg.Address
 	t, err := newNetTun(tuning)
 	if err != nil {

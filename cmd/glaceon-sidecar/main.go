@@ -20,6 +20,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/glaceon/glaceon/flyapi/version"
 	"github.com/glaceon/glaceon/sidecar"
 )
 
@@ -71,6 +72,7 @@ func run() int {
 	if err != nil {
 		return fail(err)
 	}
+	log.Info("starting", "version", version.Version)
 	log.Info("memory limit", "bytes", limit, "source", limitSource)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()

@@ -7,7 +7,7 @@ import (
 	"io"
 	"strings"
 
-	"github.com/glaceon/glaceon/flyapi"
+	"github.com/glaceon/glaceon/flyapi/version"
 )
 
 // Exit codes of the glaceon command.
@@ -45,7 +45,7 @@ func commands() []command {
 		{name: "manager", summary: "run the admission webhook and the controllers", run: runManager},
 		{name: "inject", summary: "print a pod manifest as the webhook would inject it (offline, placeholder peer)", run: runInject},
 		{name: "version", summary: "print the version", run: func(env *cliEnv, _ []string) error {
-			_, err := fmt.Fprintf(env.stdout, "glaceon %s\n", flyapi.Version)
+			_, err := fmt.Fprintf(env.stdout, "glaceon %s\n", version.Version)
 			return err
 		}},
 	}

@@ -11,6 +11,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
 	"github.com/glaceon/glaceon/flyapi"
+	"github.com/glaceon/glaceon/flyapi/version"
 	"github.com/glaceon/glaceon/webhook/inject"
 	"github.com/glaceon/glaceon/webhook/manager"
 	"github.com/glaceon/glaceon/webhook/peers"
@@ -95,7 +96,7 @@ func startManager(cfg manager.Config, log logr.Logger) error {
 	}
 
 	ctx := ctrl.SetupSignalHandler()
-	log.Info("starting manager", "version", flyapi.Version, "namespace", cfg.Namespace, "defaultOrg", cfg.Inject.DefaultOrg, "fly", flyOpts.BaseURL)
+	log.Info("starting manager", "version", version.Version, "namespace", cfg.Namespace, "defaultOrg", cfg.Inject.DefaultOrg, "fly", flyOpts.BaseURL)
 	go func() {
 		if err := mgr.Certs.WaitForReady(ctx); err == nil {
 			log.Info("webhook certificate ready")

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/glaceon/glaceon/flyapi"
+	"github.com/glaceon/glaceon/flyapi/wgquick"
 )
 
 // peerTimeout bounds one `glaceon peer` command, retries included.
@@ -81,7 +82,7 @@ func runPeerCreate(env *cliEnv, args []string) error {
 			return fmt.Errorf("find the nearest gateway region (or pass --region): %w", explainFlyError(err, opts, *org))
 		}
 	}
-	keys, err := flyapi.GenerateKeyPair()
+	keys, err := wgquick.GenerateKeyPair()
 	if err != nil {
 		return fmt.Errorf("generate key pair: %w", err)
 	}

@@ -18,8 +18,8 @@ import (
 	"golang.zx2c4.com/wireguard/device"
 	"golang.zx2c4.com/wireguard/tun/netstack"
 
-	"github.com/glaceon/glaceon/flyapi"
 	"github.com/glaceon/glaceon/flyapi/flyapitest"
+	"github.com/glaceon/glaceon/flyapi/wgquick"
 )
 
 // runCLI runs glaceon in-process with args and returns its exit code and
@@ -72,7 +72,7 @@ func TestPeerCreateThenTunnel(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg, err := flyapi.ParseWireGuardConfig(data)
+	cfg, err := wgquick.Parse(data)
 	if err != nil {
 		t.Fatalf("parse written file: %v\n%s", err, data)
 	}
@@ -107,7 +107,7 @@ func TestPeerCreateThenTunnel(t *testing.T) {
 }
 
 // dialTunnel brings up a wireguard-go device on a netstack from cfg.
-func dialTunnel(t *testing.T, cfg *flyapi.WireGuardConfig) *netstack.Net {
+func dialTunnel(t *testing.T, cfg *wgquick.Config) *netstack.Net {
 	t.Helper()
 	tun, tnet, err := netstack.CreateNetTUN([]netip.Addr{cfg.Address}, []netip.Addr{cfg.DNS}, 1420)
 	if err != nil {

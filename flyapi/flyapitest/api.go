@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/netip"
 	"regexp"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -91,6 +92,7 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	if opDesc == "" {
 		opDesc = "?"
 	}
+	s.countRequest(s.requestKey(op, vars, opDesc))
 
 	status := http.StatusOK
 	defer func() {
@@ -156,12 +158,12 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 
 	scope := s.authenticate(r.Header.Get("Authorization"))
 	if scope == authNone {
-		if s.opts.UnauthorizedAsGraphQL {
-			writeJSON(w, status, gqlResponse{Errors: []*gqlError{unauthorizedErr(firstPath(ops))}})
+		if s.opts.UnauthorizedHTTP401 {
+			status = http.StatusUnauthorized
+			writeJSON(w, status, gqlResponse{Errors: []*gqlError{unauthorizedErr(nil)}})
 			return
 		}
-		status = http.StatusUnauthorized
-		writeJSON(w, status, gqlResponse{Errors: []*gqlError{unauthorizedErr(nil)}})
+		writeJSON(w, status, gqlResponse{Errors: []*gqlError{unauthorizedErr(firstPath(ops))}})
 		return
 	}
 
@@ -177,6 +179,55 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, status, resp)
+}
+
+// requestKey classifies a request for RequestCounts. s.orgs never changes
+// after NewServer, so no lock is needed.
+func (s *Server) requestKey(op *gqlOperation, vars map[string]any, opDesc string) RequestKey {
+	k := RequestKey{Op: opDesc}
+	if op == nil {
+		return k
+	}
+	for _, sel := range op.sel {
+		if sel.isFragment {
+			continue
+		}
+		args := resolveArgs(sel.args, vars)
+		if sel.name == "organization" && len(op.sel) == 1 {
+			for _, sub := range sel.sub {
+				if !sub.isFragment && (sub.name == "wireGuardPeers" || sub.name == "wireGuardPeer") {
+					k.Op = "organization." + sub.name
+				}
+			}
+		}
+		if k.Org != "" {
+			continue
+		}
+		switch {
+		case str(args["slug"]) != "":
+			k.Org = str(args["slug"])
+			if o := s.findOrg(k.Org); o != nil {
+				k.Org = o.Slug
+			}
+		case str(args["id"]) != "":
+			if o := s.orgByID(str(args["id"])); o != nil {
+				k.Org = o.Slug
+			}
+		case str(args["name"]) != "" && sel.name == "organization":
+			for _, o := range s.orgs {
+				if o.Name == str(args["name"]) {
+					k.Org = o.Slug
+				}
+			}
+		default:
+			if in, ok := args["input"].(map[string]any); ok {
+				if o := s.orgByID(str(in["organizationId"])); o != nil {
+					k.Org = o.Slug
+				}
+			}
+		}
+	}
+	return k
 }
 
 func firstPath(ops []string) []any {
@@ -558,11 +609,7 @@ func (s *Server) peerConnection(o *orgState, a map[string]any) (any, error) {
 }
 
 func sortPeers(ps []*peerRec) {
-	for i := 1; i < len(ps); i++ {
-		for j := i; j > 0 && ps[j].seq < ps[j-1].seq; j-- {
-			ps[j], ps[j-1] = ps[j-1], ps[j]
-		}
-	}
+	sort.Slice(ps, func(i, j int) bool { return ps[i].seq < ps[j].seq })
 }
 
 func str(v any) string {
@@ -724,21 +771,31 @@ func (s *Server) addPeerLocked(o *orgState, name, pub, reg, network string) (*pe
 	if !regOK {
 		return nil, newGQLError("INVALID_ARGUMENTS", "Region %s does not have a WireGuard gateway", reg)
 	}
-	if network == "default" {
-		network = ""
-	}
+	prefix, nextSlot := o.prefix, &o.nextSlot
 	if network != "" {
-		return nil, newGQLError("NOT_FOUND", "Could not find Network")
+		n := o.nets[network]
+		if n == nil {
+			return nil, newGQLError("NOT_FOUND", "Could not find Network")
+		}
+		prefix, nextSlot = n.prefix, &n.nextSlot
 	}
-	if _, dup := o.peers[name]; dup {
-		return nil, newGQLError("UNPROCESSABLE", "Name has already been taken")
+	if old, dup := o.peers[name]; dup {
+		if s.opts.DuplicateName != DuplicateNameReplace {
+			return nil, newGQLError("UNPROCESSABLE", "Name has already been taken")
+		}
+		if other, taken := s.byKey[pub]; taken && other != old {
+			return nil, newGQLError("UNPROCESSABLE", "Pubkey has already been taken")
+		}
+		if err := s.removePeerLocked(o, name); err != nil {
+			return nil, err
+		}
 	}
 	if _, dup := s.byKey[pub]; dup {
 		return nil, newGQLError("UNPROCESSABLE", "Pubkey has already been taken")
 	}
 	s.seq++
-	slot := o.nextSlot
-	o.nextSlot++
+	slot := *nextSlot
+	*nextSlot++
 	p := &peerRec{seq: s.seq, org: o}
 	p.PeerState = PeerState{
 		ID:        base64.StdEncoding.EncodeToString([]byte(fmt.Sprintf("WireGuardPeer/%d", 700000+s.seq))),
@@ -746,7 +803,7 @@ func (s *Server) addPeerLocked(o *orgState, name, pub, reg, network string) (*pe
 		Name:      name,
 		PublicKey: pub,
 		Region:    reg,
-		PeerIP:    peerAddr(o.prefix, slot),
+		PeerIP:    peerAddr(prefix, slot),
 		Network:   network,
 		Created:   time.Now().UTC(),
 	}

@@ -243,9 +243,11 @@ func TestAuth(t *testing.T) {
 		}
 	}
 	bad := []string{"", bare, "FlyV1 fm2_nope", "Bearer " + strings.Split(bare, ",")[0], "Bearer fo1_nope", "Basic " + bare}
+	// By default a bad token is answered like the real API: HTTP 200,
+	// data null, UNAUTHORIZED with graphql-ruby's wording.
 	for _, h := range bad {
 		r := gql(t, s, h, qOrg, map[string]any{"slug": "acme"})
-		if r.Status != 401 {
+		if r.Status != 200 || r.code() != "UNAUTHORIZED" || !r.DataIsNull || r.Errors[0].Message != "You must be authenticated to view this." {
 			t.Errorf("bad auth %.12q: HTTP %d %s", h, r.Status, r.Body)
 		}
 	}
@@ -258,10 +260,12 @@ func TestAuth(t *testing.T) {
 		t.Errorf("add-only remove: %s", r.Body)
 	}
 
-	s2 := Start(t, Options{NoGateway: true, UnauthorizedAsGraphQL: true})
-	r = gql(t, s2, "FlyV1 fm2_wrong", qOrg, map[string]any{"slug": "acme"})
-	if r.Status != 200 || r.code() != "UNAUTHORIZED" || !r.DataIsNull {
-		t.Errorf("graphql-mode unauthorized: HTTP %d %s", r.Status, r.Body)
+	s2 := Start(t, Options{NoGateway: true, UnauthorizedHTTP401: true})
+	for _, h := range bad {
+		r = gql(t, s2, h, qOrg, map[string]any{"slug": "acme"})
+		if r.Status != 401 || r.code() != "UNAUTHORIZED" {
+			t.Errorf("HTTP 401 mode, bad auth %.12q: HTTP %d %s", h, r.Status, r.Body)
+		}
 	}
 }
 

@@ -32,7 +32,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
 
-	"github.com/glaceon/glaceon/sidecar/udpbind"
+	"github.com/glaceon/glaceon/flyapi/udpbind"
 )
 
 // gatewayPubFallback is returned as pubkey when the gateway is disabled.

@@ -4,9 +4,17 @@
 //   - a GraphQL endpoint (POST {URL}/graphql) for the operations in
 //     shared/fly-api.md §2 (organization, organizations, personalOrganization,
 //     nearestRegion, platform, app, addWireGuardPeer, removeWireGuardPeer,
-//     validateWireGuardPeers) with FlyV1/Bearer auth and scriptable faults
-//     (Server.Faults). Documents are parsed, not string-matched, and answers
-//     contain exactly the selected fields (aliases and fragments work).
+//     validateWireGuardPeers; organization.wireGuardPeer(name:) and
+//     wireGuardPeers for one peer or a page) with FlyV1/Bearer auth and
+//     scriptable faults (Server.Faults). Documents are parsed, not
+//     string-matched, and answers contain exactly the selected fields
+//     (aliases and fragments work). A bad token gets HTTP 200 with code
+//     UNAUTHORIZED like the real API (Options.UnauthorizedHTTP401 for 401);
+//     a taken name is rejected or replaced (Options.DuplicateName, the real
+//     behaviour being unverified); custom networks per org (Org.Networks).
+//     Every request is counted by operation and org (RequestCounts), and
+//     SeedPeers fills an org with many peers, so tests can assert how many
+//     Fly requests something costs, independent of the org's size.
 //   - a userspace WireGuard gateway (wireguard-go + gVisor netstack) on UDP
 //     127.0.0.1 and ::1, to which peers created through the API are added
 //     live (allowed_ip = the peer's /120) and from which removed peers are
@@ -70,9 +78,15 @@ type Options struct {
 	// AddOnlyToken, if set, is a token that may read and add peers but gets
 	// UNAUTHORIZED on removeWireGuardPeer (like `fly tokens create ssh`).
 	AddOnlyToken string
-	// UnauthorizedAsGraphQL makes a missing/bad token answer HTTP 200 with
-	// extensions.code UNAUTHORIZED instead of HTTP 401.
-	UnauthorizedAsGraphQL bool
+	// UnauthorizedHTTP401 makes a missing or bad token answer HTTP 401.
+	// By default it is answered as the real API does: HTTP 200, data null,
+	// one error with extensions.code UNAUTHORIZED and the message "You must
+	// be authenticated to view this.".
+	UnauthorizedHTTP401 bool
+	// DuplicateName says what addWireGuardPeer does with a name the org
+	// already has. The real API's behaviour is unverified (fly-api.md §8);
+	// the default rejects it.
+	DuplicateName DuplicateNameMode
 	// PageSize is the page size of wireGuardPeers when `first`/`last` are
 	// absent. Default 2, so clients that assume one page fail.
 	PageSize int
@@ -95,7 +109,30 @@ type Options struct {
 }
 
 // Org is one Fly organization of the double.
-type Org struct{ ID, Slug, RawSlug, Name, Type string }
+type Org struct {
+	ID, Slug, RawSlug, Name, Type string
+	// Networks are the org's custom 6PN networks (names as given to
+	// `fly ... --network`), each its own /48. addWireGuardPeer accepts
+	// network "" (the default network) or one of these; anything else,
+	// "default" included, is "Could not find Network" (flyctl maps
+	// "default" to "" itself; what the real API does with "default" is
+	// unverified). Peers in a custom network get an address in its /48,
+	// are listed with it, and are added to the gateway, but the gateway
+	// serves DNS and the sample apps in default networks only.
+	Networks []string
+}
+
+// DuplicateNameMode is what addWireGuardPeer does with a taken name.
+type DuplicateNameMode int
+
+const (
+	// DuplicateNameReject answers UNPROCESSABLE "Name has already been
+	// taken" and changes nothing.
+	DuplicateNameReject DuplicateNameMode = iota
+	// DuplicateNameReplace removes the old peer of that name (from the
+	// gateway too) and creates the new one: the add succeeds.
+	DuplicateNameReplace
+)
 
 // PeerState is a WireGuard peer as the double stores it.
 type PeerState struct {
@@ -115,6 +152,13 @@ type orgState struct {
 	netID    uint32
 	prefix   netip.Prefix // the /48
 	peers    map[string]*peerRec
+	nextSlot int
+	nets     map[string]*netState // custom networks by name
+}
+
+// netState is a custom network of an org.
+type netState struct {
+	prefix   netip.Prefix
 	nextSlot int
 }
 
@@ -138,6 +182,8 @@ type Server struct {
 	regions []region
 
 	requests atomic.Int64
+	countMu  sync.Mutex
+	counts   map[RequestKey]int
 
 	ln      net.Listener
 	httpSrv *http.Server
@@ -175,7 +221,10 @@ var defaultRegions = []region{
 // network IDs of the orgs, in order; beyond the table they are derived.
 var netIDs = []uint32{0x00000018, 0x0074b6b5, 0x00023f1c, 0x01a20007}
 
-var appNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9-]*$`)
+var (
+	appNameRE     = regexp.MustCompile(`^[a-z0-9][a-z0-9-]*$`)
+	networkNameRE = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9-]*$`)
+)
 
 // NewServer starts a Fly double. Close it when done.
 func NewServer(opts Options) (*Server, error) {
@@ -222,7 +271,10 @@ func NewServer(opts Options) (*Server, error) {
 		return nil, errors.New("flyapitest: empty token")
 	}
 
-	s := &Server{opts: opts, byKey: map[string]*peerRec{}}
+	if opts.DuplicateName != DuplicateNameReject && opts.DuplicateName != DuplicateNameReplace {
+		return nil, fmt.Errorf("flyapitest: unknown DuplicateName mode %d", opts.DuplicateName)
+	}
+	s := &Server{opts: opts, byKey: map[string]*peerRec{}, counts: map[RequestKey]int{}}
 	s.regions = append(s.regions, defaultRegions...)
 	found := false
 	for _, r := range s.regions {
@@ -282,11 +334,25 @@ func NewServer(opts Options) (*Server, error) {
 		var a [16]byte
 		a[0], a[1] = 0xfd, 0xaa
 		binary.BigEndian.PutUint32(a[2:6], nid)
-		s.orgs = append(s.orgs, &orgState{
+		st := &orgState{
 			Org: o, num: num, netID: nid,
 			prefix: netip.PrefixFrom(netip.AddrFrom16(a), 48),
 			peers:  map[string]*peerRec{},
-		})
+			nets:   map[string]*netState{},
+		}
+		for j, n := range o.Networks {
+			if !networkNameRE.MatchString(n) || len(n) > 63 {
+				return nil, fmt.Errorf("flyapitest: org %q: bad network name %q: letters, digits and '-', starting with a letter", o.Slug, n)
+			}
+			if st.nets[n] != nil {
+				return nil, fmt.Errorf("flyapitest: org %q: duplicate network %q", o.Slug, n)
+			}
+			var na [16]byte
+			na[0], na[1] = 0xfd, 0xaa
+			binary.BigEndian.PutUint32(na[2:6], 0x00500000+uint32(i)<<8+uint32(j)+1)
+			st.nets[n] = &netState{prefix: netip.PrefixFrom(netip.AddrFrom16(na), 48)}
+		}
+		s.orgs = append(s.orgs, st)
 	}
 
 	if host, _, err := net.SplitHostPort(opts.Listen); err != nil {
@@ -405,6 +471,74 @@ func (s *Server) Faults() *Faults { return &s.faults }
 // Requests is the number of GraphQL requests received so far (all of them,
 // including faulted and unauthorized ones).
 func (s *Server) Requests() int { return int(s.requests.Load()) }
+
+// RequestKey is a class of GraphQL requests counted by the double.
+type RequestKey struct {
+	// Op is the request's top-level field ("addWireGuardPeer",
+	// "removeWireGuardPeer", "nearestRegion", ...); an organization query
+	// that selects wireGuardPeers or wireGuardPeer is
+	// "organization.wireGuardPeers" or "organization.wireGuardPeer"
+	// (a plain org lookup stays "organization"). Several top-level fields
+	// are joined with ","; a document that does not parse is "?".
+	Op string
+	// Org is the canonical slug of the org the request names (by slug,
+	// raw slug, name or organizationId), the slug as sent for an unknown
+	// slug, or "" when it names none (nearestRegion, validateWireGuardPeers)
+	// or an unknown ID.
+	Org string
+}
+
+// RequestCounts returns how many requests of each kind the double received
+// (faulted and unauthorized ones included) since it started or since
+// ResetRequestCounts.
+func (s *Server) RequestCounts() map[RequestKey]int {
+	s.countMu.Lock()
+	defer s.countMu.Unlock()
+	out := make(map[RequestKey]int, len(s.counts))
+	for k, v := range s.counts {
+		out[k] = v
+	}
+	return out
+}
+
+// OrgRequests is the number of counted requests that named org (its slug
+// or raw slug).
+func (s *Server) OrgRequests(org string) int {
+	if o := s.findOrg(org); o != nil {
+		org = o.Slug
+	}
+	n := 0
+	for k, v := range s.RequestCounts() {
+		if k.Org == org {
+			n += v
+		}
+	}
+	return n
+}
+
+// OpRequests is the number of counted requests with this RequestKey.Op.
+func (s *Server) OpRequests(op string) int {
+	n := 0
+	for k, v := range s.RequestCounts() {
+		if k.Op == op {
+			n += v
+		}
+	}
+	return n
+}
+
+// ResetRequestCounts zeroes RequestCounts (not Requests).
+func (s *Server) ResetRequestCounts() {
+	s.countMu.Lock()
+	defer s.countMu.Unlock()
+	clear(s.counts)
+}
+
+func (s *Server) countRequest(k RequestKey) {
+	s.countMu.Lock()
+	defer s.countMu.Unlock()
+	s.counts[k]++
+}
 
 // Region is the default region (nearestRegion).
 func (s *Server) Region() string { return s.opts.Region }
@@ -565,6 +699,30 @@ func (s *Server) AddPeer(org, name, pubkey string) (PeerState, error) {
 		return PeerState{}, err
 	}
 	return p.PeerState, nil
+}
+
+// SeedPeers adds n peers named <prefix><i> (i = 0..n-1) with random public
+// keys to org directly (no HTTP, no faults, not counted): an org of a
+// realistic size (e.g. 2,000 peers) for tests that count Fly requests.
+func (s *Server) SeedPeers(org, prefix string, n int) ([]PeerState, error) {
+	if n < 0 || n > 100000 {
+		return nil, fmt.Errorf("flyapitest: SeedPeers: n = %d out of 0..100000", n)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	o := s.findOrg(org)
+	if o == nil {
+		return nil, newGQLError("NOT_FOUND", "Could not find Organization")
+	}
+	out := make([]PeerState, 0, n)
+	for i := 0; i < n; i++ {
+		p, err := s.addPeerLocked(o, prefix+strconv.Itoa(i), randB64(32, false), "", "")
+		if err != nil {
+			return out, fmt.Errorf("flyapitest: SeedPeers %s%d: %w", prefix, i, err)
+		}
+		out = append(out, p.PeerState)
+	}
+	return out, nil
 }
 
 // RemovePeer deletes a peer directly (no HTTP, no faults).

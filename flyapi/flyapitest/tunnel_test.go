@@ -24,7 +24,7 @@ import (
 	"golang.zx2c4.com/wireguard/device"
 	"golang.zx2c4.com/wireguard/tun/netstack"
 
-	"github.com/glaceon/glaceon/sidecar/udpbind"
+	"github.com/glaceon/glaceon/flyapi/udpbind"
 )
 
 // wgClient is a userspace WireGuard client like the glaceon sidecar:

@@ -33,6 +33,7 @@ import (
 
 	"github.com/glaceon/glaceon/flyapi"
 	"github.com/glaceon/glaceon/flyapi/flyapitest"
+	"github.com/glaceon/glaceon/flyapi/wgquick"
 )
 
 func main() {
@@ -493,7 +494,7 @@ func run(bin string, size, up int64, requests, newConns, readyRuns int, env []st
 
 	// Each start gets its own peer (a fresh process must handshake anew).
 	newCfg := func(i int) (string, error) {
-		kp, err := flyapi.GenerateKeyPair()
+		kp, err := wgquick.GenerateKeyPair()
 		if err != nil {
 			return "", err
 		}

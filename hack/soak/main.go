@@ -30,10 +30,12 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/glaceon/glaceon/flyapi"
 	"github.com/glaceon/glaceon/flyapi/flyapitest"
+	"github.com/glaceon/glaceon/flyapi/wgquick"
 )
 
 func main() {
@@ -104,6 +106,8 @@ func run(duration, sampleEvery time.Duration, bin string, rate, streams int) err
 		"--forward", nxL+"=nosuch.flycast:80",
 		"--health-addr", health, "--metrics-addr", metrics, "--log-level", "error")
 	cmd.Stderr = os.Stderr
+	// The sidecar dies with the soak, however the soak ends.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		return err
 	}
@@ -243,6 +247,9 @@ func run(duration, sampleEvery time.Duration, bin string, rate, streams int) err
 		return fmt.Errorf("after the soak: %w", err)
 	}
 	printTable(rows, duration, rate, streams)
+	if m, err := scrape("http://"+metrics+"/metrics", "glaceon_dial_errors_total", "glaceon_wireguard_reconfigurations_total", "glaceon_forward_connections_active"); err == nil {
+		fmt.Printf("\nsidecar counters at the end:\n\n%s", m)
+	}
 
 	var bad []string
 	if after.goroutines > base.goroutines+2 {
@@ -338,6 +345,10 @@ func streamOnce(ctx context.Context, addr string, d time.Duration, n *counts) {
 // EOF within 5s) when the target refuses or does not resolve.
 func refusedOnce(addr string, n *counts) {
 	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if errors.Is(err, syscall.ECONNRESET) {
+		n.ok.Add(1) // the reset beat connect(2) back: closed at once
+		return
+	}
 	if err != nil {
 		n.failed.Add(1)
 		return
@@ -364,7 +375,7 @@ func peerFile(srv *flyapitest.Server, dir string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	kp, err := flyapi.GenerateKeyPair()
+	kp, err := wgquick.GenerateKeyPair()
 	if err != nil {
 		return "", err
 	}
@@ -410,6 +421,26 @@ func goroutines(url string) (int, error) {
 		}
 	}
 	return 0, errors.New("no go_goroutines in /metrics")
+}
+
+// scrape returns the /metrics lines starting with one of prefixes.
+func scrape(url string, prefixes ...string) (string, error) {
+	resp, err := (&http.Client{Timeout: 5 * time.Second}).Get(url)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	var b strings.Builder
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		for _, p := range prefixes {
+			if strings.HasPrefix(sc.Text(), p) {
+				b.WriteString("    " + sc.Text() + "\n")
+			}
+		}
+	}
+	return b.String(), sc.Err()
 }
 
 func openFDs(pid int) int {

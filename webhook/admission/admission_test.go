@@ -25,8 +25,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
-	"github.com/glaceon/glaceon/flyapi"
 	"github.com/glaceon/glaceon/flyapi/flyapitest"
+	"github.com/glaceon/glaceon/flyapi/wgquick"
 	"github.com/glaceon/glaceon/hack/localpod"
 	glaceonadmission "github.com/glaceon/glaceon/webhook/admission"
 	"github.com/glaceon/glaceon/webhook/inject"
@@ -174,7 +174,7 @@ func TestAdmission(t *testing.T) {
 		if !containsString(s.Finalizers, inject.FinalizerPeerCleanup) {
 			t.Errorf("secret finalizers = %v", s.Finalizers)
 		}
-		cfg, err := flyapi.ParseWireGuardConfig(s.Data[inject.SecretKeyWGConfig])
+		cfg, err := wgquick.Parse(s.Data[inject.SecretKeyWGConfig])
 		if err != nil {
 			t.Fatalf("secret holds no valid wg-quick file: %v", err)
 		}

@@ -34,9 +34,9 @@ const (
 )
 
 // FlyAPI is the part of the Fly API the webhook uses; *flyapi.Client
-// implements it.
+// implements it (and owns the org lookup cache and the Fly metrics).
 type FlyAPI interface {
-	Organization(ctx context.Context, slug string) (*flyapi.Organization, error)
+	CachedOrganization(ctx context.Context, slug string) (*flyapi.Organization, error)
 	AddPeer(ctx context.Context, in flyapi.AddPeerInput) (*flyapi.CreatedPeer, error)
 	RemovePeer(ctx context.Context, org flyapi.Organization, name string) error
 }
@@ -68,7 +68,6 @@ type Options struct {
 type Handler struct {
 	opts    Options
 	decoder admission.Decoder
-	orgs    *orgCache
 }
 
 // NewHandler checks opts and returns the handler.
@@ -98,7 +97,7 @@ func NewHandler(scheme *runtime.Scheme, opts Options) (*Handler, error) {
 	if opts.TokenSource == "" {
 		opts.TokenSource = "FLY_API_TOKEN"
 	}
-	return &Handler{opts: opts, decoder: admission.NewDecoder(scheme), orgs: newOrgCache(opts.Fly, 5*time.Minute)}, nil
+	return &Handler{opts: opts, decoder: admission.NewDecoder(scheme)}, nil
 }
 
 // Handle admits one pod.

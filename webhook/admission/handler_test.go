@@ -26,7 +26,7 @@ import (
 // handler does without the Fly API (the envtest suite uses the real double).
 type countingFly struct{ calls atomic.Int64 }
 
-func (f *countingFly) Organization(context.Context, string) (*flyapi.Organization, error) {
+func (f *countingFly) CachedOrganization(context.Context, string) (*flyapi.Organization, error) {
 	f.calls.Add(1)
 	return &flyapi.Organization{ID: "T3JnLzE=", Slug: "personal"}, nil
 }

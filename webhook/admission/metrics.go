@@ -24,15 +24,6 @@ var (
 		Help:    "Time to answer a pod admission, Fly API calls included.",
 		Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 20},
 	}, []string{"outcome"})
-	flyAPIDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
-		Name:    "glaceon_fly_api_duration_seconds",
-		Help:    "Fly API call latency seen by the webhook, retries included, by operation.",
-		Buckets: []float64{.01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
-	}, []string{"op"})
-	flyAPIErrors = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "glaceon_fly_api_errors_total",
-		Help: "Failed Fly API calls by operation and error kind.",
-	}, []string{"op", "kind"})
 	peersCreated = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "glaceon_peers_created_total",
 		Help: "Fly WireGuard peers created at admission.",
@@ -44,5 +35,6 @@ var (
 )
 
 func init() {
-	metrics.Registry.MustRegister(admissionsTotal, admissionDuration, flyAPIDuration, flyAPIErrors, peersCreated, peersRolledBack)
+	// The glaceon_fly_api_* series are the Fly client's (flyapi.Metrics).
+	metrics.Registry.MustRegister(admissionsTotal, admissionDuration, peersCreated, peersRolledBack)
 }

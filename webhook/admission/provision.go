@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -15,6 +14,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/glaceon/glaceon/flyapi"
+	"github.com/glaceon/glaceon/flyapi/wgquick"
 	"github.com/glaceon/glaceon/webhook/inject"
 )
 
@@ -46,18 +46,16 @@ func (h *Handler) provision(ctx context.Context, log logr.Logger, pod *corev1.Po
 	flyCtx, cancel := context.WithTimeout(ctx, h.opts.FlyTimeout)
 	defer cancel()
 
-	org, err := h.orgs.get(flyCtx, req.Org)
+	org, err := h.opts.Fly.CachedOrganization(flyCtx, req.Org)
 	if err != nil {
 		return inject.Peer{}, h.flyFailure("organization", req.Org, err)
 	}
-	keys, err := flyapi.GenerateKeyPair()
+	keys, err := wgquick.GenerateKeyPair()
 	if err != nil {
 		return inject.Peer{}, &provisionError{reason: "internal", msg: "generate WireGuard key pair: " + err.Error(), err: err}
 	}
 	name := PeerName(h.opts.PeerPrefix, pod, namespace)
-	start := time.Now()
 	created, err := h.opts.Fly.AddPeer(flyCtx, flyapi.AddPeerInput{Org: *org, Name: name, PublicKey: keys.Public, Region: req.Region})
-	flyAPIDuration.WithLabelValues("addWireGuardPeer").Observe(time.Since(start).Seconds())
 	if err != nil {
 		return inject.Peer{}, h.flyFailure("addWireGuardPeer", req.Org, err)
 	}
@@ -113,7 +111,7 @@ func (h *Handler) rollback(log logr.Logger, namespace, orgSlug string, peer inje
 	} else if !apierrors.IsNotFound(err) {
 		errs = append(errs, fmt.Errorf("get secret: %w", err))
 	}
-	if org, err := h.orgs.get(ctx, orgSlug); err != nil {
+	if org, err := h.opts.Fly.CachedOrganization(ctx, orgSlug); err != nil {
 		errs = append(errs, err)
 	} else if err := h.opts.Fly.RemovePeer(ctx, *org, peer.Name); err != nil {
 		errs = append(errs, fmt.Errorf("remove Fly peer: %w", err))
@@ -129,12 +127,6 @@ func (h *Handler) rollback(log logr.Logger, namespace, orgSlug string, peer inje
 
 // flyFailure turns a Fly API error into a denial that says what to do.
 func (h *Handler) flyFailure(op, org string, err error) error {
-	kind := "other"
-	var fe *flyapi.Error
-	if errors.As(err, &fe) {
-		kind = fe.Kind.String()
-	}
-	flyAPIErrors.WithLabelValues(op, kind).Inc()
 	var msg, reason string
 	switch {
 	case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled):
@@ -154,44 +146,6 @@ func (h *Handler) flyFailure(op, org string, err error) error {
 		msg = fmt.Sprintf("Fly API call %s failed: %v", op, err)
 	}
 	return &provisionError{reason: reason, msg: msg, err: err}
-}
-
-// orgCache remembers org lookups: the node ID of an org never changes, and
-// a lookup per admission would double the Fly calls.
-type orgCache struct {
-	fly FlyAPI
-	ttl time.Duration
-
-	mu      sync.Mutex
-	entries map[string]orgEntry
-}
-
-type orgEntry struct {
-	org     flyapi.Organization
-	expires time.Time
-}
-
-func newOrgCache(fly FlyAPI, ttl time.Duration) *orgCache {
-	return &orgCache{fly: fly, ttl: ttl, entries: map[string]orgEntry{}}
-}
-
-func (c *orgCache) get(ctx context.Context, slug string) (*flyapi.Organization, error) {
-	c.mu.Lock()
-	e, ok := c.entries[slug]
-	c.mu.Unlock()
-	if ok && time.Now().Before(e.expires) {
-		return &e.org, nil
-	}
-	start := time.Now()
-	org, err := c.fly.Organization(ctx, slug)
-	flyAPIDuration.WithLabelValues("organization").Observe(time.Since(start).Seconds())
-	if err != nil {
-		return nil, err
-	}
-	c.mu.Lock()
-	c.entries[slug] = orgEntry{org: *org, expires: time.Now().Add(c.ttl)}
-	c.mu.Unlock()
-	return org, nil
 }
 
 func clientKey(s *corev1.Secret) client.ObjectKey {

@@ -23,6 +23,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/config"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 	"sigs.k8s.io/controller-runtime/pkg/webhook"
 	ctrladmission "sigs.k8s.io/controller-runtime/pkg/webhook/admission"
@@ -111,6 +112,11 @@ type Manager struct {
 func New(restCfg *rest.Config, fly *flyapi.Client, cfg Config) (*Manager, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
+	}
+	// The Fly client reports glaceon_fly_api_* to flyapi.DefaultMetrics
+	// unless it was given its own; serve them with the manager's metrics.
+	if err := flyapi.RegisterMetrics(ctrlmetrics.Registry, nil); err != nil {
+		return nil, fmt.Errorf("register Fly API metrics: %w", err)
 	}
 	certOpts := certs.Options{
 		SecretNamespace:       cfg.Namespace,

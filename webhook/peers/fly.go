@@ -4,50 +4,35 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 	"time"
 
 	"github.com/glaceon/glaceon/flyapi"
 )
 
-// flyOps wraps the FlyClient with a per-call timeout, error metrics and a
-// cache of organization node IDs (they never change, and RemovePeer would
-// otherwise look the org up on every call).
+// flyOps wraps the FlyClient with a per-call timeout and the removal
+// counter. The Fly client itself caches org lookups and records the
+// glaceon_fly_api_* metrics.
 type flyOps struct {
 	c       FlyClient
 	timeout time.Duration
-
-	mu   sync.Mutex
-	orgs map[string]flyapi.Organization
 }
 
 func newFlyOps(c FlyClient, timeout time.Duration) *flyOps {
-	return &flyOps{c: c, timeout: timeout, orgs: map[string]flyapi.Organization{}}
+	return &flyOps{c: c, timeout: timeout}
 }
 
 func (f *flyOps) org(ctx context.Context, slug string) (flyapi.Organization, error) {
-	f.mu.Lock()
-	o, ok := f.orgs[slug]
-	f.mu.Unlock()
-	if ok {
-		return o, nil
-	}
-	got, err := f.c.Organization(ctx, slug)
+	got, err := f.c.CachedOrganization(ctx, slug)
 	if err != nil {
-		flyErrors.WithLabelValues(opOrganization, errorKind(err)).Inc()
 		return flyapi.Organization{}, err
 	}
 	if got == nil || got.ID == "" {
-		flyErrors.WithLabelValues(opOrganization, "other").Inc()
 		return flyapi.Organization{}, fmt.Errorf("look up organization %q: empty answer", slug)
 	}
-	o = *got
-	// RemovePeer lists by slug: keep the one we were given (the API may
-	// answer with the raw slug of a personal org).
+	o := *got
+	// RemovePeer looks the peer up by slug: keep the one we were given (the
+	// API may answer with the canonical slug of a personal org).
 	o.Slug = slug
-	f.mu.Lock()
-	f.orgs[slug] = o
-	f.mu.Unlock()
 	return o, nil
 }
 
@@ -57,9 +42,7 @@ func (f *flyOps) removePeer(ctx context.Context, slug, name string) error {
 	defer cancel()
 	o, err := f.org(ctx, slug)
 	if err == nil {
-		if err = f.c.RemovePeer(ctx, o, name); err != nil {
-			flyErrors.WithLabelValues(opRemovePeer, errorKind(err)).Inc()
-		}
+		err = f.c.RemovePeer(ctx, o, name)
 	}
 	if err != nil {
 		peersRemoved.WithLabelValues(resultError).Inc()
@@ -73,12 +56,7 @@ func (f *flyOps) removePeer(ctx context.Context, slug, name string) error {
 func (f *flyOps) listPeers(ctx context.Context, slug string) ([]flyapi.Peer, error) {
 	ctx, cancel := context.WithTimeout(ctx, f.timeout)
 	defer cancel()
-	peers, err := f.c.ListPeers(ctx, slug)
-	if err != nil {
-		flyErrors.WithLabelValues(opListPeers, errorKind(err)).Inc()
-		return nil, err
-	}
-	return peers, nil
+	return f.c.ListPeers(ctx, slug)
 }
 
 // isContextDeadline reports a Fly call cut by its timeout.

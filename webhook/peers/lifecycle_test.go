@@ -25,6 +25,7 @@ import (
 
 	"github.com/glaceon/glaceon/flyapi"
 	"github.com/glaceon/glaceon/flyapi/flyapitest"
+	"github.com/glaceon/glaceon/flyapi/wgquick"
 	"github.com/glaceon/glaceon/hack/controlplane"
 	"github.com/glaceon/glaceon/webhook/inject"
 )
@@ -398,7 +399,7 @@ func (e *env) start(opts Options) {
 // addPeer creates a peer at the double through the Fly API, as admission does.
 func (e *env) addPeer(name string) string {
 	e.t.Helper()
-	kp, err := flyapi.GenerateKeyPair()
+	kp, err := wgquick.GenerateKeyPair()
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -411,7 +412,7 @@ func (e *env) addPeer(name string) string {
 // seedPeer puts a peer straight into the double (no API, no faults).
 func (e *env) seedPeer(orgSlug, name string) string {
 	e.t.Helper()
-	kp, err := flyapi.GenerateKeyPair()
+	kp, err := wgquick.GenerateKeyPair()
 	if err != nil {
 		e.t.Fatal(err)
 	}

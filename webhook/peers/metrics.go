@@ -3,18 +3,14 @@ package peers
 import (
 	"github.com/prometheus/client_golang/prometheus"
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
-
-	"github.com/glaceon/glaceon/flyapi"
 )
 
-// Metric names owned by this package. The Fly client wrapper (or admission)
-// owns the generic glaceon_fly_api_* series; the Fly error counter here is
-// named after the peer controller so the two never collide.
+// Metric names owned by this package. The Fly client (flyapi.Metrics) owns
+// the glaceon_fly_api_* series, errors by operation and kind included.
 const (
 	MetricPeersRemoved     = "glaceon_peers_removed_total"
 	MetricPeersOrphaned    = "glaceon_peers_orphaned_total"
 	MetricRemovalAbandoned = "glaceon_peer_removal_abandoned_total"
-	MetricFlyErrors        = "glaceon_peer_controller_fly_errors_total"
 	MetricLastSweep        = "glaceon_peer_sweep_last_success_timestamp_seconds"
 )
 
@@ -25,10 +21,6 @@ const (
 
 	kindSecret = "secret"
 	kindFly    = "fly"
-
-	opOrganization = "organization"
-	opListPeers    = "list_peers"
-	opRemovePeer   = "remove_peer"
 )
 
 var (
@@ -44,10 +36,6 @@ var (
 		Name: MetricRemovalAbandoned,
 		Help: "Peer Secrets whose finalizer was released after the removal deadline with the Fly peer still present (left for the sweeper).",
 	})
-	flyErrors = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: MetricFlyErrors,
-		Help: "Failed Fly API calls of the peer controller and sweeper, by operation and error kind.",
-	}, []string{"op", "kind"})
 	lastSweep = prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: MetricLastSweep,
 		Help: "Unix time of the last sweep that completed without error.",
@@ -55,30 +43,12 @@ var (
 )
 
 func init() {
-	metrics.Registry.MustRegister(peersRemoved, peersOrphaned, removalAbandoned, flyErrors, lastSweep)
+	metrics.Registry.MustRegister(peersRemoved, peersOrphaned, removalAbandoned, lastSweep)
 	// Export the zero series so that rate() and alerts work from the start.
 	for _, r := range []string{resultRemoved, resultError} {
 		peersRemoved.WithLabelValues(r)
 	}
 	for _, k := range []string{kindSecret, kindFly} {
 		peersOrphaned.WithLabelValues(k)
-	}
-}
-
-// errorKind is a bounded label value for a Fly error.
-func errorKind(err error) string {
-	switch {
-	case flyapi.IsUnauthorized(err):
-		return "unauthorized"
-	case flyapi.IsNotFound(err):
-		return "not_found"
-	case flyapi.IsRateLimited(err):
-		return "rate_limited"
-	case flyapi.IsTransient(err):
-		return "transient"
-	case flyapi.IsInvalid(err):
-		return "invalid"
-	default:
-		return "other"
 	}
 }

@@ -56,10 +56,11 @@ const (
 )
 
 // FlyClient is the part of the Fly API the controller uses. *flyapi.Client
-// implements it; so may a wrapper that records latency metrics.
+// implements it, and owns the org lookup cache and the Fly metrics.
 type FlyClient interface {
-	// Organization looks an organization up by slug (for its node ID).
-	Organization(ctx context.Context, slug string) (*flyapi.Organization, error)
+	// CachedOrganization looks an organization up by slug (for its node
+	// ID), from the client's cache when it can.
+	CachedOrganization(ctx context.Context, slug string) (*flyapi.Organization, error)
 	// ListPeers lists every WireGuard peer of the organization.
 	ListPeers(ctx context.Context, orgSlug string) ([]flyapi.Peer, error)
 	// RemovePeer removes a peer by name; a peer already gone is success.

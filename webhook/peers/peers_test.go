@@ -165,7 +165,7 @@ func TestPeerSecretSelector(t *testing.T) {
 
 type nopFly struct{}
 
-func (nopFly) Organization(context.Context, string) (*flyapi.Organization, error) {
+func (nopFly) CachedOrganization(context.Context, string) (*flyapi.Organization, error) {
 	return nil, errors.New("unused")
 }
 func (nopFly) ListPeers(context.Context, string) ([]flyapi.Peer, error) { return nil, nil }

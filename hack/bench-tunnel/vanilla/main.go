@@ -23,7 +23,7 @@ import (
 	"golang.zx2c4.com/wireguard/device"
 	"golang.zx2c4.com/wireguard/tun/netstack"
 
-	"github.com/glaceon/glaceon/flyapi"
+	"github.com/glaceon/glaceon/flyapi/wgquick"
 )
 
 func main() {
@@ -37,7 +37,7 @@ func main() {
 	if err != nil {
 		fail(err)
 	}
-	cfg, err := flyapi.ParseWireGuardConfig(data)
+	cfg, err := wgquick.Parse(data)
 	if err != nil {
 		fail(err)
 	}

@@ -1,4 +1,4 @@
-package flyapi
+package wgquick
 
 import (
 	"crypto/ecdh"
@@ -18,7 +18,7 @@ const KeyLen = 32
 // the Fly API; Hex gives the form wireguard-go's UAPI expects.
 //
 // Key.String prints the key. Never format a private Key directly: keep
-// private keys in a KeyPair or a WireGuardConfig, whose String, GoString and
+// private keys in a KeyPair or a Config, whose String, GoString and
 // Format methods redact them.
 type Key [KeyLen]byte
 
@@ -66,7 +66,7 @@ func (k Key) PublicKey() Key {
 	priv, err := ecdh.X25519().NewPrivateKey(k[:])
 	if err != nil {
 		// Unreachable: NewPrivateKey only fails on a wrong length.
-		panic("flyapi: X25519 private key: " + err.Error())
+		panic("wgquick: X25519 private key: " + err.Error())
 	}
 	var pub Key
 	copy(pub[:], priv.PublicKey().Bytes())
@@ -123,7 +123,7 @@ func (kp KeyPair) String() string {
 
 // GoString shows the public key only.
 func (kp KeyPair) GoString() string {
-	return `flyapi.KeyPair{Private:"` + redacted + `", Public:"` + kp.Public.String() + `"}`
+	return `wgquick.KeyPair{Private:"` + redacted + `", Public:"` + kp.Public.String() + `"}`
 }
 
 // Format implements fmt.Formatter so that every verb (%v, %+v, %#v, %s, %x,

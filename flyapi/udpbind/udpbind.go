@@ -1,6 +1,12 @@
 // Package udpbind is a wireguard-go conn.Bind for Linux that reads and
-// writes batches with recvmmsg/sendmmsg, shared by the sidecar and the
-// test double's gateway.
+// writes batches with recvmmsg/sendmmsg: the UDP transport of WireGuard to
+// Fly's gateways (port 51820).
+//
+// Both ends use it: the sidecar as the client, and the test double's
+// gateway (flyapi/flyapitest, in loopback-only mode). It lives in the flyapi
+// tree, next to the other Fly formats, so that the double does not import
+// the sidecar and the sidecar does not import the double or the API client;
+// it depends on wireguard-go and x/net, x/sys only.
 package udpbind
 
 import (

@@ -1,4 +1,4 @@
-package flyapi
+package wgquick
 
 import (
 	"bytes"
@@ -156,13 +156,13 @@ func TestKeyPairRedaction(t *testing.T) {
 			t.Fatalf("secretForms misses %q", s)
 		}
 	}
-	cfg := &WireGuardConfig{PrivateKey: kp.Private, PeerPublicKey: kp.Public}
+	cfg := &Config{PrivateKey: kp.Private, PeerPublicKey: kp.Public}
 	type wrapper struct {
 		KP  KeyPair
 		PKP *KeyPair
-		Cfg *WireGuardConfig
+		Cfg *Config
 	}
-	values := map[string]any{"KeyPair": kp, "*KeyPair": &kp, "wrapper": wrapper{kp, &kp, cfg}, "[]KeyPair": []KeyPair{kp}, "*WireGuardConfig": cfg, "WireGuardConfig": *cfg}
+	values := map[string]any{"KeyPair": kp, "*KeyPair": &kp, "wrapper": wrapper{kp, &kp, cfg}, "[]KeyPair": []KeyPair{kp}, "*Config": cfg, "Config": *cfg}
 	for vname, v := range values {
 		for _, verb := range []string{"%v", "%+v", "%#v", "%s", "%q", "%x", "%X", "%d", "%10.3v"} {
 			out := fmt.Sprintf(verb, v)
