@@ -12,13 +12,13 @@ import (
 	"net/http"
 	"net/url"
 	"os"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
 
 	"github.com/go-logr/logr"
 
+	"github.com/glaceon/glaceon/flyapi/target"
 	"github.com/glaceon/glaceon/flyapi/version"
 	"github.com/glaceon/glaceon/flyapi/wgquick"
 )
@@ -150,11 +150,11 @@ func optionsFromEnv(getenv func(string) string) (Options, error) {
 		o.BaseURL = v
 	}
 	if v := strings.TrimSpace(getenv(EnvGatewayPort)); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 || n > 65535 || strings.Trim(v, "0123456789") != "" {
-			return o, fmt.Errorf("invalid %s %q: use a UDP port number in 1..65535 (default %d)", EnvGatewayPort, truncate(v, 20), wgquick.DefaultGatewayPort)
+		n, err := target.ParsePort(v)
+		if err != nil {
+			return o, fmt.Errorf("invalid %s %q: use a UDP port number in 1..65535 (default %d)", EnvGatewayPort, target.Shorten(v), wgquick.DefaultGatewayPort)
 		}
-		o.GatewayPort = n
+		o.GatewayPort = int(n)
 	}
 	return o, nil
 }
@@ -298,19 +298,19 @@ func (c *Client) Format(f fmt.State, verb rune) { formatRedacted(f, verb, c.Stri
 func parseBaseURL(s string) (string, error) {
 	u, err := url.Parse(strings.TrimSpace(s))
 	if err != nil {
-		return "", fmt.Errorf("%q is not a URL: use e.g. %s", truncate(s, 100), DefaultBaseURL)
+		return "", fmt.Errorf("%q is not a URL: use e.g. %s", target.Shorten(s), DefaultBaseURL)
 	}
 	if u.Scheme != "https" && u.Scheme != "http" {
-		return "", fmt.Errorf("%q must start with https:// (or http:// for a local test server)", truncate(s, 100))
+		return "", fmt.Errorf("%q must start with https:// (or http:// for a local test server)", target.Shorten(s))
 	}
 	if u.Host == "" {
-		return "", fmt.Errorf("%q has no host: use e.g. %s", truncate(s, 100), DefaultBaseURL)
+		return "", fmt.Errorf("%q has no host: use e.g. %s", target.Shorten(s), DefaultBaseURL)
 	}
 	if u.User != nil {
 		return "", errors.New("base URL must not contain credentials: pass the token through FLY_API_TOKEN")
 	}
 	if u.RawQuery != "" || u.Fragment != "" {
-		return "", fmt.Errorf("%q must not have a query or fragment: use e.g. %s", truncate(u.Redacted(), 100), DefaultBaseURL)
+		return "", fmt.Errorf("%q must not have a query or fragment: use e.g. %s", target.Shorten(u.Redacted()), DefaultBaseURL)
 	}
 	u.Path = strings.TrimRight(u.Path, "/")
 	u.RawPath = ""

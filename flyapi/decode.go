@@ -12,6 +12,8 @@ import (
 	"time"
 	"unicode"
 	"unicode/utf8"
+
+	"github.com/glaceon/glaceon/flyapi/target"
 )
 
 // maxMessageLen bounds a server message copied into an Error.
@@ -137,7 +139,7 @@ func parseGQLError(raw json.RawMessage) gqlError {
 		for _, p := range path {
 			switch v := p.(type) {
 			case string:
-				e.Path = append(e.Path, truncate(v, 100))
+				e.Path = append(e.Path, target.Shorten(v))
 			case float64:
 				if v == math.Trunc(v) && math.Abs(v) < 1<<53 {
 					e.Path = append(e.Path, int(v))
@@ -202,7 +204,7 @@ func describeBody(status int, header http.Header, body []byte) string {
 	if len(bytes.TrimSpace(body)) == 0 {
 		return fmt.Sprintf("HTTP %d with an empty body", status)
 	}
-	return fmt.Sprintf("HTTP %d with a %d-byte %s body", status, len(body), cleanMessage(truncate(ct, 60)))
+	return fmt.Sprintf("HTTP %d with a %d-byte %s body", status, len(body), cleanMessage(target.Shorten(ct)))
 }
 
 func jsonErrText(err error) string {

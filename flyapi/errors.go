@@ -299,11 +299,3 @@ func classifyHTTP(status int) ErrorKind {
 	}
 	return KindUnknown
 }
-
-// truncate keeps values quoted back in messages short.
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n] + "..."
-}

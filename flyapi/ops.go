@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/glaceon/glaceon/flyapi/target"
 	"github.com/glaceon/glaceon/flyapi/wgquick"
 )
 
@@ -98,7 +99,7 @@ func ValidatePeerName(name string) error {
 	for i := 0; i < len(name); i++ {
 		ch := name[i]
 		if !(ch >= 'a' && ch <= 'z' || ch >= '0' && ch <= '9' || ch == '-') {
-			return fmt.Errorf("peer name %q has invalid character %q at %d: use lower-case letters, digits and '-'", truncate(name, 80), rune(ch), i)
+			return fmt.Errorf("peer name %q has invalid character %q at %d: use lower-case letters, digits and '-'", target.Shorten(name), rune(ch), i)
 		}
 	}
 	return nil
@@ -114,7 +115,7 @@ func validateSlug(slug string) error {
 	for i := 0; i < len(slug); i++ {
 		ch := slug[i]
 		if !(ch >= 'a' && ch <= 'z' || ch >= 'A' && ch <= 'Z' || ch >= '0' && ch <= '9' || ch == '-' || ch == '_') {
-			return fmt.Errorf("organization slug %q has invalid character %q: pass the slug shown by `fly orgs list`", truncate(slug, 100), rune(ch))
+			return fmt.Errorf("organization slug %q has invalid character %q: pass the slug shown by `fly orgs list`", target.Shorten(slug), rune(ch))
 		}
 	}
 	return nil
@@ -122,12 +123,12 @@ func validateSlug(slug string) error {
 
 func validateRegion(r string) error {
 	if len(r) > 10 {
-		return fmt.Errorf("region %q is too long: use a region code like ord (see `fly platform regions`)", truncate(r, 20))
+		return fmt.Errorf("region %q is too long: use a region code like ord (see `fly platform regions`)", target.Shorten(r))
 	}
 	for i := 0; i < len(r); i++ {
 		ch := r[i]
 		if !(ch >= 'a' && ch <= 'z' || ch >= '0' && ch <= '9') {
-			return fmt.Errorf("region %q is not a region code: use lower-case codes like ord (see `fly platform regions`)", truncate(r, 20))
+			return fmt.Errorf("region %q is not a region code: use lower-case codes like ord (see `fly platform regions`)", target.Shorten(r))
 		}
 	}
 	return nil
@@ -141,10 +142,10 @@ func validateNetwork(n string) error {
 		ch := n[i]
 		letter := ch >= 'a' && ch <= 'z' || ch >= 'A' && ch <= 'Z'
 		if i == 0 && !letter {
-			return fmt.Errorf("network name %q must start with a letter", truncate(n, 63))
+			return fmt.Errorf("network name %q must start with a letter", target.Shorten(n))
 		}
 		if !(letter || ch >= '0' && ch <= '9' || ch == '-') {
-			return fmt.Errorf("network name %q may only contain letters, digits and '-'", truncate(n, 63))
+			return fmt.Errorf("network name %q may only contain letters, digits and '-'", target.Shorten(n))
 		}
 	}
 	return nil
@@ -445,7 +446,7 @@ func decodeAddPeer(data []byte) (*CreatedPeer, *Error) {
 	var cp CreatedPeer
 	ip, err := netip.ParseAddr(strings.TrimSpace(*p.PeerIP))
 	if err != nil || !ip.Is6() || ip.Is4In6() || ip.Zone() != "" {
-		return nil, invalidResponse(op, "addWireGuardPeer.peerip", "%q is not an IPv6 address (Fly peer IPs are 6PN addresses in fdaa::/16)", truncate(*p.PeerIP, 60))
+		return nil, invalidResponse(op, "addWireGuardPeer.peerip", "%q is not an IPv6 address (Fly peer IPs are 6PN addresses in fdaa::/16)", target.Shorten(*p.PeerIP))
 	}
 	cp.PeerIP = ip
 	host := strings.TrimSpace(*p.EndpointIP)
@@ -497,7 +498,7 @@ func (n *peerNode) peer() Peer {
 // differently, but never empty, huge, or with spaces or control characters.
 func validatePeerRef(op, name string) *Error {
 	if name == "" || len(name) > 255 || strings.ContainsFunc(name, func(r rune) bool { return r <= ' ' || r == 0x7f }) {
-		return invalidInput(op, fmt.Errorf("peer name %q is empty or has spaces or control characters", truncate(name, 80)))
+		return invalidInput(op, fmt.Errorf("peer name %q is empty or has spaces or control characters", target.Shorten(name)))
 	}
 	return nil
 }
@@ -545,7 +546,7 @@ func decodePeer(data []byte, orgSlug, name string) (*Peer, error) {
 		return nil, notFoundDetail(&Error{Op: op, Kind: KindNotFound, HTTPStatus: 200, Object: ObjectWireGuardPeer}, orgSlug, name)
 	}
 	if n.Name != name {
-		return nil, invalidResponse(op, "organization.wireGuardPeer.name", "asked for %q, got %q", truncate(name, 80), truncate(n.Name, 80))
+		return nil, invalidResponse(op, "organization.wireGuardPeer.name", "asked for %q, got %q", target.Shorten(name), target.Shorten(n.Name))
 	}
 	p := n.peer()
 	return &p, nil
@@ -628,7 +629,7 @@ func (c *Client) ListPeers(ctx context.Context, orgSlug string) ([]Peer, error) 
 			return nil, invalidResponse(op, "wireGuardPeers.pageInfo.endCursor", "empty while hasNextPage is true (page %d)", page)
 		}
 		if cursor[*pi.EndCursor] {
-			return nil, invalidResponse(op, "wireGuardPeers.pageInfo.endCursor", "cursor %q repeated on page %d; the server is looping", truncate(*pi.EndCursor, 60), page)
+			return nil, invalidResponse(op, "wireGuardPeers.pageInfo.endCursor", "cursor %q repeated on page %d; the server is looping", target.Shorten(*pi.EndCursor), page)
 		}
 		cursor[*pi.EndCursor] = true
 		after = *pi.EndCursor
@@ -740,7 +741,7 @@ func (c *Client) ValidatePeers(ctx context.Context, peerIPs []string) (invalid [
 	}
 	for _, ip := range peerIPs {
 		if _, err := netip.ParseAddr(ip); err != nil {
-			return nil, invalidInput(op, fmt.Errorf("%q is not an IP address", truncate(ip, 60)))
+			return nil, invalidInput(op, fmt.Errorf("%q is not an IP address", target.Shorten(ip)))
 		}
 	}
 	vars := map[string]any{"input": map[string]any{"peerIps": peerIPs}}

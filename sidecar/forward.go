@@ -60,7 +60,7 @@ func newForwarder(f Forward, d dialer, m *metrics, log logr.Logger, conns *connS
 	if err != nil {
 		return nil, err
 	}
-	name := f.Name()
+	name := f.String()
 	fw := &forwarder{
 		f: f, ln: ln, d: d, name: name,
 		log:        log.WithValues("forward", name),
@@ -158,7 +158,7 @@ func (fw *forwarder) logDialError(reason string, err error) {
 	fw.lastLogged[reason] = now
 	fw.logMu.Unlock()
 	fw.log.Info("dial to target failed; closing local connection",
-		"target", fw.f.Target(), "reason", reason, "error", err.Error(), "suppressedSinceLastLog", n)
+		"target", fw.f.Target().String(), "reason", reason, "error", err.Error(), "suppressedSinceLastLog", n)
 }
 
 type closeWriter interface{ CloseWrite() error }

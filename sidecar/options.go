@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/glaceon/glaceon/flyapi/target"
 )
 
 // Defaults for the command line.
@@ -20,18 +22,8 @@ const (
 	MaxMTU               = 9000
 )
 
-// Forward is one LISTEN=TARGET mapping.
-type Forward struct {
-	Listen netip.AddrPort // local address to listen on
-	Host   string         // target host, lower case, no trailing dot; ends in .flycast or .internal
-	Port   uint16         // target port
-}
-
-// Name is the forward's label in metrics and logs: the LISTEN=TARGET text.
-func (f Forward) Name() string { return f.Listen.String() + "=" + f.Target() }
-
-// Target is host:port.
-func (f Forward) Target() string { return f.Host + ":" + strconv.Itoa(int(f.Port)) }
+// Forward is one LISTEN=TARGET mapping (the grammar is package target's).
+type Forward = target.Forward
 
 // Options is the parsed command line.
 type Options struct {
@@ -140,7 +132,7 @@ func ParseOptions(args []string, getenv func(string) string) (*Options, error) {
 	}
 	seen := map[netip.AddrPort]string{}
 	for _, s := range forwards {
-		f, err := ParseForward(s)
+		f, err := target.ParseForward(s)
 		if err != nil {
 			return nil, usageErr(forwardField, "%s", err.Error())
 		}
@@ -160,7 +152,7 @@ func ParseOptions(args []string, getenv func(string) string) (*Options, error) {
 	if v == "" {
 		v = DefaultHealthAddr
 	}
-	ap, err := parseListenAddr(v)
+	ap, err := target.ParseListenAddr(v)
 	if err != nil {
 		return nil, usageErr(field, "%s", err.Error())
 	}
@@ -171,7 +163,7 @@ func ParseOptions(args []string, getenv func(string) string) (*Options, error) {
 
 	field, v = pick("metrics-addr", *metrics, EnvMetricsAddr)
 	if v != "" {
-		ap, err := parseListenAddr(v)
+		ap, err := target.ParseListenAddr(v)
 		if err != nil {
 			return nil, usageErr(field, "%s", err.Error())
 		}
@@ -286,113 +278,4 @@ func flagError(err error) error {
 		return usageErr(name, "needs a value, e.g. %s=VALUE", name)
 	}
 	return usageErr(name, "%s", msg)
-}
-
-// ParseForward parses LISTEN=TARGET, e.g. 127.0.0.2:80=myapp.flycast:80.
-func ParseForward(s string) (Forward, error) {
-	var f Forward
-	listen, target, ok := strings.Cut(strings.TrimSpace(s), "=")
-	if !ok {
-		return f, fmt.Errorf("%q is not LISTEN=TARGET: write it like 127.0.0.2:80=myapp.flycast:80", s)
-	}
-	ap, err := parseListenAddr(strings.TrimSpace(listen))
-	if err != nil {
-		return f, fmt.Errorf("listen address in %q: %v", s, err)
-	}
-	host, port, err := ParseTarget(strings.TrimSpace(target))
-	if err != nil {
-		return f, fmt.Errorf("target in %q: %v", s, err)
-	}
-	return Forward{Listen: ap, Host: host, Port: port}, nil
-}
-
-// parseListenAddr accepts IP:PORT with an IP literal (127.0.0.2:80,
-// 0.0.0.0:8080, [::1]:80) and a port from 1 to 65535.
-func parseListenAddr(s string) (netip.AddrPort, error) {
-	host, portStr, err := splitHostPort(s)
-	if err != nil {
-		return netip.AddrPort{}, fmt.Errorf("%q is not IP:PORT: write it like 127.0.0.2:80 or 0.0.0.0:8080", s)
-	}
-	ip, err := netip.ParseAddr(host)
-	if err != nil || ip.Zone() != "" {
-		return netip.AddrPort{}, fmt.Errorf("%q: the host must be an IP literal such as 127.0.0.2 or 0.0.0.0, not a name", s)
-	}
-	port, err := parsePort(portStr)
-	if err != nil {
-		return netip.AddrPort{}, fmt.Errorf("%q: %v", s, err)
-	}
-	return netip.AddrPortFrom(ip.Unmap(), port), nil
-}
-
-// ParseTarget accepts host:port where host is a DNS name ending in .flycast or
-// .internal and port is 1-65535. The host is returned in lower case without a
-// trailing dot.
-func ParseTarget(s string) (string, uint16, error) {
-	host, portStr, err := splitHostPort(s)
-	if err != nil {
-		return "", 0, fmt.Errorf("%q is not HOST:PORT: write it like myapp.flycast:80 or db.internal:5432", s)
-	}
-	host = strings.TrimSuffix(strings.ToLower(host), ".")
-	if !strings.HasSuffix(host, ".flycast") && !strings.HasSuffix(host, ".internal") {
-		return "", 0, fmt.Errorf("host %q must end in .flycast or .internal, e.g. myapp.flycast:80 or db.internal:5432", host)
-	}
-	if err := checkDNSName(host); err != nil {
-		return "", 0, fmt.Errorf("host %q: %v", host, err)
-	}
-	port, err := parsePort(portStr)
-	if err != nil {
-		return "", 0, fmt.Errorf("%q: %v", s, err)
-	}
-	return host, port, nil
-}
-
-func splitHostPort(s string) (host, port string, err error) {
-	i := strings.LastIndexByte(s, ':')
-	if i < 0 {
-		return "", "", errors.New("missing port")
-	}
-	host, port = s[:i], s[i+1:]
-	if strings.HasPrefix(host, "[") {
-		if !strings.HasSuffix(host, "]") {
-			return "", "", errors.New("bad brackets")
-		}
-		host = host[1 : len(host)-1]
-	} else if strings.ContainsAny(host, ":[]") {
-		return "", "", errors.New("IPv6 needs brackets")
-	}
-	if host == "" {
-		return "", "", errors.New("missing host")
-	}
-	return host, port, nil
-}
-
-func parsePort(s string) (uint16, error) {
-	n, err := strconv.ParseUint(s, 10, 32)
-	if err != nil || n < 1 || n > 65535 || (len(s) > 1 && s[0] == '0') {
-		return 0, fmt.Errorf("port %q out of range: give a number from 1 to 65535", s)
-	}
-	return uint16(n), nil
-}
-
-// checkDNSName checks labels: 1-63 characters of [a-z0-9-_], not starting or
-// ending with '-', at most 253 characters in all.
-func checkDNSName(h string) error {
-	if len(h) > 253 {
-		return errors.New("name longer than 253 characters")
-	}
-	for _, l := range strings.Split(h, ".") {
-		if l == "" || len(l) > 63 {
-			return errors.New("each label must have 1 to 63 characters")
-		}
-		if l[0] == '-' || l[len(l)-1] == '-' {
-			return errors.New("a label cannot start or end with '-'")
-		}
-		for i := 0; i < len(l); i++ {
-			c := l[i]
-			if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
-				return fmt.Errorf("character %q is not allowed: use letters, digits and '-'", c)
-			}
-		}
-	}
-	return nil
 }

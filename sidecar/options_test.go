@@ -22,7 +22,7 @@ func TestParseOptionsDefaults(t *testing.T) {
 	if len(o.Forwards) != 2 || o.Forwards[1].Host != "db.internal" || o.Forwards[1].Port != 5432 || o.Forwards[1].Listen != netip.MustParseAddrPort("127.0.0.3:5432") {
 		t.Fatalf("forwards: %+v", o.Forwards)
 	}
-	if got := o.Forwards[0].Name(); got != "127.0.0.2:80=app.flycast:80" {
+	if got := o.Forwards[0].String(); got != "127.0.0.2:80=app.flycast:80" {
 		t.Fatalf("name %q", got)
 	}
 }
@@ -74,13 +74,13 @@ func TestParseOptionsErrors(t *testing.T) {
 		{"no equals", fw("127.0.0.2:80"), nil, "--forward", "LISTEN=TARGET"},
 		{"public target", fw("127.0.0.2:80=example.com:80"), nil, "--forward", ".flycast or .internal"},
 		{"target no port", fw("127.0.0.2:80=a.flycast"), nil, "--forward", "HOST:PORT"},
-		{"target port 0", fw("127.0.0.2:80=a.flycast:0"), nil, "--forward", "out of range"},
-		{"target port big", fw("127.0.0.2:80=a.flycast:65536"), nil, "--forward", "out of range"},
-		{"listen port big", fw("127.0.0.2:70000=a.flycast:80"), nil, "--forward", "out of range"},
+		{"target port 0", fw("127.0.0.2:80=a.flycast:0"), nil, "--forward", "from 1 to 65535"},
+		{"target port big", fw("127.0.0.2:80=a.flycast:65536"), nil, "--forward", "from 1 to 65535"},
+		{"listen port big", fw("127.0.0.2:70000=a.flycast:80"), nil, "--forward", "from 1 to 65535"},
 		{"listen name", fw("localhost:80=a.flycast:80"), nil, "--forward", "IP literal"},
 		{"listen v6 no brackets", fw("::1:80=a.flycast:80"), nil, "--forward", "IP:PORT"},
 		{"bad label", fw("127.0.0.2:80=a..flycast:80"), nil, "--forward", "label"},
-		{"bad char", fw("127.0.0.2:80=a_b!.flycast:80"), nil, "--forward", "not allowed"},
+		{"bad char", fw("127.0.0.2:80=a_b!.flycast:80"), nil, "--forward", "not a DNS label"},
 		{"duplicate", fw("127.0.0.2:80=a.flycast:80", "127.0.0.2:80=b.flycast:80"), nil, "--forward", "duplicate listen address"},
 		{"wildcard overlap", fw("127.0.0.2:80=a.flycast:80", "0.0.0.0:80=b.flycast:80"), nil, "--forward", "overlap"},
 		{"env forward bad", base, map[string]string{EnvForward: "127.0.0.2:80=a.com:80"}, EnvForward, ".flycast"},
@@ -114,49 +114,6 @@ func TestParseOptionsErrors(t *testing.T) {
 			}
 		})
 	}
-}
-
-func TestParseForwardForms(t *testing.T) {
-	for _, s := range []string{
-		"127.0.0.2:80=twi-ollama.flycast:11434",
-		"0.0.0.0:8080=iad.api.internal:8080",
-		"[::1]:5432=db.internal:5432",
-		"127.0.0.5:6379=top2.nearest.of.redis.internal:6379",
-	} {
-		f, err := ParseForward(s)
-		if err != nil {
-			t.Fatalf("%s: %v", s, err)
-		}
-		if f.Name() != s {
-			t.Fatalf("round trip %q -> %q", s, f.Name())
-		}
-	}
-}
-
-func FuzzParseForward(f *testing.F) {
-	for _, s := range []string{"127.0.0.2:80=a.flycast:80", "[::1]:1=b.internal:65535", "=", "a=b", "1.2.3.4:0=x.flycast:1", "0.0.0.0:8080=a.b.c.internal:8080", "[fe80::1%eth0]:80=a.flycast:80"} {
-		f.Add(s)
-	}
-	f.Fuzz(func(t *testing.T, s string) {
-		fw, err := ParseForward(s)
-		if err != nil {
-			if strings.ContainsAny(err.Error(), "\n\r") && !strings.ContainsAny(s, "\n\r") {
-				t.Fatalf("multi-line error %q", err)
-			}
-			return
-		}
-		if !fw.Listen.IsValid() || fw.Listen.Port() == 0 || fw.Port == 0 {
-			t.Fatalf("accepted invalid %q: %+v", s, fw)
-		}
-		if !strings.HasSuffix(fw.Host, ".flycast") && !strings.HasSuffix(fw.Host, ".internal") {
-			t.Fatalf("accepted host %q", fw.Host)
-		}
-		// The canonical form parses to the same forward.
-		again, err := ParseForward(fw.Name())
-		if err != nil || again != fw {
-			t.Fatalf("canonical %q of %q does not round-trip: %+v %v", fw.Name(), s, again, err)
-		}
-	})
 }
 
 func FuzzParseOptions(f *testing.F) {

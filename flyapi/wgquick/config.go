@@ -8,6 +8,8 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+
+	"github.com/glaceon/glaceon/flyapi/target"
 )
 
 // DefaultGatewayPort is the UDP port of Fly's WireGuard gateways. The API does
@@ -209,8 +211,8 @@ func validateEndpoint(ep string) error {
 	if err := ValidateEndpointHost(host); err != nil {
 		return fmt.Errorf("host: %v", err)
 	}
-	n, err := strconv.Atoi(port)
-	if err != nil || n < 1 || n > 65535 || port != strconv.Itoa(n) {
+	n, err := target.ParsePort(port)
+	if err != nil || port != strconv.Itoa(int(n)) {
 		return fmt.Errorf("port %q out of range: fix: use a number in 1..65535 (Fly gateways listen on %d)", port, DefaultGatewayPort)
 	}
 	if ip, err := netip.ParseAddr(host); err == nil && ip.Is6() && !strings.HasPrefix(ep, "[") {
@@ -234,36 +236,10 @@ func ValidateEndpointHost(host string) error {
 		}
 		return nil
 	}
-	if !isHostName(host) {
-		return fmt.Errorf("%q is neither an IP address nor a valid host name: fix: use a host name like ord1.gateway.6pn.dev or an IP address", truncate(host, 80))
+	if target.CheckHostName(host) != nil {
+		return fmt.Errorf("%q is neither an IP address nor a valid host name: fix: use a host name like ord1.gateway.6pn.dev or an IP address", target.Shorten(host))
 	}
 	return nil
-}
-
-func isHostName(s string) bool {
-	s = strings.TrimSuffix(s, ".")
-	if s == "" || len(s) > 253 {
-		return false
-	}
-	for _, label := range strings.Split(s, ".") {
-		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
-			return false
-		}
-		for i := 0; i < len(label); i++ {
-			ch := label[i]
-			if !(ch >= 'a' && ch <= 'z' || ch >= 'A' && ch <= 'Z' || ch >= '0' && ch <= '9' || ch == '-' || ch == '_') {
-				return false
-			}
-		}
-	}
-	return true
-}
-
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n] + "..."
 }
 
 // unsupportedKeys are valid wg-quick / wg keys that glaceon rejects, with the
@@ -368,7 +344,7 @@ func Parse(data []byte) (*Config, error) {
 				}
 				peerLine, section = lineNo, secPeer
 			default:
-				return nil, errf("section", "unknown section [%s]: fix: use [Interface] or [Peer]", truncate(name, 40))
+				return nil, errf("section", "unknown section [%s]: fix: use [Interface] or [Peer]", target.Shorten(name))
 			}
 			continue
 		}
@@ -386,14 +362,14 @@ func Parse(data []byte) (*Config, error) {
 		var ok bool
 		switch section {
 		case secNone:
-			return nil, errf(truncate(rawKey, 40), "key outside a section: fix: put it under [Interface] or [Peer]")
+			return nil, errf(target.Shorten(rawKey), "key outside a section: fix: put it under [Interface] or [Peer]")
 		case secInterface:
 			key, ok = interfaceKeys[lk]
 			if !ok {
 				if pk, inPeer := peerKeys[lk]; inPeer {
 					return nil, errf(pk, "belongs in [Peer], found in [Interface]: fix: move the line under [Peer]")
 				}
-				return nil, errf(truncate(rawKey, 40), "unknown key in [Interface]: fix: allowed keys are PrivateKey, Address, DNS, MTU (and ListenPort, ignored)")
+				return nil, errf(target.Shorten(rawKey), "unknown key in [Interface]: fix: allowed keys are PrivateKey, Address, DNS, MTU (and ListenPort, ignored)")
 			}
 		case secPeer:
 			key, ok = peerKeys[lk]
@@ -401,7 +377,7 @@ func Parse(data []byte) (*Config, error) {
 				if ik, inIface := interfaceKeys[lk]; inIface {
 					return nil, errf(ik, "belongs in [Interface], found in [Peer]: fix: move the line under [Interface]")
 				}
-				return nil, errf(truncate(rawKey, 40), "unknown key in [Peer]: fix: allowed keys are PublicKey, AllowedIPs, Endpoint, PersistentKeepalive")
+				return nil, errf(target.Shorten(rawKey), "unknown key in [Peer]: fix: allowed keys are PublicKey, AllowedIPs, Endpoint, PersistentKeepalive")
 			}
 		}
 		if prev, dup := seen[key]; dup && key != "AllowedIPs" {
@@ -434,10 +410,10 @@ func Parse(data []byte) (*Config, error) {
 			}
 			a, err := parseAddrOrPrefix(value)
 			if err != nil {
-				return nil, errf(key, "%q is not an IP address or IP/prefix: fix: use <peerip>/120 as returned by the Fly API", truncate(value, 60))
+				return nil, errf(key, "%q is not an IP address or IP/prefix: fix: use <peerip>/120 as returned by the Fly API", target.Shorten(value))
 			}
 			if !a.Is6() || a.Is4In6() {
-				return nil, errf(key, "%q is not an IPv6 address: fix: Fly peer IPs are IPv6 6PN addresses, use <peerip>/120 as returned by the Fly API", truncate(value, 60))
+				return nil, errf(key, "%q is not an IPv6 address: fix: Fly peer IPs are IPv6 6PN addresses, use <peerip>/120 as returned by the Fly API", target.Shorten(value))
 			}
 			c.Address = a
 		case "DNS":
@@ -446,18 +422,18 @@ func Parse(data []byte) (*Config, error) {
 			}
 			a, err := netip.ParseAddr(value)
 			if err != nil || a.Zone() != "" {
-				return nil, errf(key, "%q is not an IP address: fix: use <first 48 bits of the peer ip>::3 (search domains are not supported)", truncate(value, 60))
+				return nil, errf(key, "%q is not an IP address: fix: use <first 48 bits of the peer ip>::3 (search domains are not supported)", target.Shorten(value))
 			}
 			c.DNS, dnsSet = a, true
 		case "MTU":
-			n, err := parsePort(value)
-			if err != nil || n < 1280 {
-				return nil, errf(key, "%q out of range: fix: use 1280..65535 (wg-quick's default is 1420) or remove the line", truncate(value, 20))
+			n, ok := target.ParseUint16(value)
+			if !ok || n < 1280 {
+				return nil, errf(key, "%q out of range: fix: use 1280..65535 (wg-quick's default is 1420) or remove the line", target.Shorten(value))
 			}
-			c.MTU = n
+			c.MTU = int(n)
 		case "ListenPort":
-			if _, err := parsePort(value); err != nil {
-				return nil, errf(key, "%q out of range: fix: use 0..65535 or remove the line (glaceon ignores it)", truncate(value, 20))
+			if _, ok := target.ParseUint16(value); !ok {
+				return nil, errf(key, "%q out of range: fix: use 0..65535 or remove the line (glaceon ignores it)", target.Shorten(value))
 			}
 		case "AllowedIPs":
 			for _, part := range strings.Split(value, ",") {
@@ -467,7 +443,7 @@ func Parse(data []byte) (*Config, error) {
 				}
 				p, err := netip.ParsePrefix(part)
 				if err != nil {
-					return nil, errf(key, "%q is not an IP/prefix: fix: use CIDR notation like fdaa:0:18::/48", truncate(part, 60))
+					return nil, errf(key, "%q is not an IP/prefix: fix: use CIDR notation like fdaa:0:18::/48", target.Shorten(part))
 				}
 				c.AllowedIPs = append(c.AllowedIPs, p.Masked())
 			}
@@ -481,11 +457,11 @@ func Parse(data []byte) (*Config, error) {
 				c.PersistentKeepalive = 0
 				break
 			}
-			n, err := parsePort(value)
-			if err != nil {
-				return nil, errf(key, "%q out of range: fix: use 0..65535 seconds or \"off\" (Fly uses %d)", truncate(value, 20), DefaultKeepalive)
+			n, ok := target.ParseUint16(value)
+			if !ok {
+				return nil, errf(key, "%q out of range: fix: use 0..65535 seconds or \"off\" (Fly uses %d)", target.Shorten(value), DefaultKeepalive)
 			}
-			c.PersistentKeepalive = n
+			c.PersistentKeepalive = int(n)
 		}
 	}
 
@@ -541,21 +517,4 @@ func parseAddrOrPrefix(s string) (netip.Addr, error) {
 		return netip.Addr{}, fmt.Errorf("zone not allowed")
 	}
 	return a, nil
-}
-
-// parsePort parses a decimal integer in 0..65535 without sign or leading '+'.
-func parsePort(s string) (int, error) {
-	if s == "" || len(s) > 5 {
-		return 0, fmt.Errorf("bad number")
-	}
-	for i := 0; i < len(s); i++ {
-		if s[i] < '0' || s[i] > '9' {
-			return 0, fmt.Errorf("bad number")
-		}
-	}
-	n, err := strconv.Atoi(s)
-	if err != nil || n > 65535 {
-		return 0, fmt.Errorf("out of range")
-	}
-	return n, nil
 }

@@ -5,6 +5,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/validation/field"
+
+	"github.com/glaceon/glaceon/flyapi/target"
 )
 
 // annotationsPath is the field path all annotation errors hang off, so that
@@ -72,7 +74,7 @@ func parsePodAnnotations(pod *corev1.Pod) (Request, field.ErrorList) {
 
 	targetPath := annotationsPath.Key(AnnotationTarget)
 	if value, ok := annotations[AnnotationTarget]; !ok {
-		errs = append(errs, field.Required(targetPath, "add it to opt in to glaceon, "+targetExamples))
+		errs = append(errs, field.Required(targetPath, "add it to opt in to glaceon, "+target.Examples))
 	} else {
 		targets, targetErrs := parseTargetList(value, targetPath)
 		req.Targets = targets
@@ -100,7 +102,7 @@ func parsePodAnnotations(pod *corev1.Pod) (Request, field.ErrorList) {
 		case SidecarModeNative, SidecarModeClassic, SidecarModePeerOnly:
 			req.Mode = SidecarMode(mode)
 		default:
-			errs = append(errs, field.Invalid(annotationsPath.Key(AnnotationInjectMode), shorten(mode),
+			errs = append(errs, field.Invalid(annotationsPath.Key(AnnotationInjectMode), target.Shorten(mode),
 				fmt.Sprintf("use %q (init container with restartPolicy Always, Kubernetes 1.29+), %q (regular container, older clusters) or %q (the pod runs glaceon-sidecar itself), or remove the annotation for the default",
 					SidecarModeNative, SidecarModeClassic, SidecarModePeerOnly)))
 		}

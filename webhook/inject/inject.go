@@ -13,6 +13,8 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/apimachinery/pkg/util/validation/field"
 	"k8s.io/utils/ptr"
+
+	"github.com/glaceon/glaceon/flyapi/target"
 )
 
 // Secret volume file modes. The sidecar runs as a non-root uid, while the
@@ -89,9 +91,9 @@ type listener struct {
 	addr   netip.Addr
 }
 
-// listenAddr is the LISTEN half of --forward, e.g. "127.0.0.2:80".
-func (l listener) listenAddr() string {
-	return netip.AddrPortFrom(l.addr, uint16(l.target.Port)).String()
+// listen is the LISTEN half of --forward, e.g. 127.0.0.2:80.
+func (l listener) listen() netip.AddrPort {
+	return netip.AddrPortFrom(l.addr, l.target.Port)
 }
 
 // plan is everything Inject adds, worked out (and checked) before the pod is
@@ -126,7 +128,7 @@ func newPlan(pod *corev1.Pod, cfg Config) (plan, field.ErrorList) {
 			p.aliases = append(p.aliases, corev1.HostAlias{IP: addr.String(), Hostnames: []string{t.Host}})
 		}
 		p.listeners = append(p.listeners, listener{target: t, addr: addr})
-		if name := cfg.sidecarPort(t.Port); name != "" {
+		if name := cfg.sidecarPort(int32(t.Port)); name != "" {
 			errs = append(errs, field.Invalid(annotationsPath.Key(AnnotationTarget), t.String(),
 				fmt.Sprintf("port %d is the sidecar's %s port; ask the cluster admin to move the %s port (webhook config) to reach this target", t.Port, name, name)))
 		}
@@ -185,10 +187,10 @@ func (p *plan) checkContainers(pod *corev1.Pod, cfg Config, specPath *field.Path
 				continue
 			}
 			for _, l := range p.listeners {
-				if l.target.Port == port.ContainerPort {
+				if int32(l.target.Port) == port.ContainerPort {
 					errs = append(errs, field.Invalid(portPath, port.ContainerPort,
 						fmt.Sprintf("the sidecar listens on %s for target %s, and an app listening on all addresses cannot share the port; move the app to another port or drop the target",
-							l.listenAddr(), l.target)))
+							l.listen(), l.target)))
 					break
 				}
 			}
@@ -284,7 +286,7 @@ func (p *plan) targetEnv() []corev1.EnvVar {
 	for i, l := range p.listeners {
 		prefix := EnvTargetPrefix + strconv.Itoa(i)
 		env = append(env,
-			corev1.EnvVar{Name: prefix + "_ADDR", Value: l.listenAddr()},
+			corev1.EnvVar{Name: prefix + "_ADDR", Value: l.listen().String()},
 			corev1.EnvVar{Name: prefix + "_HOST", Value: l.target.Host},
 		)
 	}
@@ -372,42 +374,18 @@ func (p *plan) apply(out *corev1.Pod, cfg Config, peer Peer) {
 	markInjected(out, peer, injectedMarker(sidecar, p.aliases))
 }
 
-// sidecarContainer builds the glaceon-sidecar container.
+// sidecarContainer builds the injected glaceon-sidecar container.
 func (p *plan) sidecarContainer(cfg Config) corev1.Container {
-	args := []string{"--wg-config", cfg.WGConfigPath()}
-	for _, l := range p.listeners {
-		args = append(args, "--forward", l.listenAddr()+"="+l.target.String())
+	forwards := make([]target.Forward, len(p.listeners))
+	for i, l := range p.listeners {
+		forwards[i] = target.Forward{Listen: l.listen(), Host: l.target.Host, Port: l.target.Port}
 	}
-	args = append(args, cfg.SidecarServeArgs()...)
-
-	c := corev1.Container{
-		Name:            SidecarContainerName,
-		Image:           cfg.Image,
-		ImagePullPolicy: cfg.ImagePullPolicy,
-		Args:            args,
-		Ports:           cfg.SidecarServePorts(),
-		Resources:       *cfg.Resources.DeepCopy(),
-		VolumeMounts: []corev1.VolumeMount{{
-			Name:      PeerVolumeName,
-			MountPath: cfg.SecretMountPath,
-			ReadOnly:  true,
-		}},
-		// In native mode the startup probe holds back the app containers
-		// until the tunnel has a handshake, Fly DNS answers and every
-		// listener is up; 120 × 1 s leaves room for a new peer to reach the
-		// gateway before the kubelet restarts the sidecar.
-		StartupProbe:   HealthProbe("/readyz", 1, 120),
-		ReadinessProbe: HealthProbe("/readyz", 5, 3),
-		LivenessProbe:  HealthProbe("/healthz", 10, 3),
-		// The sidecar exits with a one-line reason on bad config; this puts
-		// it in the pod status.
-		TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
-		SecurityContext:          cfg.SidecarSecurityContext(),
-	}
-	if p.mode == SidecarModeNative {
-		c.RestartPolicy = ptr.To(corev1.ContainerRestartPolicyAlways)
-	}
-	return c
+	return SidecarContainer{
+		Name:         SidecarContainerName,
+		Forwards:     forwards,
+		StartupProbe: true,
+		Native:       p.mode == SidecarModeNative,
+	}.Build(cfg)
 }
 
 // HealthProbe probes the sidecar's health server by port name

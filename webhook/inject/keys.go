@@ -1,5 +1,7 @@
 package inject
 
+import "github.com/glaceon/glaceon/flyapi/target"
+
 // Names that form glaceon's contract with users, with the other parts of
 // glaceon (admission, peer controller, sidecar) and with existing clusters.
 // They are API: renaming one strands pods and Secrets created before.
@@ -69,8 +71,8 @@ const (
 	kernelUnprivilegedPortStart = 1024
 
 	// MaxTargets bounds the targets of one pod; each distinct host takes one
-	// loopback address from 127.0.0.2 on.
-	MaxTargets = 16
+	// loopback address from 127.0.0.2 on. The grammar enforces it.
+	MaxTargets = target.MaxTargets
 
 	// PlaceholderPeerName and PlaceholderSecretName stand in for the real peer
 	// in dry runs and offline injection, where no peer is created.

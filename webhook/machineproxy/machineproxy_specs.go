@@ -2,7 +2,6 @@ package machineproxy
 
 import (
 	"fmt"
-	"net"
 	"slices"
 	"strconv"
 
@@ -14,6 +13,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/validation/field"
 	"k8s.io/utils/ptr"
 
+	"github.com/glaceon/glaceon/flyapi/target"
 	glaceonv1alpha1 "github.com/glaceon/glaceon/webhook/api/v1alpha1"
 	"github.com/glaceon/glaceon/webhook/inject"
 )
@@ -51,7 +51,7 @@ func proxyTargets(mp *glaceonv1alpha1.MachineProxy) ([]proxyTarget, field.ErrorL
 	out := make([]proxyTarget, len(targets))
 	byPort := make(map[int32]inject.Target, len(targets))
 	for i, t := range targets {
-		port := t.Port
+		port := int32(t.Port)
 		if mp.Spec.Port != nil {
 			port = *mp.Spec.Port
 		}
@@ -182,19 +182,20 @@ func deploymentFor(mp *glaceonv1alpha1.MachineProxy, targets []proxyTarget, opts
 }
 
 func proxyPodSpec(mp *glaceonv1alpha1.MachineProxy, targets []proxyTarget, cfg inject.Config) corev1.PodSpec {
-	resources := cfg.Resources.DeepCopy()
-	if mp.Spec.Resources != nil {
-		resources = mp.Spec.Resources.DeepCopy()
+	forwards := make([]target.Forward, len(targets))
+	ports := make([]corev1.ContainerPort, len(targets))
+	for i, t := range targets {
+		forwards[i] = inject.HealthForward(cfg, t.listenPort, t.target)
+		ports[i] = corev1.ContainerPort{Name: t.portName, ContainerPort: t.listenPort, Protocol: corev1.ProtocolTCP}
 	}
-	args := []string{"--wg-config", cfg.WGConfigPath()}
-	ports := make([]corev1.ContainerPort, 0, len(targets)+1)
-	for _, t := range targets {
-		listen := net.JoinHostPort(cfg.HealthListenHost, strconv.Itoa(int(t.listenPort)))
-		args = append(args, "--forward", listen+"="+t.target.String())
-		ports = append(ports, corev1.ContainerPort{Name: t.portName, ContainerPort: t.listenPort, Protocol: corev1.ProtocolTCP})
-	}
-	args = append(args, cfg.SidecarServeArgs()...)
-	ports = append(ports, cfg.SidecarServePorts()...)
+	// No startup probe: the Service's readiness gate is enough, and there
+	// is no app container to hold back.
+	proxy := inject.SidecarContainer{
+		Name:      ProxyContainerName,
+		Forwards:  forwards,
+		Ports:     ports,
+		Resources: mp.Spec.Resources,
+	}.Build(cfg)
 
 	spread := func(key string) corev1.TopologySpreadConstraint {
 		return corev1.TopologySpreadConstraint{
@@ -209,25 +210,7 @@ func proxyPodSpec(mp *glaceonv1alpha1.MachineProxy, targets []proxyTarget, cfg i
 	}
 
 	return corev1.PodSpec{
-		Containers: []corev1.Container{{
-			Name:            ProxyContainerName,
-			Image:           cfg.Image,
-			ImagePullPolicy: cfg.ImagePullPolicy,
-			Args:            args,
-			Ports:           ports,
-			Resources:       *resources,
-			VolumeMounts: []corev1.VolumeMount{{
-				Name:      inject.PeerVolumeName,
-				MountPath: cfg.SecretMountPath,
-				ReadOnly:  true,
-			}},
-			// The Service sends traffic only to replicas whose tunnel is up.
-			ReadinessProbe: inject.HealthProbe("/readyz", 5, 3),
-			LivenessProbe:  inject.HealthProbe("/healthz", 10, 3),
-			// The sidecar exits with a one-line reason on bad config.
-			TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
-			SecurityContext:          cfg.SidecarSecurityContext(),
-		}},
+		Containers: []corev1.Container{proxy},
 		Volumes: []corev1.Volume{{
 			Name: inject.PeerVolumeName,
 			VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{

@@ -17,6 +17,7 @@ import (
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	"github.com/glaceon/glaceon/flyapi/target/targettest"
 	"github.com/glaceon/glaceon/hack/controlplane"
 	glaceonv1alpha1 "github.com/glaceon/glaceon/webhook/api/v1alpha1"
 	"github.com/glaceon/glaceon/webhook/inject"
@@ -37,6 +38,7 @@ func TestSchemaValidation(t *testing.T) {
 	})
 	c := newClient(t, cp)
 	t.Run("legacy migration command", func(t *testing.T) { testLegacyMigration(t, cp, c) })
+	t.Run("target grammar table", func(t *testing.T) { testTargetTable(t, c) })
 	ctx := context.Background()
 
 	tests := map[string]struct {
@@ -106,6 +108,35 @@ func TestSchemaValidation(t *testing.T) {
 			}
 			if tc.want != "" && len(errs) == 0 {
 				t.Errorf("CRD refuses %q but inject.ParseTargets accepts it", mp.Spec.Target)
+			}
+		})
+	}
+}
+
+// testTargetTable runs the target grammar's table (targettest) through the
+// CRD's CEL rules: CEL must refuse every list the grammar refuses, except
+// the cases marked celAccepts (CEL cannot express them; the controller's
+// parser refuses them), and accept every list the grammar accepts.
+func testTargetTable(t *testing.T, c client.Client) {
+	ctx := context.Background()
+	for i, tc := range targettest.Cases() {
+		t.Run(tc.Name, func(t *testing.T) {
+			mp := newMachineProxy(withName(fmt.Sprintf("grammar-%d", i)), withTarget(tc.Value))
+			mp.Namespace = "default"
+			err := c.Create(ctx, mp)
+			if err == nil {
+				_ = c.Delete(ctx, mp)
+			}
+			refused := len(tc.Problems) > 0
+			switch {
+			case err != nil && !apierrors.IsInvalid(err):
+				t.Fatalf("create: %v", err)
+			case !refused && err != nil:
+				t.Fatalf("the grammar accepts %q but the CRD refuses it: %v", tc.Value, err)
+			case refused && !tc.CELAccepts && err == nil:
+				t.Fatalf("the grammar refuses %q (%s) but the CRD accepts it", tc.Value, tc.Problems[0].Detail)
+			case tc.CELAccepts && err != nil:
+				t.Fatalf("%q is marked celAccepts but the CRD refuses it (remove the mark): %v", tc.Value, err)
 			}
 		})
 	}

@@ -53,14 +53,17 @@ type MachineProxySpec struct {
 	// single target, otherwise the target's own port, so no two targets may
 	// share a port. (That last rule is checked by the controller, which
 	// reports it in the Ready condition: as a CEL rule it would cost more
-	// than the API server allows.)
+	// than the API server allows.) The CEL rules below are a first line of
+	// defence for the grammar of package flyapi/target, which the
+	// controller applies; both are tested against one table
+	// (flyapi/target/targettest).
 	//
 	// +required
 	// +kubebuilder:validation:MinLength=1
 	// +kubebuilder:validation:MaxLength=400
 	// +kubebuilder:validation:XValidation:rule="self.split(',').size() <= 16",message="at most 16 targets per MachineProxy"
 	// +kubebuilder:validation:XValidation:rule="!self.lowerAscii().contains('https://')",message="https:// is not supported: the proxy forwards TCP and TLS passes through it, so write 'host:443' to reach port 443, or 'http://host' for plain HTTP"
-	// +kubebuilder:validation:XValidation:rule="self.split(',').all(e, e.trim().lowerAscii().startsWith('https://') || (e.trim().matches('(?i)^(http://)?([a-z0-9]([-a-z0-9]*[a-z0-9])?[.])*[a-z0-9]([-a-z0-9]*[a-z0-9])?(:[0-9]+)?/?$') && (!e.trim().endsWith('/') || e.trim().lowerAscii().startsWith('http://'))))",message="each comma-separated target must be 'app', 'host:port' or 'http://host[:port]' with no path and no empty entry, e.g. 'twi-ollama', 'db.internal:5432' or 'http://twi-ollama.flycast'"
+	// +kubebuilder:validation:XValidation:rule="self.split(',').all(e, e.trim().lowerAscii().startsWith('https://') || (e.trim().lowerAscii().matches('^(http://)?([a-z0-9]([-a-z0-9]*[a-z0-9])?[.])*[a-z0-9]([-a-z0-9]*[a-z0-9])?(:[0-9]+)?/?$') && (!e.trim().endsWith('/') || e.trim().lowerAscii().startsWith('http://'))))",message="each comma-separated target must be 'app', 'host:port' or 'http://host[:port]' with no path and no empty entry, e.g. 'twi-ollama', 'db.internal:5432' or 'http://twi-ollama.flycast'"
 	// +kubebuilder:validation:XValidation:rule="self.split(',').all(e, e.trim().lowerAscii().startsWith('https://') || e.trim().lowerAscii().replace('http://', '').replace('/', '').split(':')[0].endsWith('.flycast') || e.trim().lowerAscii().replace('http://', '').replace('/', '').split(':')[0].endsWith('.internal') || (!e.contains('.') && !e.contains(':') && !e.contains('/')))",message="target hosts must be Fly private hosts ending in .flycast or .internal (e.g. 'twi-ollama.flycast', 'db.internal:5432'); a bare app name such as 'twi-ollama' means twi-ollama.flycast:80"
 	// +kubebuilder:validation:XValidation:rule="self.split(',').all(e, e.contains(':') || !e.trim().lowerAscii().endsWith('.internal'))",message="a .internal host needs a port, e.g. 'db.internal:5432' (or 'http://db.internal' for port 80)"
 	// +kubebuilder:validation:XValidation:rule="self.split(',').all(e, e.trim().lowerAscii().startsWith('https://') || !e.trim().lowerAscii().replace('http://', '').replace('/', '').contains(':') || (e.trim().lowerAscii().replace('http://', '').replace('/', '').split(':')[1].matches('^[0-9]{1,5}$') && int(e.trim().lowerAscii().replace('http://', '').replace('/', '').split(':')[1]) >= 1 && int(e.trim().lowerAscii().replace('http://', '').replace('/', '').split(':')[1]) <= 65535))",message="target ports must be numbers from 1 to 65535"
