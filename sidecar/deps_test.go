@@ -8,7 +8,7 @@ import (
 
 // The sidecar runs in every annotated pod: it must stay free of client-go,
 // controller-runtime and the rest of Kubernetes, and of the Fly API client
-// and its test double (it needs only the wg-quick format and the UDP bind).
+// and its test double (it needs only the wg-quick format, the UDP bind and the WebSocket framing).
 func TestSidecarHasNoKubernetesDependencies(t *testing.T) {
 	out, err := exec.Command("go", "list", "-deps", "github.com/glaceon/glaceon/cmd/glaceon-sidecar").CombinedOutput()
 	if err != nil {
@@ -24,7 +24,7 @@ func TestSidecarHasNoKubernetesDependencies(t *testing.T) {
 		}
 		switch p {
 		case "github.com/glaceon/glaceon/flyapi", "github.com/glaceon/glaceon/flyapi/flyapitest":
-			t.Errorf("glaceon-sidecar depends on %s: import the leaf packages (flyapi/wgquick, flyapi/udpbind) instead", p)
+			t.Errorf("glaceon-sidecar depends on %s: import the leaf packages (flyapi/wgquick, flyapi/udpbind, flyapi/wgws) instead", p)
 		}
 	}
 }

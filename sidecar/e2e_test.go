@@ -96,11 +96,14 @@ func startSidecarWithLog(t testing.TB, log logr.Logger, cfgPath string, targets 
 // startSidecarOpts: before Run, prepare may adjust the Sidecar (tests only).
 func startSidecarOpts(t testing.TB, log logr.Logger, prepare func(*Sidecar), cfgPath string, targets ...string) (*running, []string) {
 	t.Helper()
-	return startSidecarEnv(t, log, nil, prepare, cfgPath, targets...)
+	r, addrs := launchSidecar(t, log, prepare, cfgPath, targets...)
+	waitFor(t, 15*time.Second, "sidecar ready", r.s.Ready)
+	return r, addrs
 }
 
-// startSidecarEnv: getenv (may be nil) is the sidecar's environment.
-func startSidecarEnv(t testing.TB, log logr.Logger, getenv func(string) string, prepare func(*Sidecar), cfgPath string, targets ...string) (*running, []string) {
+// launchSidecar starts a Sidecar in-process and returns without waiting for
+// readiness.
+func launchSidecar(t testing.TB, log logr.Logger, prepare func(*Sidecar), cfgPath string, targets ...string) (*running, []string) {
 	t.Helper()
 	args := []string{"--wg-config", cfgPath, "--health-addr", freeAddr(t), "--metrics-addr", freeAddr(t), "--shutdown-grace", "2s"}
 	var addrs []string
@@ -114,7 +117,7 @@ func startSidecarEnv(t testing.TB, log logr.Logger, getenv func(string) string, 
 		addrs = append(addrs, a)
 		args = append(args, "--forward", a+"="+tg)
 	}
-	opts, err := ParseOptions(args, getenv)
+	opts, err := ParseOptions(args, testGetenv)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -134,7 +137,6 @@ func startSidecarEnv(t testing.TB, log logr.Logger, getenv func(string) string, 
 		http: &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}}
 	go func() { r.done <- s.Run(ctx) }()
 	t.Cleanup(r.stop)
-	waitFor(t, 15*time.Second, "sidecar ready", s.Ready)
 	return r, addrs
 }
 
@@ -190,7 +192,20 @@ func (r *running) metric(t testing.TB, prefix string) string {
 
 func startFly(t testing.TB) *flyapitest.Server {
 	t.Helper()
-	return flyapitest.Start(t, flyapitest.Options{})
+	srv := flyapitest.Start(t, flyapitest.Options{})
+	// Sidecars started by the test (in-process or binaries) reach the
+	// double's WebSocket port instead of 443.
+	t.Setenv(EnvWebSocketPort, strconv.Itoa(srv.WebSocketPort()))
+	return srv
+}
+
+// testGetenv passes the transport and tuning settings a test may set with
+// t.Setenv, and nothing else from the environment.
+func testGetenv(k string) string {
+	if k == EnvWebSocketPort || k == EnvTransport || k == EnvTuning {
+		return os.Getenv(k)
+	}
+	return ""
 }
 
 func TestE2EHTTPAndHealth(t *testing.T) {
@@ -479,6 +494,9 @@ func TestE2EEndpointFailover(t *testing.T) {
 	}
 	checkGoroutines(t)
 	srv := startFly(t)
+	// UDP failover between gateway addresses; auto would take the
+	// WebSocket before the watchdog moves on.
+	t.Setenv(EnvTransport, string(TransportUDP))
 	var lookups atomic.Int32
 	prepare := func(s *Sidecar) {
 		s.tun.lookupHost = func(ctx context.Context, host string) ([]netip.Addr, error) {

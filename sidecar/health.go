@@ -161,7 +161,7 @@ func (s *Sidecar) probeMux() http.Handler {
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
 		if s.ready.Load() {
-			plain(w, http.StatusOK, "ok")
+			plain(w, http.StatusOK, "ok "+s.tctl.describe())
 			return
 		}
 		s.stateMu.Lock()
@@ -170,7 +170,7 @@ func (s *Sidecar) probeMux() http.Handler {
 		if why == "" {
 			why = "starting"
 		}
-		plain(w, http.StatusServiceUnavailable, "not ready: "+why)
+		plain(w, http.StatusServiceUnavailable, "not ready: "+why+" ["+s.tctl.describe()+"]")
 	})
 	return mux
 }

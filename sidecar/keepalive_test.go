@@ -18,9 +18,8 @@ import (
 func TestE2EKeepaliveClosesVanishedTarget(t *testing.T) {
 	checkGoroutines(t)
 	srv := startFly(t)
-	env := map[string]string{EnvTuning: "keepalive=1s"}
-	r, addrs := startSidecarEnv(t, testr.New(t), func(k string) string { return env[k] }, nil,
-		newPeerFile(t, srv, "personal"), "echo.flycast:7")
+	t.Setenv(EnvTuning, "keepalive=1s")
+	r, addrs := startSidecarWithLog(t, testr.New(t), newPeerFile(t, srv, "personal"), "echo.flycast:7")
 	name := addrs[0] + "=echo.flycast:7"
 
 	open := func() (net.Conn, *bufio.Reader) {

@@ -36,6 +36,11 @@ type Options struct {
 	MTU           int
 	ShutdownGrace time.Duration
 	LogLevel      string // debug, info, error
+	// Transport is auto, udp or websocket (see transport.go).
+	Transport Transport
+	// WebSocketPort is the gateway's WebSocket port: 443, or
+	// $FLY_WG_WEBSOCKET_PORT for tests against a local double.
+	WebSocketPort int
 	// Tuning overrides netstack defaults, for benchmarks and debugging only
 	// (env GLACEON_TUNING, e.g. "gro=0,rcvbuf=4194304,sndbuf=1048576,cc=reno,sack=0,keepalive=30s").
 	Tuning netStackOptions
@@ -69,6 +74,7 @@ const (
 	EnvShutdownGrace = "GLACEON_SHUTDOWN_GRACE"
 	EnvLogLevel      = "GLACEON_LOG_LEVEL"
 	EnvTuning        = "GLACEON_TUNING"
+	EnvTransport     = "GLACEON_TRANSPORT"
 )
 
 // ParseOptions parses the command line (without the program name) and the
@@ -86,6 +92,7 @@ func ParseOptions(args []string, getenv func(string) string) (*Options, error) {
 		mtu        = fs.String("mtu", "", "tunnel MTU (default 1420; env "+EnvMTU+")")
 		grace      = fs.String("shutdown-grace", "", "how long open connections may finish after SIGTERM (default 25s; env "+EnvShutdownGrace+")")
 		logLevel   = fs.String("log-level", "", "debug, info or error (default info; env "+EnvLogLevel+")")
+		transport  = fs.String("transport", "", "auto, udp or websocket (default auto; env "+EnvTransport+")")
 		forwards   []string
 	)
 	fs.Func("forward", "LISTEN=TARGET, repeatable, e.g. 127.0.0.2:80=myapp.flycast:80 (env "+EnvForward+", comma-separated)", func(s string) error {
@@ -202,6 +209,13 @@ func ParseOptions(args []string, getenv func(string) string) (*Options, error) {
 	default:
 		return nil, usageErr(field, "%q is not a log level: use debug, info or error", v)
 	}
+	field, v = pick("transport", *transport, EnvTransport)
+	if o.Transport, err = parseTransport(v); err != nil {
+		return nil, usageErr(field, "%v", err)
+	}
+	if o.WebSocketPort, err = webSocketPort(getenv); err != nil {
+		return nil, err
+	}
 	if v := strings.TrimSpace(getenv(EnvTuning)); v != "" {
 		t, err := parseTuning(v)
 		if err != nil {
@@ -262,7 +276,7 @@ func parseTuning(s string) (netStackOptions, error) {
 func flagError(err error) error {
 	msg := err.Error()
 	if errors.Is(err, flag.ErrHelp) {
-		return usageErr("--help", "flags: --wg-config PATH --forward LISTEN=TARGET (repeatable) [--health-addr %s] [--metrics-addr IP:PORT] [--mtu %d] [--shutdown-grace %s] [--log-level info]", DefaultHealthAddr, DefaultMTU, DefaultShutdownGrace)
+		return usageErr("--help", "flags: --wg-config PATH --forward LISTEN=TARGET (repeatable) [--health-addr %s] [--metrics-addr IP:PORT] [--mtu %d] [--shutdown-grace %s] [--log-level info] [--transport auto]", DefaultHealthAddr, DefaultMTU, DefaultShutdownGrace)
 	}
 	// "flag provided but not defined: -x" / "flag needs an argument: -x" /
 	// "invalid value ... for flag -x: ..."
@@ -273,7 +287,7 @@ func flagError(err error) error {
 	}
 	switch {
 	case strings.HasPrefix(msg, "flag provided but not defined"):
-		return usageErr(name, "unknown flag: the flags are --wg-config, --forward, --health-addr, --metrics-addr, --mtu, --shutdown-grace, --log-level")
+		return usageErr(name, "unknown flag: the flags are --wg-config, --forward, --health-addr, --metrics-addr, --mtu, --shutdown-grace, --log-level, --transport")
 	case strings.HasPrefix(msg, "flag needs an argument"):
 		return usageErr(name, "needs a value, e.g. %s=VALUE", name)
 	}

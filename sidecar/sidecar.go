@@ -52,6 +52,7 @@ type Sidecar struct {
 	log     logr.Logger
 	m       *metrics
 	tun     *tunnel
+	tctl    *transportCtl
 	res     *resolver
 	fws     []*forwarder
 	conns   *connSet
@@ -83,11 +84,12 @@ func New(opts *Options, cfg *wgquick.Config, log logr.Logger) (*Sidecar, error) 
 	}
 	s := &Sidecar{opts: opts, log: log, conns: newConnSet(), started: time.Now()}
 	s.m = newMetrics(s.handshakeAge)
-	t, err := newTunnel(cfg, opts.MTU, opts.Tuning, log, s.m)
+	t, err := newTunnel(cfg, opts, log, s.m)
 	if err != nil {
 		return nil, err
 	}
 	s.tun = t
+	s.tctl = newTransportCtl(t.mode, t, log, s.m.reg)
 	s.res = newResolver(netip.AddrPortFrom(dns, 53), t.tun.dialUDP, func(r string) {
 		s.m.dnsLookups.WithLabelValues(r).Inc()
 	})
@@ -158,6 +160,7 @@ func (s *Sidecar) closeListeners() {
 // Run returns nil.
 func (s *Sidecar) Run(ctx context.Context) error {
 	defer s.tun.close()
+	s.tctl.initial()
 	if err := s.tun.configure(ctx, false); err != nil {
 		// Endpoint not resolvable yet: keep trying in the watchdog.
 		s.log.Info("initial wireguard configuration failed; will retry", "error", err.Error())
@@ -204,6 +207,8 @@ func (s *Sidecar) Run(ctx context.Context) error {
 	wdCtx, stopWatchdog := context.WithCancel(ctx)
 	wdDone := make(chan struct{})
 	go func() { defer close(wdDone); s.watchdog(wdCtx) }()
+	tcDone := make(chan struct{})
+	go func() { defer close(tcDone); s.tctl.run(wdCtx, s.tun.lastHandshake) }()
 
 	<-ctx.Done()
 
@@ -220,6 +225,7 @@ func (s *Sidecar) Run(ctx context.Context) error {
 	}
 	stopWatchdog()
 	<-wdDone
+	<-tcDone
 	hctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	_ = s.health.Shutdown(hctx)
 	if s.metrics != nil {
@@ -258,7 +264,7 @@ func (s *Sidecar) setReady(ok bool, why string) {
 		s.m.ready.Set(0)
 	}
 	if ok && !was {
-		s.log.Info("ready", "sinceStart", time.Since(s.started).String(), "endpoint", s.tun.endpoint())
+		s.log.Info("ready", "sinceStart", time.Since(s.started).String(), "endpoint", s.tun.endpoint(), "transport", s.tun.bind.Path().String())
 	} else if !ok && was {
 		s.log.Info("not ready", "reason", why)
 	}
@@ -304,9 +310,9 @@ func (s *Sidecar) watchdog(ctx context.Context) {
 		hs := s.lastHandshake()
 		var why []string
 		if hs.IsZero() {
-			why = append(why, "no WireGuard handshake yet")
+			why = append(why, "no WireGuard handshake yet "+s.tctl.notReadyHint())
 		} else if age := time.Since(hs); age > handshakeStale {
-			why = append(why, fmt.Sprintf("last WireGuard handshake %s ago", age.Round(time.Second)))
+			why = append(why, fmt.Sprintf("last WireGuard handshake %s ago %s", age.Round(time.Second), s.tctl.notReadyHint()))
 		}
 		if perr != nil {
 			why = append(why, "Fly DNS not answering through the tunnel")

@@ -16,8 +16,8 @@ import (
 	"github.com/go-logr/logr"
 	"golang.zx2c4.com/wireguard/device"
 
-	"github.com/glaceon/glaceon/flyapi/udpbind"
 	"github.com/glaceon/glaceon/flyapi/wgquick"
+	"github.com/glaceon/glaceon/sidecar/transport"
 )
 
 // tunnel is the wireguard-go device on top of our netstack, plus the state
@@ -31,13 +31,22 @@ type tunnel struct {
 
 	lookupHost func(ctx context.Context, host string) ([]netip.Addr, error)
 
+	mode  Transport
+	bind  *transport.Bind // UDP and WebSocket paths (transport.go)
+	wsURL string
+
 	mu        sync.Mutex
 	endpoints []netip.AddrPort // resolved candidates, preferred first
 	current   int              // index into endpoints
 }
 
-func newTunnel(cfg *wgquick.Config, mtu int, tuning netStackOptions, log logr.Logger, m *metrics) (*tunnel, error) {
-	tuning.MTU, tuning.Local = mtu, cfg.Address
+func newTunnel(cfg *wgquick.Config, opts *Options, log logr.Logger, m *metrics) (*tunnel, error) {
+	tuning := opts.Tuning
+	tuning.MTU, tuning.Local = opts.MTU, cfg.Address
+	bind, wsURL, err := newTransportBind(cfg, opts.WebSocketPort, log)
+	if err != nil {
+		return nil, err
+	}
 	t, err := newNetTun(tuning)
 	if err != nil {
 		return nil, err
@@ -53,8 +62,13 @@ func newTunnel(cfg *wgquick.Config, mtu int, tuning netStackOptions, log logr.Lo
 			wlog.Info("wireguard-go error", "detail", fmt.Sprintf(format, args...))
 		},
 	}
-	dev := device.NewDevice(t, udpbind.New(udpbind.Options{}), logger)
-	return &tunnel{cfg: cfg, tun: t, dev: dev, log: log, m: m, lookupHost: defaultLookupHost}, nil
+	dev := device.NewDevice(t, bind, logger)
+	mode := opts.Transport
+	if mode == "" {
+		mode = TransportAuto
+	}
+	return &tunnel{cfg: cfg, tun: t, dev: dev, log: log, m: m, lookupHost: defaultLookupHost,
+		mode: mode, bind: bind, wsURL: wsURL}, nil
 }
 
 func defaultLookupHost(ctx context.Context, host string) ([]netip.Addr, error) {
@@ -109,7 +123,13 @@ func (t *tunnel) resolveEndpoint(ctx context.Context) ([]netip.AddrPort, error) 
 // used; with a fresh resolution, the list is refreshed first. The peer is
 // replaced, so the next packet starts a new handshake at once.
 func (t *tunnel) configure(ctx context.Context, rotate bool) error {
-	eps, err := t.resolveEndpoint(ctx)
+	var eps []netip.AddrPort
+	err := errNoUDP
+	if t.mode != TransportWebSocket {
+		// WebSocket alone never needs the gateway's address: the HTTPS
+		// proxy, if any, resolves it.
+		eps, err = t.resolveEndpoint(ctx)
+	}
 	t.mu.Lock()
 	if err == nil {
 		prev := netip.AddrPort{}
@@ -125,7 +145,18 @@ func (t *tunnel) configure(ctx context.Context, rotate bool) error {
 		}
 	} else if len(t.endpoints) == 0 {
 		t.mu.Unlock()
-		return err
+		if t.mode == TransportUDP {
+			return err
+		}
+		// The WebSocket URL stands for the gateway until a UDP address is
+		// known (auto retries the resolution while on WebSocket).
+		if serr := t.setPeer(t.wsURL); serr != nil {
+			return serr
+		}
+		if t.mode == TransportAuto {
+			return err
+		}
+		return nil
 	} else {
 		t.log.Info("endpoint re-resolution failed; keeping previous addresses", "error", err.Error())
 	}
@@ -134,12 +165,17 @@ func (t *tunnel) configure(ctx context.Context, rotate bool) error {
 	}
 	ep := t.endpoints[t.current]
 	t.mu.Unlock()
+	return t.setPeer(ep.String())
+}
 
+// setPeer replaces the peer with endpoint ep (an IP:port or the WebSocket
+// URL).
+func (t *tunnel) setPeer(ep string) error {
 	var b strings.Builder
 	fmt.Fprintf(&b, "private_key=%s\n", t.cfg.PrivateKey.Hex())
 	b.WriteString("replace_peers=true\n")
 	fmt.Fprintf(&b, "public_key=%s\n", t.cfg.PeerPublicKey.Hex())
-	fmt.Fprintf(&b, "endpoint=%s\n", ep.String())
+	fmt.Fprintf(&b, "endpoint=%s\n", ep)
 	keepalive := t.cfg.PersistentKeepalive
 	if keepalive <= 0 {
 		keepalive = 15 // a long-lived sidecar behind NAT needs one
@@ -154,7 +190,10 @@ func (t *tunnel) configure(ctx context.Context, rotate bool) error {
 		msg := strings.ReplaceAll(err.Error(), t.cfg.PrivateKey.Hex(), "<redacted>")
 		return fmt.Errorf("configure wireguard peer: %s", msg)
 	}
-	t.log.Info("wireguard peer configured", "endpoint", ep.String(), "candidates", len(t.endpoints))
+	t.mu.Lock()
+	n := len(t.endpoints)
+	t.mu.Unlock()
+	t.log.Info("wireguard peer configured", "endpoint", ep, "candidates", n, "transport", string(t.mode))
 	return nil
 }
 

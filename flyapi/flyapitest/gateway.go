@@ -31,9 +31,14 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/transport/icmp"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
-
-	"github.com/glaceon/glaceon/flyapi/udpbind"
 )
+
+// currentBind is the running device's bind (nil while stopped).
+func (g *gateway) currentBind() *gwBind {
+	g.devMu.Lock()
+	defer g.devMu.Unlock()
+	return g.bind
+}
 
 // gatewayPubFallback is returned as pubkey when the gateway is disabled.
 const gatewayPubFallback = "Zmx5YXBpdGVzdC1nYXRld2F5LWRpc2FibGVkLWtleSE="
@@ -60,7 +65,8 @@ type gateway struct {
 
 	dev  *device.Device // nil while stopped; guarded by s.mu (and devMu for readers)
 	tun  *gwTun
-	bind *udpbind.Bind
+	bind *gwBind
+	ws   *wsGateway // WireGuard over WebSocket (websocket.go)
 
 	devMu sync.Mutex // guards dev for readers that do not hold s.mu
 
@@ -141,6 +147,9 @@ func newGateway(s *Server) (g *gateway, err error) {
 	if err := g.startServices(); err != nil {
 		return nil, err
 	}
+	if g.ws, err = newWSGateway(g, s.opts.WebSocketPort); err != nil {
+		return nil, err
+	}
 	if err := g.startDevice(nil); err != nil {
 		return nil, err
 	}
@@ -159,7 +168,7 @@ func (g *gateway) startDevice(peers []*peerRec) error {
 	}
 	t := newGwTun(g.ep)
 	t.drop = &g.s.blackholed
-	b := udpbind.New(udpbind.Options{Loopback: true})
+	b := newGwBind(g.ws)
 	logger := &device.Logger{
 		Verbosef: device.DiscardLogf,
 		Errorf: func(format string, args ...any) {
@@ -188,8 +197,12 @@ func (g *gateway) startDevice(peers []*peerRec) error {
 		return errors.New("flyapitest: gateway bind did not open")
 	}
 	g.port = port
+	if err := g.ws.start(); err != nil {
+		dev.Close()
+		return err
+	}
 	g.dev, g.tun, g.bind = dev, t, b
-	g.logf("up on udp 127.0.0.1:%d with %d peers", port, len(peers))
+	g.logf("up on udp 127.0.0.1:%d and wss 127.0.0.1:%d with %d peers", port, g.ws.port, len(peers))
 	return nil
 }
 
@@ -201,6 +214,7 @@ func (g *gateway) stopDevice() error {
 	if dev == nil {
 		return errors.New("flyapitest: gateway not running")
 	}
+	g.ws.stop()
 	dev.Close()
 	g.ep.Drain()
 	g.logf("stopped")
@@ -279,6 +293,9 @@ func (g *gateway) close() error {
 	dev := g.dev
 	g.dev = nil
 	g.devMu.Unlock()
+	if g.ws != nil {
+		g.ws.stop()
+	}
 	if dev != nil {
 		dev.Close()
 	}

@@ -97,6 +97,9 @@ type Options struct {
 	// GatewayPort is the gateway's UDP port on 127.0.0.1 (and ::1 when
 	// available). 0 = $FLY_WG_GATEWAY_PORT or an ephemeral port.
 	GatewayPort int
+	// WebSocketPort is the gateway's WireGuard-over-WebSocket port (TLS,
+	// self-signed) on 127.0.0.1. 0 = $FLY_WG_WEBSOCKET_PORT or ephemeral.
+	WebSocketPort int
 	// NoGateway disables the WireGuard gateway (API only).
 	NoGateway bool
 	// Region is the default gateway region and the nearestRegion. Default "yyz".

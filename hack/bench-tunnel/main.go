@@ -47,6 +47,8 @@ func main() {
 		jsonOut  = flag.String("json", "", "also write the results as JSON to this file")
 		extraEnv = flag.String("env", "", "extra environment for the sidecar, comma-separated K=V (e.g. GOMEMLIMIT=32MiB)")
 		streams  = flag.Int("streams", 1, "parallel download streams sharing -size")
+		transp   = flag.String("transports", "udp,websocket", "sidecar transports to measure, one run each, comma-separated (udp, websocket, auto)")
+		blocked  = flag.Int("ready-blocked-runs", 3, "sidecar starts with UDP blocked at the gateway (transport auto) to time the fallback to WebSocket")
 		baseline = flag.String("baseline", "", "optional: path of hack/bench-tunnel/vanilla, measured the same way after the sidecar")
 	)
 	flag.Parse()
@@ -63,16 +65,31 @@ func main() {
 	if err != nil {
 		fatal("-upload", err)
 	}
-	res, err := run(*sidecar, size, up, *requests, *newConns, *ready, splitEnv(*extraEnv))
-	if err != nil {
-		fatal("bench", err)
+	var all []*Results
+	for i, tr := range strings.Split(*transp, ",") {
+		tr = strings.TrimSpace(tr)
+		if i > 0 {
+			fmt.Println()
+		}
+		nb := 0
+		if i == 0 {
+			nb = *blocked
+		}
+		res, err := run(*sidecar, tr, size, up, *requests, *newConns, *ready, nb, splitEnv(*extraEnv))
+		if err != nil {
+			fatal("bench "+tr, err)
+		}
+		res.Binary = "glaceon-sidecar --transport " + tr
+		res.print(os.Stdout)
+		all = append(all, res)
 	}
-	res.Binary = "glaceon-sidecar"
-	res.print(os.Stdout)
-	all := []*Results{res}
+	if len(all) > 1 {
+		fmt.Println()
+		printSideBySide(os.Stdout, all)
+	}
 	if *baseline != "" {
 		fmt.Println()
-		base, err := run(*baseline, size, up, *requests, *newConns, min(*ready, 1), nil)
+		base, err := run(*baseline, "", size, up, *requests, *newConns, min(*ready, 1), 0, nil)
 		if err != nil {
 			fatal("baseline", err)
 		}
@@ -129,24 +146,27 @@ type Results struct {
 	LoadAvg    string `json:"loadavg_before"`
 	SidecarEnv []string
 
-	TimeToReadyMs   []float64 `json:"time_to_ready_ms"`
-	IdleRSSMiB      float64   `json:"idle_rss_mib"`
-	IdleHWMMiB      float64   `json:"idle_hwm_mib"`
-	DownloadBytes   int64     `json:"download_bytes"`
-	Streams         int       `json:"streams"`
-	TunnelMbps      float64   `json:"tunnel_download_mbit_s"`
-	PlainMbps       float64   `json:"plain_download_mbit_s"`
-	PeakRSSMiB      float64   `json:"peak_rss_mib"` // VmHWM after the download
-	CPUSecPerGiB    float64   `json:"cpu_s_per_gib"`
-	UploadBytes     int64     `json:"upload_bytes"`
-	TunnelUpMbps    float64   `json:"tunnel_upload_mbit_s"`
-	PlainUpMbps     float64   `json:"plain_upload_mbit_s"`
-	PeakRSSAfterUp  float64   `json:"peak_rss_after_upload_mib"`
-	CPUSecPerGiBUp  float64   `json:"cpu_s_per_gib_moved_echo"` // bytes up + bytes down
-	RSSAfterMiB     float64   `json:"rss_after_idle_mib"`
-	KeepAlive       latency   `json:"keepalive_requests"`
-	NewConn         latency   `json:"new_connection_requests"`
-	SidecarCPUTotal float64   `json:"sidecar_cpu_s_total"`
+	Transport     string    `json:"transport"`
+	TimeToReadyMs []float64 `json:"time_to_ready_ms"`
+	// TimeToReadyBlockedMs: starts in auto with UDP blocked at the gateway.
+	TimeToReadyBlockedMs []float64 `json:"time_to_ready_udp_blocked_ms,omitempty"`
+	IdleRSSMiB           float64   `json:"idle_rss_mib"`
+	IdleHWMMiB           float64   `json:"idle_hwm_mib"`
+	DownloadBytes        int64     `json:"download_bytes"`
+	Streams              int       `json:"streams"`
+	TunnelMbps           float64   `json:"tunnel_download_mbit_s"`
+	PlainMbps            float64   `json:"plain_download_mbit_s"`
+	PeakRSSMiB           float64   `json:"peak_rss_mib"` // VmHWM after the download
+	CPUSecPerGiB         float64   `json:"cpu_s_per_gib"`
+	UploadBytes          int64     `json:"upload_bytes"`
+	TunnelUpMbps         float64   `json:"tunnel_upload_mbit_s"`
+	PlainUpMbps          float64   `json:"plain_upload_mbit_s"`
+	PeakRSSAfterUp       float64   `json:"peak_rss_after_upload_mib"`
+	CPUSecPerGiBUp       float64   `json:"cpu_s_per_gib_moved_echo"` // bytes up + bytes down
+	RSSAfterMiB          float64   `json:"rss_after_idle_mib"`
+	KeepAlive            latency   `json:"keepalive_requests"`
+	NewConn              latency   `json:"new_connection_requests"`
+	SidecarCPUTotal      float64   `json:"sidecar_cpu_s_total"`
 }
 
 type latency struct {
@@ -168,6 +188,9 @@ func (r *Results) print(w io.Writer) {
 		fmt.Fprintf(w, "sidecar env: %s\n", strings.Join(r.SidecarEnv, " "))
 	}
 	fmt.Fprintf(w, "time to ready (ms, %d starts): %s\n", len(r.TimeToReadyMs), fmtList(r.TimeToReadyMs))
+	if len(r.TimeToReadyBlockedMs) > 0 {
+		fmt.Fprintf(w, "time to ready with UDP blocked, transport auto (ms, %d starts): %s\n", len(r.TimeToReadyBlockedMs), fmtList(r.TimeToReadyBlockedMs))
+	}
 	fmt.Fprintf(w, "idle RSS: %.1f MiB (VmHWM so far %.1f MiB)\n", r.IdleRSSMiB, r.IdleHWMMiB)
 	if r.Streams > 1 {
 		fmt.Fprintf(w, "(download split over %d parallel streams)\n", r.Streams)
@@ -466,16 +489,21 @@ func compare(tunnel *http.Client, tunnelURL string, plain *http.Client, plainURL
 	return l, nil
 }
 
-func run(bin string, size, up int64, requests, newConns, readyRuns int, env []string) (*Results, error) {
+func run(bin, transport string, size, up int64, requests, newConns, readyRuns, blockedRuns int, env []string) (*Results, error) {
 	la, _ := os.ReadFile("/proc/loadavg")
 	res := &Results{When: time.Now().UTC().Format(time.RFC3339), GoVersion: runtime.Version(), CPUs: runtime.NumCPU(),
-		LoadAvg: strings.Join(strings.Fields(string(la))[:3], " "), SidecarEnv: env}
+		LoadAvg: strings.Join(strings.Fields(string(la))[:3], " "), SidecarEnv: env, Transport: transport}
 
 	srv, err := flyapitest.NewServer(flyapitest.Options{})
 	if err != nil {
 		return nil, err
 	}
 	defer srv.Close()
+	// The double's WebSocket port stands in for 443.
+	wsEnv := "FLY_WG_WEBSOCKET_PORT=" + strconv.Itoa(srv.WebSocketPort())
+	if transport != "" {
+		env = append(append([]string(nil), env...), "GLACEON_TRANSPORT="+transport, wsEnv)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	c, err := flyapi.New(flyapi.Options{BaseURL: srv.URL(), Token: srv.Token(), GatewayPort: srv.GatewayPort()})
@@ -498,6 +526,9 @@ func run(bin string, size, up int64, requests, newConns, readyRuns int, env []st
 		if err != nil {
 			return "", err
 		}
+		// Its own deadline: the starts in between take seconds each.
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
 		created, err := c.AddPeer(ctx, flyapi.AddPeerInput{Org: *org, Name: fmt.Sprintf("k8s-bench-%d-%d", os.Getpid(), i), PublicKey: kp.Public, Region: srv.Region()})
 		if err != nil {
 			return "", err
@@ -522,6 +553,24 @@ func run(bin string, size, up int64, requests, newConns, readyRuns int, env []st
 		}
 		res.TimeToReadyMs = append(res.TimeToReadyMs, float64(d.Microseconds())/1000)
 		p.stop()
+	}
+
+	// Time to ready in auto with UDP blocked: the fallback to WebSocket.
+	if blockedRuns > 0 {
+		srv.BlockUDP(true)
+		for i := 0; i < blockedRuns; i++ {
+			cfg, err := newCfg(200 + i)
+			if err != nil {
+				return nil, err
+			}
+			p, d, err := startSidecar(bin, cfg, append(append([]string(nil), env...), "GLACEON_TRANSPORT=auto", wsEnv))
+			if err != nil {
+				return nil, fmt.Errorf("start with UDP blocked: %w", err)
+			}
+			res.TimeToReadyBlockedMs = append(res.TimeToReadyBlockedMs, float64(d.Microseconds())/1000)
+			p.stop()
+		}
+		srv.BlockUDP(false)
 	}
 
 	cfg, err := newCfg(0)
@@ -627,4 +676,17 @@ func run(bin string, size, up int64, requests, newConns, readyRuns int, env []st
 	res.RSSAfterMiB = mib(st.rssKiB)
 	res.SidecarCPUTotal, _ = cpuSeconds(pid)
 	return res, nil
+}
+
+// printSideBySide puts the main figures of each transport in one table.
+func printSideBySide(w io.Writer, all []*Results) {
+	base := all[0]
+	fmt.Fprintf(w, "side by side (ratios against --transport %s, same run):\n", base.Transport)
+	fmt.Fprintf(w, "%-10s %12s %8s %10s %8s %14s %14s %10s\n", "transport", "down Mbit/s", "ratio", "CPU-s/GiB", "ratio", "ka p50/p99 µs", "new p50/p99 µs", "peak RSS")
+	for _, r := range all {
+		fmt.Fprintf(w, "%-10s %12.0f %8.2f %10.2f %8.2f %14s %14s %9.1fM\n", r.Transport,
+			r.TunnelMbps, r.TunnelMbps/base.TunnelMbps, r.CPUSecPerGiB, r.CPUSecPerGiB/base.CPUSecPerGiB,
+			fmt.Sprintf("%.0f/%.0f", r.KeepAlive.TunnelP50, r.KeepAlive.TunnelP99),
+			fmt.Sprintf("%.0f/%.0f", r.NewConn.TunnelP50, r.NewConn.TunnelP99), r.PeakRSSMiB)
+	}
 }

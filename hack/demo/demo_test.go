@@ -39,6 +39,16 @@ func TestDemo(t *testing.T) {
 		t.Setenv("FLY_API_TOKEN", "")
 		run(t)
 	})
+	t.Run("UDP blocked", func(t *testing.T) {
+		t.Setenv("FLY_API_BASE_URL", "")
+		t.Setenv("FLY_API_TOKEN", "")
+		d := demo{glaceonBin: filepath.Join(bin, "glaceon"), sidecarBin: filepath.Join(bin, "glaceon-sidecar"), blockUDP: true}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		defer cancel()
+		if err := d.run(ctx); err != nil {
+			t.Fatalf("demo with UDP blocked: %v", err)
+		}
+	})
 	t.Run("FLY_API_BASE_URL", func(t *testing.T) {
 		api := flyapitest.Start(t, flyapitest.Options{Logf: func(string, ...any) {}})
 		t.Setenv("FLY_API_BASE_URL", api.URL())

@@ -58,6 +58,7 @@ type demo struct {
 	fly                    *flyapi.Client
 	org, region, target    string
 	gatewayPort            int
+	blockUDP               bool     // the double drops UDP: the sidecar must use WebSocket
 	env                    []string // FLY_* for the manager
 	step                   int
 }
@@ -66,6 +67,8 @@ func main() {
 	var d demo
 	flag.StringVar(&d.glaceonBin, "glaceon", "bin/glaceon", "glaceon binary")
 	flag.StringVar(&d.sidecarBin, "sidecar", "bin/glaceon-sidecar", "glaceon-sidecar binary")
+	flag.BoolVar(&d.blockUDP, "block-udp", os.Getenv("GLACEON_DEMO_BLOCK_UDP") == "1",
+		"block UDP at the built-in double's gateway, as egress that allows only TCP 443 does (env GLACEON_DEMO_BLOCK_UDP=1)")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -140,6 +143,15 @@ func (d *demo) startFly(ctx context.Context) error {
 			return err
 		}
 		go func() { <-ctx.Done(); fly.Close() }()
+		// The sidecar (a child process) reaches the double's WebSocket here
+		// instead of port 443.
+		if err := os.Setenv("FLY_WG_WEBSOCKET_PORT", strconv.Itoa(fly.WebSocketPort())); err != nil {
+			return err
+		}
+		if d.blockUDP {
+			fly.BlockUDP(true)
+			detail("UDP to the gateway is blocked: only WireGuard over WebSocket (wss, port %d here) gets through", fly.WebSocketPort())
+		}
 		opts = flyapi.Options{BaseURL: fly.URL(), Token: fly.Token(), TokenSource: "the demo's Fly double", GatewayPort: fly.GatewayPort()}
 		detail("API %s, gateway udp/%d, apps %s", fly.URL(), fly.GatewayPort(), strings.Join(fly.Apps(), ", "))
 	}
@@ -314,6 +326,14 @@ func (d *demo) runSidecar(ctx context.Context, pod *corev1.Pod) error {
 		return fmt.Errorf("%w:\n%s", err, tail(sc.LogPath, 20))
 	}
 	detail("ready in %s: WireGuard handshake done, Fly DNS answers through the tunnel", time.Since(start).Round(time.Millisecond))
+	if resp, err := http.Get(sc.HealthURL + "/readyz"); err == nil {
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, 256))
+		resp.Body.Close()
+		detail("/readyz: %s", strings.TrimSpace(string(body)))
+		if d.blockUDP && !strings.Contains(string(body), "transport=websocket") {
+			return fmt.Errorf("UDP is blocked but the sidecar reports %q", strings.TrimSpace(string(body)))
+		}
+	}
 
 	var podListen, listen string
 	for podListen, listen = range sc.Forwards {

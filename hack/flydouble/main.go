@@ -6,7 +6,13 @@
 //	{"url":"http://127.0.0.1:40123","token":"FlyV1 fm2_…","gateway":"127.0.0.1:51820",...}
 //
 // and runs until SIGTERM or SIGINT. Point glaceon at it with
-// FLY_API_BASE_URL=<url>, FLY_API_TOKEN=<token>, FLY_WG_GATEWAY_PORT=<gatewayPort>.
+// FLY_API_BASE_URL=<url>, FLY_API_TOKEN=<token>, FLY_WG_GATEWAY_PORT=<gatewayPort>,
+// and the sidecar also with FLY_WG_WEBSOCKET_PORT=<websocketPort>.
+//
+// The gateway serves WireGuard over WebSocket (TLS, self-signed) on
+// 127.0.0.1:<websocketPort>. --block-udp starts it with UDP blocked (only
+// WebSockets get through, like egress that allows TCP 443 alone); at run
+// time SIGUSR1 blocks UDP and SIGUSR2 lets it through again.
 package main
 
 import (
@@ -50,6 +56,8 @@ type out struct {
 	GatewayHost string            `json:"gatewayHost"`
 	GatewayPort int               `json:"gatewayPort"`
 	GatewayKey  string            `json:"gatewayPublicKey"`
+	WSPort      int               `json:"websocketPort"`
+	UDPBlocked  bool              `json:"udpBlocked"`
 	Region      string            `json:"region"`
 	Orgs        []orgOut          `json:"orgs"`
 	Apps        map[string]string `json:"apps"` // "<app>@<org>" -> flycast address
@@ -59,6 +67,8 @@ func main() {
 	var (
 		listen      = flag.String("listen", "127.0.0.1:0", "API listen address (loopback only)")
 		gatewayPort = flag.Int("gateway-port", 0, "WireGuard gateway UDP port on 127.0.0.1/::1 (0 = $FLY_WG_GATEWAY_PORT or ephemeral)")
+		wsPort      = flag.Int("websocket-port", 0, "WireGuard-over-WebSocket TLS port on 127.0.0.1 (0 = $FLY_WG_WEBSOCKET_PORT or ephemeral)")
+		blockUDP    = flag.Bool("block-udp", false, "drop every WireGuard datagram that does not come through a WebSocket (SIGUSR1/SIGUSR2 switch it at run time)")
 		gatewayHost = flag.String("gateway-host", "localhost", "host name returned as endpointip")
 		token       = flag.String("token", "", "API token to accept (default: a random FlyV1 macaroon-shaped token)")
 		region      = flag.String("region", "yyz", "nearest/default gateway region")
@@ -73,13 +83,14 @@ func main() {
 	log.SetPrefix("flydouble: ")
 
 	opts := flyapitest.Options{
-		Apps:        apps,
-		Token:       *token,
-		PageSize:    *pageSize,
-		GatewayHost: *gatewayHost,
-		GatewayPort: *gatewayPort,
-		Region:      *region,
-		Listen:      *listen,
+		Apps:          apps,
+		Token:         *token,
+		PageSize:      *pageSize,
+		GatewayHost:   *gatewayHost,
+		GatewayPort:   *gatewayPort,
+		WebSocketPort: *wsPort,
+		Region:        *region,
+		Listen:        *listen,
 	}
 	for i, slug := range orgs {
 		typ := "SHARED"
@@ -96,10 +107,12 @@ func main() {
 		log.Fatal(err)
 	}
 
+	s.BlockUDP(*blockUDP)
 	o := out{
 		URL: s.URL(), Token: s.Token(), UserToken: s.UserToken(),
 		Gateway:     s.GatewayAddr().String(),
 		GatewayHost: s.GatewayHost(), GatewayPort: s.GatewayPort(), GatewayKey: s.GatewayPublicKey(),
+		WSPort: s.WebSocketPort(), UDPBlocked: s.UDPBlocked(),
 		Region: s.Region(), Apps: map[string]string{},
 	}
 	for _, org := range s.Orgs() {
@@ -116,8 +129,13 @@ func main() {
 	fmt.Println(string(b))
 
 	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT, syscall.SIGUSR1, syscall.SIGUSR2)
 	got := <-sig
+	for got == syscall.SIGUSR1 || got == syscall.SIGUSR2 {
+		s.BlockUDP(got == syscall.SIGUSR1)
+		log.Printf("udp blocked: %v", s.UDPBlocked())
+		got = <-sig
+	}
 	if *verbose {
 		log.Printf("%v: shutting down", got)
 	}

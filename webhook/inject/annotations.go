@@ -23,6 +23,8 @@ type Request struct {
 	Region string
 	// Mode is glaceon.fly/inject-mode, or "" when the pod leaves it to the default.
 	Mode SidecarMode
+	// Transport is glaceon.fly/transport, or "" for the sidecar's default.
+	Transport string
 }
 
 // WithDefaults fills the fields the pod left empty from cfg.
@@ -107,5 +109,27 @@ func parsePodAnnotations(pod *corev1.Pod) (Request, field.ErrorList) {
 					SidecarModeNative, SidecarModeClassic, SidecarModePeerOnly)))
 		}
 	}
+
+	if tr, ok := annotations[AnnotationTransport]; ok {
+		trErrs := ValidateTransport(tr, annotationsPath.Key(AnnotationTransport))
+		if len(trErrs) == 0 {
+			req.Transport = tr
+		}
+		errs = append(errs, trErrs...)
+	}
 	return req, errs
+}
+
+// Transports are the values of the sidecar's --transport.
+var Transports = []string{"auto", "udp", "websocket"}
+
+// ValidateTransport checks a glaceon.fly/transport value.
+func ValidateTransport(v string, path *field.Path) field.ErrorList {
+	for _, t := range Transports {
+		if v == t {
+			return nil
+		}
+	}
+	return field.ErrorList{field.Invalid(path, target.Shorten(v),
+		`use "auto" (UDP, falling back to WebSocket over TCP 443), "udp" or "websocket", or remove the annotation for auto`)}
 }

@@ -100,6 +100,7 @@ func (l listener) listen() netip.AddrPort {
 // touched.
 type plan struct {
 	mode      SidecarMode
+	transport string                // --transport, "" for the sidecar's default
 	listeners []listener            // one per target, annotation order
 	hostAddrs map[string]netip.Addr // one loopback address per distinct host
 	aliases   []corev1.HostAlias    // hostAddrs in first-appearance order
@@ -118,7 +119,7 @@ func newPlan(pod *corev1.Pod, cfg Config) (plan, field.ErrorList) {
 			"the webhook has no default org; set it to your Fly org slug (see `fly orgs list`)"))
 	}
 
-	p := plan{mode: req.Mode, hostAddrs: make(map[string]netip.Addr)}
+	p := plan{mode: req.Mode, transport: req.Transport, hostAddrs: make(map[string]netip.Addr)}
 	next := firstLoopbackAddr
 	for _, t := range req.Targets {
 		addr, ok := p.hostAddrs[t.Host]
@@ -385,6 +386,7 @@ func (p *plan) sidecarContainer(cfg Config) corev1.Container {
 		Forwards:     forwards,
 		StartupProbe: true,
 		Native:       p.mode == SidecarModeNative,
+		Transport:    p.transport,
 	}.Build(cfg)
 }
 

@@ -18,6 +18,10 @@ const (
 	// AnnotationInjectMode overrides the sidecar mode for one pod:
 	// "native" (init container with restartPolicy Always) or "classic".
 	AnnotationInjectMode = "glaceon.fly/inject-mode"
+	// AnnotationTransport is how the sidecar reaches the Fly gateway:
+	// "auto" (UDP, falling back to WebSocket over TCP 443), "udp" or
+	// "websocket". Optional: the sidecar's default (auto) applies.
+	AnnotationTransport = "glaceon.fly/transport"
 
 	// AnnotationPeer is written by the webhook: the name of the pod's Fly
 	// WireGuard peer. Never a key or a token.

@@ -29,15 +29,23 @@ type SidecarContainer struct {
 	// Native makes the container a native sidecar: an init container with
 	// restartPolicy Always.
 	Native bool
+	// Transport is --transport (auto, udp, websocket); "" leaves the
+	// sidecar's default and adds no flag.
+	Transport string
 }
 
-// SidecarArgs is the sidecar's command line for cfg and forwards.
-func SidecarArgs(cfg Config, forwards []target.Forward) []string {
+// SidecarArgs is the sidecar's command line for cfg, forwards and
+// transport ("" for the sidecar's default).
+func SidecarArgs(cfg Config, forwards []target.Forward, transport string) []string {
 	args := []string{"--wg-config", cfg.WGConfigPath()}
 	for _, f := range forwards {
 		args = append(args, "--forward", f.String())
 	}
-	return append(args, cfg.SidecarServeArgs()...)
+	args = append(args, cfg.SidecarServeArgs()...)
+	if transport != "" {
+		args = append(args, "--transport", transport)
+	}
+	return args
 }
 
 // HealthForward is a forward that listens on cfg's health listen address
@@ -59,7 +67,7 @@ func (s SidecarContainer) Build(cfg Config) corev1.Container {
 		Name:            s.Name,
 		Image:           cfg.Image,
 		ImagePullPolicy: cfg.ImagePullPolicy,
-		Args:            SidecarArgs(cfg, s.Forwards),
+		Args:            SidecarArgs(cfg, s.Forwards, s.Transport),
 		Ports:           ports,
 		Resources:       *resources,
 		VolumeMounts: []corev1.VolumeMount{{

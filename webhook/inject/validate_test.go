@@ -56,6 +56,11 @@ func TestValidateReasons(t *testing.T) {
 			want: []string{`metadata.annotations[glaceon.fly/inject-mode]: Invalid value: "sidecar": use "native" (init container with restartPolicy Always, Kubernetes 1.29+), "classic" (regular container, older clusters) or "peer-only" (the pod runs glaceon-sidecar itself), or remove the annotation for the default`},
 		},
 		{
+			name: "bad transport",
+			pod:  newPod(withAnnotation(AnnotationTransport, "tcp")),
+			want: []string{`metadata.annotations[glaceon.fly/transport]: Invalid value: "tcp": use "auto" (UDP, falling back to WebSocket over TCP 443), "udp" or "websocket", or remove the annotation for auto`},
+		},
+		{
 			name: "peer-only without the peer volume",
 			pod:  newPod(withAnnotation(AnnotationInjectMode, "peer-only")),
 			want: []string{`spec.volumes: Required value: peer-only mode binds the pod's Secret volume named glaceon-peer; add it (secret: {secretName: glaceon-peer-placeholder})`},
@@ -373,4 +378,44 @@ func FuzzInject(f *testing.F) {
 			t.Fatalf("second injection changed the pod (err %v)", err)
 		}
 	})
+}
+
+// glaceon.fly/transport reaches the sidecar's command line; without it the
+// sidecar keeps its default and the arguments stay as they were.
+func TestTransportAnnotation(t *testing.T) {
+	for _, tc := range []struct {
+		value string // "" = no annotation
+		want  []string
+	}{
+		{"", nil},
+		{"auto", []string{"--transport", "auto"}},
+		{"udp", []string{"--transport", "udp"}},
+		{"websocket", []string{"--transport", "websocket"}},
+	} {
+		t.Run("transport="+tc.value, func(t *testing.T) {
+			var opts []podOption
+			if tc.value != "" {
+				opts = append(opts, withAnnotation(AnnotationTransport, tc.value))
+			}
+			out, err := Inject(newPod(opts...), testConfig(), testPeer())
+			if err != nil {
+				t.Fatal(err)
+			}
+			var args []string
+			for _, c := range append(out.Spec.InitContainers, out.Spec.Containers...) {
+				if c.Name == SidecarContainerName {
+					args = c.Args
+				}
+			}
+			var got []string
+			for i, a := range args {
+				if a == "--transport" && i+1 < len(args) {
+					got = args[i : i+2]
+				}
+			}
+			if !reflect.DeepEqual(got, tc.want) {
+				t.Fatalf("sidecar args %q: transport part %q, want %q", args, got, tc.want)
+			}
+		})
+	}
 }

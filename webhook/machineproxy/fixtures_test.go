@@ -65,6 +65,10 @@ func withPort(port int32) mpOption {
 	return func(mp *glaceonv1alpha1.MachineProxy) { mp.Spec.Port = ptr.To(port) }
 }
 
+func withTransport(tr string) mpOption {
+	return func(mp *glaceonv1alpha1.MachineProxy) { mp.Spec.Transport = tr }
+}
+
 func withReplicas(n int32) mpOption {
 	return func(mp *glaceonv1alpha1.MachineProxy) { mp.Spec.Replicas = ptr.To(n) }
 }

@@ -195,6 +195,7 @@ func proxyPodSpec(mp *glaceonv1alpha1.MachineProxy, targets []proxyTarget, cfg i
 		Forwards:  forwards,
 		Ports:     ports,
 		Resources: mp.Spec.Resources,
+		Transport: mp.Spec.Transport,
 	}.Build(cfg)
 
 	spread := func(key string) corev1.TopologySpreadConstraint {

@@ -193,6 +193,18 @@ func TestDeploymentFor(t *testing.T) {
 				}
 			},
 		},
+		"transport websocket": {
+			mp:           newMachineProxy(withTransport("websocket")),
+			wantReplicas: 2,
+			wantAnnotations: map[string]string{
+				inject.AnnotationTarget:     "twi-ollama.flycast:80",
+				inject.AnnotationOrg:        "acme",
+				inject.AnnotationInjectMode: InjectModePeerOnly,
+			},
+			wantArgs: []string{"--wg-config", "/etc/glaceon/fly0.conf",
+				"--forward", "0.0.0.0:8080=twi-ollama.flycast:80",
+				"--health-addr", "0.0.0.0:9901", "--transport", "websocket"},
+		},
 		"scaled to zero": {
 			mp:           newMachineProxy(withReplicas(0)),
 			wantReplicas: 0,

@@ -74,6 +74,8 @@ func TestSchemaValidation(t *testing.T) {
 		"bad region":                {mp: newMachineProxy(withRegion("iad1")), want: "region must be a Fly region code"},
 		"name not a DNS-1035 label": {mp: newMachineProxy(withName("1proxy")), want: "it names the proxy's Service"},
 		"missing target":            {mp: newMachineProxy(withTarget("")), want: "spec.target"},
+		"bad transport":             {mp: newMachineProxy(withTransport("tcp")), want: `spec.transport: Unsupported value: "tcp"`},
+		"transport websocket":       {mp: newMachineProxy(withTransport("websocket"))},
 	}
 	i := 0
 	for name, tc := range tests {

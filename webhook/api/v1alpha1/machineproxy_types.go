@@ -86,6 +86,15 @@ type MachineProxySpec struct {
 	// +kubebuilder:validation:XValidation:rule="self <= 100",message="replicas must be at most 100: each replica is a Fly WireGuard peer of its own"
 	Replicas *int32 `json:"replicas,omitempty"`
 
+	// Transport is how the proxy's sidecars reach the Fly gateway: auto
+	// (WireGuard over UDP, falling back to a WebSocket over TCP 443 when no
+	// handshake comes back, and returning when UDP works), udp, or
+	// websocket. Empty means auto.
+	//
+	// +optional
+	// +kubebuilder:validation:Enum=auto;udp;websocket
+	Transport string `json:"transport,omitempty"`
+
 	// Resources of the proxy container. Default: requests of 10m CPU and
 	// 32Mi memory, a 128Mi memory limit, no CPU limit (throttling a tunnel
 	// only adds latency).
