@@ -94,9 +94,10 @@ func newGateway(s *Server) (g *gateway, err error) {
 		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv6.NewProtocol},
 		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol, udp.NewProtocol, icmp.NewProtocol6},
 	})
+	built := g // the named result is nil on the error paths
 	defer func() {
 		if err != nil {
-			g.close()
+			built.close()
 		}
 	}()
 	opts := []tcpip.SettableTransportProtocolOption{}

@@ -202,8 +202,8 @@ func TestDeploymentFor(t *testing.T) {
 				inject.AnnotationInjectMode: InjectModePeerOnly,
 			},
 			wantArgs: []string{"--wg-config", "/etc/glaceon/fly0.conf",
-				"--forward", "0.0.0.0:8080=twi-ollama.flycast:80",
-				"--health-addr", "0.0.0.0:9901", "--transport", "websocket"},
+				"--forward", "[::]:8080=twi-ollama.flycast:80",
+				"--health-addr", "[::]:9901", "--transport", "websocket"},
 		},
 		"scaled to zero": {
 			mp:           newMachineProxy(withReplicas(0)),
