@@ -83,6 +83,10 @@ bench-loopback: ## Loopback tunnel benchmark and the Go benchmarks (docs/benchma
 	@if [[ -x hack/bench-tunnel.sh ]]; then hack/bench-tunnel.sh; fi
 	KUBEBUILDER_ASSETS="$$(hack/control-plane.sh)" $(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCH_TIME) ./...
 
+.PHONY: soak
+soak: ## Soak the sidecar under connection churn for SOAK_DURATION (default 30m; see docs/benchmarks.md)
+	$(GO) run ./hack/soak -duration $${SOAK_DURATION:-30m}
+
 .PHONY: demo
 demo: ## Run the local demo: control plane + Fly double + webhook + a pod + traffic
 	hack/demo.sh

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"strings"
 	"sync"
 	"time"
 
@@ -146,9 +147,10 @@ func (r *resolver) exchange(ctx context.Context, host string) (dnsResult, error)
 	var idb [2]byte
 	_, _ = rand.Read(idb[:])
 	id := binary.BigEndian.Uint16(idb[:])
+	question := dnsmessage.Question{Name: name, Type: dnsmessage.TypeAAAA, Class: dnsmessage.ClassINET}
 	msg := dnsmessage.Message{
 		Header:    dnsmessage.Header{ID: id, RecursionDesired: true},
-		Questions: []dnsmessage.Question{{Name: name, Type: dnsmessage.TypeAAAA, Class: dnsmessage.ClassINET}},
+		Questions: []dnsmessage.Question{question},
 	}
 	// EDNS0: accept answers up to 1232 bytes over UDP (an app with many
 	// Machines has many AAAA records); bigger ones come back truncated and
@@ -184,20 +186,22 @@ func (r *resolver) exchange(ctx context.Context, host string) (dnsResult, error)
 		if err != nil {
 			return dnsResult{}, err
 		}
-		var p dnsmessage.Parser
-		h, err := p.Start(buf[:n])
-		if err != nil || h.ID != id || !h.Response {
-			continue // stray or malformed datagram; keep waiting
+		res, truncated, err := r.parseResponse(buf[:n], id, question)
+		if err != nil {
+			// A stray, malformed or spoofed datagram: anyone on the path
+			// can send one, so it must match ID and question; keep waiting
+			// for the real answer until the deadline.
+			continue
 		}
-		if h.Truncated && r.dialTCP != nil {
-			return r.exchangeTCP(ctx, q, id, deadline)
+		if truncated && r.dialTCP != nil {
+			return r.exchangeTCP(ctx, q, id, question, deadline)
 		}
-		return r.parseAnswer(&p, h)
+		return res, nil
 	}
 }
 
 // exchangeTCP asks again over TCP (RFC 7766 framing: 2-byte length).
-func (r *resolver) exchangeTCP(ctx context.Context, q []byte, id uint16, deadline time.Time) (dnsResult, error) {
+func (r *resolver) exchangeTCP(ctx context.Context, q []byte, id uint16, question dnsmessage.Question, deadline time.Time) (dnsResult, error) {
 	c, err := r.dialTCP(ctx, r.server)
 	if err != nil {
 		return dnsResult{}, err
@@ -218,57 +222,112 @@ func (r *resolver) exchangeTCP(ctx context.Context, q []byte, id uint16, deadlin
 	if _, err := io.ReadFull(c, resp); err != nil {
 		return dnsResult{}, err
 	}
-	var p dnsmessage.Parser
-	h, err := p.Start(resp)
+	res, _, err := r.parseResponse(resp, id, question)
 	if err != nil {
-		return dnsResult{}, err
+		return dnsResult{}, fmt.Errorf("DNS over TCP: %w", err)
 	}
-	if h.ID != id || !h.Response {
-		return dnsResult{}, errors.New("DNS over TCP: answer does not match the query")
-	}
-	return r.parseAnswer(&p, h)
+	return res, nil
 }
 
-func (r *resolver) parseAnswer(p *dnsmessage.Parser, h dnsmessage.Header) (dnsResult, error) {
-	{
-		if err := p.SkipAllQuestions(); err != nil {
+// errMismatch is an answer to some other query than the one sent.
+var errMismatch = errors.New("answer does not match the query")
+
+// parseResponse checks that msg answers question under id (a response,
+// the same ID, exactly one question with the same name, type and class)
+// and reads its AAAA records. Only records for the name asked, or for the
+// target of a CNAME chain starting at it, count. truncated reports the TC
+// bit: the caller asks again over TCP.
+func (r *resolver) parseResponse(msg []byte, id uint16, question dnsmessage.Question) (res dnsResult, truncated bool, err error) {
+	var p dnsmessage.Parser
+	h, err := p.Start(msg)
+	if err != nil {
+		return dnsResult{}, false, err
+	}
+	if h.ID != id || !h.Response {
+		return dnsResult{}, false, errMismatch
+	}
+	if err := matchQuestion(&p, question); err != nil {
+		return dnsResult{}, false, err
+	}
+	if h.Truncated {
+		return dnsResult{}, true, nil
+	}
+	res, err = r.parseAnswer(&p, h, question.Name)
+	return res, false, err
+}
+
+// matchQuestion reads the question section: exactly one entry, equal to q
+// (names compare case-insensitively, as DNS does).
+func matchQuestion(p *dnsmessage.Parser, q dnsmessage.Question) error {
+	got, err := p.AllQuestions()
+	if err != nil {
+		return err
+	}
+	if len(got) != 1 || got[0].Type != q.Type || got[0].Class != q.Class || !sameName(got[0].Name, q.Name) {
+		return errMismatch
+	}
+	return nil
+}
+
+func sameName(a, b dnsmessage.Name) bool {
+	return strings.EqualFold(a.String(), b.String())
+}
+
+// maxCNAMEs bounds the chain followed from the question's name.
+const maxCNAMEs = 8
+
+func (r *resolver) parseAnswer(p *dnsmessage.Parser, h dnsmessage.Header, qname dnsmessage.Name) (dnsResult, error) {
+	now := r.now()
+	switch h.RCode {
+	case dnsmessage.RCodeSuccess:
+	case dnsmessage.RCodeNameError:
+		return dnsResult{err: errNXDomain, expires: now.Add(dnsNegativeTTL)}, nil
+	default:
+		return dnsResult{}, fmt.Errorf("DNS server answered %v", h.RCode)
+	}
+	res := dnsResult{expires: now.Add(dnsCacheTTL)}
+	names := []dnsmessage.Name{qname} // the name asked and the CNAME targets it leads to
+	owned := func(n dnsmessage.Name) bool {
+		for _, o := range names {
+			if sameName(o, n) {
+				return true
+			}
+		}
+		return false
+	}
+	for {
+		ah, err := p.AnswerHeader()
+		if errors.Is(err, dnsmessage.ErrSectionDone) {
+			break
+		}
+		if err != nil {
 			return dnsResult{}, err
 		}
-		now := r.now()
-		switch h.RCode {
-		case dnsmessage.RCodeSuccess:
-		case dnsmessage.RCodeNameError:
-			return dnsResult{err: errNXDomain, expires: now.Add(dnsNegativeTTL)}, nil
-		default:
-			return dnsResult{}, fmt.Errorf("DNS server answered %v", h.RCode)
-		}
-		res := dnsResult{expires: now.Add(dnsCacheTTL)}
-		for {
-			ah, err := p.AnswerHeader()
-			if errors.Is(err, dnsmessage.ErrSectionDone) {
-				break
+		switch {
+		case ah.Class != dnsmessage.ClassINET || !owned(ah.Name):
+			err = p.SkipAnswer()
+		case ah.Type == dnsmessage.TypeCNAME:
+			var rr dnsmessage.CNAMEResource
+			if rr, err = p.CNAMEResource(); err == nil && len(names) <= maxCNAMEs {
+				names = append(names, rr.CNAME)
 			}
-			if err != nil {
-				return dnsResult{}, err
-			}
-			if ah.Type != dnsmessage.TypeAAAA || ah.Class != dnsmessage.ClassINET {
-				if err := p.SkipAnswer(); err != nil {
-					return dnsResult{}, err
+		case ah.Type == dnsmessage.TypeAAAA:
+			var rr dnsmessage.AAAAResource
+			if rr, err = p.AAAAResource(); err == nil {
+				res.addrs = append(res.addrs, netip.AddrFrom16(rr.AAAA))
+				if ttl := now.Add(time.Duration(ah.TTL) * time.Second); ttl.Before(res.expires) {
+					res.expires = ttl
 				}
-				continue
 			}
-			rr, err := p.AAAAResource()
-			if err != nil {
-				return dnsResult{}, err
-			}
-			res.addrs = append(res.addrs, netip.AddrFrom16(rr.AAAA))
-			if ttl := now.Add(time.Duration(ah.TTL) * time.Second); ttl.Before(res.expires) {
-				res.expires = ttl
-			}
+		default:
+			err = p.SkipAnswer()
 		}
-		if len(res.addrs) == 0 {
-			return dnsResult{err: errNoAAAA, expires: now.Add(dnsNegativeTTL)}, nil
+		if err != nil {
+			return dnsResult{}, err
 		}
-		return res, nil
 	}
+	if len(res.addrs) == 0 {
+		return dnsResult{err: errNoAAAA, expires: now.Add(dnsNegativeTTL)}, nil
+	}
+	return res, nil
 }

@@ -105,7 +105,7 @@ func startSidecarOpts(t testing.TB, log logr.Logger, prepare func(*Sidecar), cfg
 // readiness.
 func launchSidecar(t testing.TB, log logr.Logger, prepare func(*Sidecar), cfgPath string, targets ...string) (*running, []string) {
 	t.Helper()
-	args := []string{"--wg-config", cfgPath, "--health-addr", freeAddr(t), "--shutdown-grace", "2s"}
+	args := []string{"--wg-config", cfgPath, "--health-addr", freeAddr(t), "--metrics-addr", freeAddr(t), "--shutdown-grace", "2s"}
 	var addrs []string
 	for _, tg := range targets {
 		if listen, _, ok := strings.Cut(tg, "="); ok { // a full LISTEN=TARGET
@@ -181,7 +181,7 @@ func (r *running) get(t testing.TB, url string) (int, string) {
 
 func (r *running) metric(t testing.TB, prefix string) string {
 	t.Helper()
-	_, body := r.get(t, "http://"+r.s.HealthAddr()+"/metrics")
+	_, body := r.get(t, "http://"+r.s.MetricsAddr()+"/metrics")
 	for _, l := range strings.Split(body, "\n") {
 		if strings.HasPrefix(l, prefix) {
 			return strings.TrimSpace(strings.TrimPrefix(l, prefix))
@@ -199,10 +199,10 @@ func startFly(t testing.TB) *flyapitest.Server {
 	return srv
 }
 
-// testGetenv passes the transport settings a test may set with t.Setenv,
-// and nothing else from the environment.
+// testGetenv passes the transport and tuning settings a test may set with
+// t.Setenv, and nothing else from the environment.
 func testGetenv(k string) string {
-	if k == EnvWebSocketPort || k == EnvTransport {
+	if k == EnvWebSocketPort || k == EnvTransport || k == EnvTuning {
 		return os.Getenv(k)
 	}
 	return ""

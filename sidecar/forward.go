@@ -56,7 +56,7 @@ type forwarder struct {
 }
 
 func newForwarder(f Forward, d dialer, m *metrics, log logr.Logger, conns *connSet) (*forwarder, error) {
-	ln, err := net.ListenTCP("tcp", net.TCPAddrFromAddrPort(f.Listen))
+	ln, err := listenTCP(f.Listen)
 	if err != nil {
 		return nil, err
 	}

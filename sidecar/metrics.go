@@ -18,6 +18,7 @@ type metrics struct {
 	resolutions  *prometheus.CounterVec   // result
 	reconfigs    prometheus.Counter
 	ready        prometheus.Gauge
+	rejected     *prometheus.CounterVec // server
 }
 
 func newMetrics(handshakeAge func() float64) *metrics {
@@ -61,13 +62,17 @@ func newMetrics(handshakeAge func() float64) *metrics {
 			Name: "glaceon_ready",
 			Help: "1 when /readyz answers ok.",
 		}),
+		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "glaceon_serve_connections_rejected_total",
+			Help: "Connections to the health or metrics server reset because too many were open (in all or from one address).",
+		}, []string{"server"}),
 	}
 	handshake := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "glaceon_wireguard_last_handshake_age_seconds",
 		Help: "Seconds since the last completed WireGuard handshake; -1 before the first.",
 	}, handshakeAge)
 	reg.MustRegister(m.bytes, m.connsActive, m.connsTotal, m.dialDuration, m.dialErrors,
-		m.dnsLookups, m.resolutions, m.reconfigs, m.ready, handshake,
+		m.dnsLookups, m.resolutions, m.reconfigs, m.ready, m.rejected, handshake,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -59,6 +59,7 @@ type netTun struct {
 	stack  *stack.Stack
 	mtu    int
 	events chan tun.Event
+	keep   time.Duration // TCP keepalive idle time
 
 	out       chan *stack.PacketBuffer
 	closed    chan struct{}
@@ -82,6 +83,8 @@ type netStackOptions struct {
 	SendBufMax  int
 	Congestion  string // "cubic" or "reno"
 	DisableSACK bool
+	// KeepaliveIdle: see keepalive.go (0: tcpKeepaliveIdle).
+	KeepaliveIdle time.Duration
 }
 
 func newNetTun(o netStackOptions) (*netTun, error) {
@@ -105,6 +108,7 @@ func newNetTun(o netStackOptions) (*netTun, error) {
 	t := &netTun{
 		stack:  s,
 		mtu:    o.MTU,
+		keep:   o.KeepaliveIdle,
 		events: make(chan tun.Event, 4),
 		out:    make(chan *stack.PacketBuffer, outQueueLen),
 		closed: make(chan struct{}),
@@ -314,6 +318,10 @@ func (t *netTun) dialTCP(ctx context.Context, addr netip.AddrPort) (*gonet.TCPCo
 	ep, terr := t.stack.NewEndpoint(tcp.ProtocolNumber, proto, &wq)
 	if terr != nil {
 		return nil, &dialError{reason: reasonOther, err: errors.New(terr.String())}
+	}
+	if err := setKeepalive(ep, t.keep); err != nil {
+		ep.Close()
+		return nil, &dialError{reason: reasonOther, err: err}
 	}
 	we, ch := waiter.NewChannelEntry(waiter.WritableEvents)
 	wq.EventRegister(&we)

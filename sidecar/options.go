@@ -27,9 +27,12 @@ type Forward = target.Forward
 
 // Options is the parsed command line.
 type Options struct {
-	WGConfig      string
-	Forwards      []Forward
-	HealthAddr    netip.AddrPort
+	WGConfig   string
+	Forwards   []Forward
+	HealthAddr netip.AddrPort
+	// MetricsAddr serves /metrics; the zero value (the default) serves
+	// them nowhere, since they name the Fly hosts the pod reaches.
+	MetricsAddr   netip.AddrPort
 	MTU           int
 	ShutdownGrace time.Duration
 	LogLevel      string // debug, info, error
@@ -39,7 +42,7 @@ type Options struct {
 	// $FLY_WG_WEBSOCKET_PORT for tests against a local double.
 	WebSocketPort int
 	// Tuning overrides netstack defaults, for benchmarks and debugging only
-	// (env GLACEON_TUNING, e.g. "gro=0,rcvbuf=4194304,sndbuf=1048576,cc=reno,sack=0").
+	// (env GLACEON_TUNING, e.g. "gro=0,rcvbuf=4194304,sndbuf=1048576,cc=reno,sack=0,keepalive=30s").
 	Tuning netStackOptions
 }
 
@@ -66,6 +69,7 @@ const (
 	EnvWGConfig      = "GLACEON_WG_CONFIG"
 	EnvForward       = "GLACEON_FORWARD"
 	EnvHealthAddr    = "GLACEON_HEALTH_ADDR"
+	EnvMetricsAddr   = "GLACEON_METRICS_ADDR"
 	EnvMTU           = "GLACEON_MTU"
 	EnvShutdownGrace = "GLACEON_SHUTDOWN_GRACE"
 	EnvLogLevel      = "GLACEON_LOG_LEVEL"
@@ -83,7 +87,8 @@ func ParseOptions(args []string, getenv func(string) string) (*Options, error) {
 	fs.SetOutput(io.Discard)
 	var (
 		wgConfig   = fs.String("wg-config", "", "path of the wg-quick file (env "+EnvWGConfig+")")
-		healthAddr = fs.String("health-addr", "", "address for /healthz, /readyz, /metrics (default "+DefaultHealthAddr+"; env "+EnvHealthAddr+")")
+		healthAddr = fs.String("health-addr", "", "address for /healthz and /readyz; [::] is every address family the pod has (default "+DefaultHealthAddr+"; env "+EnvHealthAddr+")")
+		metrics    = fs.String("metrics-addr", "", "address for /metrics (default: not served; env "+EnvMetricsAddr+")")
 		mtu        = fs.String("mtu", "", "tunnel MTU (default 1420; env "+EnvMTU+")")
 		grace      = fs.String("shutdown-grace", "", "how long open connections may finish after SIGTERM (default 25s; env "+EnvShutdownGrace+")")
 		logLevel   = fs.String("log-level", "", "debug, info or error (default info; env "+EnvLogLevel+")")
@@ -163,6 +168,18 @@ func ParseOptions(args []string, getenv func(string) string) (*Options, error) {
 	}
 	o.HealthAddr = ap
 
+	field, v = pick("metrics-addr", *metrics, EnvMetricsAddr)
+	if v != "" {
+		ap, err := target.ParseListenAddr(v)
+		if err != nil {
+			return nil, usageErr(field, "%s", err.Error())
+		}
+		if _, clash := seen[ap]; clash || ap == o.HealthAddr {
+			return nil, usageErr(field, "%s is also a forward's or the health listen address: pick another port for metrics", ap)
+		}
+		o.MetricsAddr = ap
+	}
+
 	field, v = pick("mtu", *mtu, EnvMTU)
 	o.MTU = DefaultMTU
 	if v != "" {
@@ -237,6 +254,12 @@ func parseTuning(s string) (netStackOptions, error) {
 			} else {
 				t.SendBufMax = n
 			}
+		case "keepalive":
+			d, err := time.ParseDuration(v)
+			if err != nil || d < 100*time.Millisecond || d > time.Hour {
+				return t, fmt.Errorf("keepalive=%q must be a duration from 100ms to 1h", v)
+			}
+			t.KeepaliveIdle = d
 		case "cc":
 			if v != "reno" && v != "cubic" {
 				return t, fmt.Errorf("cc=%q: use reno or cubic", v)
@@ -253,7 +276,7 @@ func parseTuning(s string) (netStackOptions, error) {
 func flagError(err error) error {
 	msg := err.Error()
 	if errors.Is(err, flag.ErrHelp) {
-		return usageErr("--help", "flags: --wg-config PATH --forward LISTEN=TARGET (repeatable) [--health-addr %s] [--mtu %d] [--shutdown-grace %s] [--log-level info] [--transport auto]", DefaultHealthAddr, DefaultMTU, DefaultShutdownGrace)
+		return usageErr("--help", "flags: --wg-config PATH --forward LISTEN=TARGET (repeatable) [--health-addr %s] [--metrics-addr IP:PORT] [--mtu %d] [--shutdown-grace %s] [--log-level info] [--transport auto]", DefaultHealthAddr, DefaultMTU, DefaultShutdownGrace)
 	}
 	// "flag provided but not defined: -x" / "flag needs an argument: -x" /
 	// "invalid value ... for flag -x: ..."
@@ -264,7 +287,7 @@ func flagError(err error) error {
 	}
 	switch {
 	case strings.HasPrefix(msg, "flag provided but not defined"):
-		return usageErr(name, "unknown flag: the flags are --wg-config, --forward, --health-addr, --mtu, --shutdown-grace, --log-level, --transport")
+		return usageErr(name, "unknown flag: the flags are --wg-config, --forward, --health-addr, --metrics-addr, --mtu, --shutdown-grace, --log-level, --transport")
 	case strings.HasPrefix(msg, "flag needs an argument"):
 		return usageErr(name, "needs a value, e.g. %s=VALUE", name)
 	}

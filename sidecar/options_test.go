@@ -88,6 +88,11 @@ func TestParseOptionsErrors(t *testing.T) {
 		{"mtu env", fw("127.0.0.2:80=a.flycast:80"), map[string]string{EnvMTU: "abc"}, EnvMTU, "MTU"},
 		{"health", append(fw("127.0.0.2:80=a.flycast:80"), "--health-addr", "nohost"), nil, "--health-addr", "IP:PORT"},
 		{"health clash", append(fw("127.0.0.2:80=a.flycast:80"), "--health-addr", "127.0.0.2:80"), nil, "--health-addr", "forward"},
+		{"metrics", append(fw("127.0.0.2:80=a.flycast:80"), "--metrics-addr", "nohost"), nil, "--metrics-addr", "IP:PORT"},
+		{"metrics env", fw("127.0.0.2:80=a.flycast:80"), map[string]string{EnvMetricsAddr: "1.2.3.4"}, EnvMetricsAddr, "IP:PORT"},
+		{"metrics on health", append(fw("127.0.0.2:80=a.flycast:80"), "--health-addr", "127.0.0.1:9901", "--metrics-addr", "127.0.0.1:9901"), nil, "--metrics-addr", "health"},
+		{"metrics on a forward", append(fw("127.0.0.2:80=a.flycast:80"), "--metrics-addr", "127.0.0.2:80"), nil, "--metrics-addr", "forward"},
+		{"keepalive tuning", fw("127.0.0.2:80=a.flycast:80"), map[string]string{EnvTuning: "keepalive=1ms"}, EnvTuning, "100ms to 1h"},
 		{"grace", append(fw("127.0.0.2:80=a.flycast:80"), "--shutdown-grace", "soon"), nil, "--shutdown-grace", "duration"},
 		{"log level", append(fw("127.0.0.2:80=a.flycast:80"), "--log-level", "loud"), nil, "--log-level", "debug, info or error"},
 		{"unknown flag", append(base, "--nope"), nil, "--nope", "unknown flag"},
@@ -131,4 +136,22 @@ func FuzzParseOptions(f *testing.F) {
 			t.Fatalf("accepted invalid options %+v", o)
 		}
 	})
+}
+
+func TestParseOptionsServeAddrs(t *testing.T) {
+	base := []string{"--wg-config", "/w.conf", "--forward", "127.0.0.2:80=a.flycast:80"}
+	o, err := ParseOptions(base, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.MetricsAddr.IsValid() || o.HealthAddr.String() != DefaultHealthAddr {
+		t.Errorf("defaults: metrics %v, health %v; want metrics off and health on %s", o.MetricsAddr, o.HealthAddr, DefaultHealthAddr)
+	}
+	o, err = ParseOptions(append(base, "--health-addr", "[::]:9901"), envMap(map[string]string{EnvMetricsAddr: "[::]:9902", EnvTuning: "keepalive=2s"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.HealthAddr.String() != "[::]:9901" || o.MetricsAddr.String() != "[::]:9902" || o.Tuning.KeepaliveIdle != 2*time.Second {
+		t.Errorf("got health %v, metrics %v, keepalive %v", o.HealthAddr, o.MetricsAddr, o.Tuning.KeepaliveIdle)
+	}
 }

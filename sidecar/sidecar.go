@@ -57,7 +57,9 @@ type Sidecar struct {
 	fws     []*forwarder
 	conns   *connSet
 	health  *http.Server
-	healthL net.Listener
+	healthL *limitListener
+	metrics *http.Server // nil unless --metrics-addr
+	metricL *limitListener
 	started time.Time
 
 	// readiness state
@@ -104,18 +106,37 @@ func New(opts *Options, cfg *wgquick.Config, log logr.Logger) (*Sidecar, error) 
 		}
 		s.fws = append(s.fws, fw)
 	}
-	hl, err := net.Listen("tcp", opts.HealthAddr.String())
+	hl, err := listenTCP(opts.HealthAddr)
 	if err != nil {
 		s.closeListeners()
 		t.close()
 		return nil, &UsageError{Field: "--health-addr", Msg: oneLine(fmt.Sprintf("cannot listen on %s: %v: pick a free port", opts.HealthAddr, errors.Unwrap(err)))}
 	}
-	s.healthL = hl
-	s.health = &http.Server{Handler: s.healthMux(), ReadHeaderTimeout: 5 * time.Second, ErrorLog: nil}
+	s.healthL = newLimitListener(hl, serveMaxConns, serveMaxConnsPerIP, s.m.rejected.WithLabelValues("health").Inc)
+	s.health = newBoundedServer(s.probeMux())
+	if opts.MetricsAddr.IsValid() {
+		ml, err := listenTCP(opts.MetricsAddr)
+		if err != nil {
+			s.closeListeners()
+			_ = hl.Close()
+			t.close()
+			return nil, &UsageError{Field: "--metrics-addr", Msg: oneLine(fmt.Sprintf("cannot listen on %s: %v: pick a free port", opts.MetricsAddr, errors.Unwrap(err)))}
+		}
+		s.metricL = newLimitListener(ml, serveMaxConns, serveMaxConnsPerIP, s.m.rejected.WithLabelValues("metrics").Inc)
+		s.metrics = newBoundedServer(s.metricsMux())
+	}
 	return s, nil
 }
 
-// HealthAddr is where /healthz, /readyz and /metrics are served.
+// MetricsAddr is where /metrics is served, "" when it is not.
+func (s *Sidecar) MetricsAddr() string {
+	if s.metricL == nil {
+		return ""
+	}
+	return s.metricL.Addr().String()
+}
+
+// HealthAddr is where /healthz and /readyz are served.
 func (s *Sidecar) HealthAddr() string { return s.healthL.Addr().String() }
 
 // ListenAddrs are the bound forward addresses, in --forward order.
@@ -149,6 +170,9 @@ func (s *Sidecar) Run(ctx context.Context) error {
 	if err := s.tun.dev.Up(); err != nil {
 		s.closeListeners()
 		_ = s.healthL.Close()
+		if s.metricL != nil {
+			_ = s.metricL.Close()
+		}
 		return fmt.Errorf("bring wireguard device up: %w", err)
 	}
 
@@ -160,6 +184,15 @@ func (s *Sidecar) Run(ctx context.Context) error {
 			s.log.Error(err, "health server stopped")
 		}
 	}()
+	if s.metrics != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := s.metrics.Serve(s.metricL); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				s.log.Error(err, "metrics server stopped")
+			}
+		}()
+	}
 
 	// dialCtx outlives ctx: a connection accepted before SIGTERM may still
 	// be dialing; it gets the grace period too, then the dial is cancelled.
@@ -170,7 +203,7 @@ func (s *Sidecar) Run(ctx context.Context) error {
 		fw.up.Store(true)
 		go func() { defer wg.Done(); fw.serve(dialCtx) }()
 	}
-	s.log.Info("sidecar started", "forwards", len(s.fws), "healthAddr", s.HealthAddr(),
+	s.log.Info("sidecar started", "forwards", len(s.fws), "healthAddr", s.HealthAddr(), "metricsAddr", s.MetricsAddr(),
 		"mtu", s.opts.MTU, "localAddress", s.tun.cfg.Address.String(), "dns", s.res.server.String())
 
 	wdCtx, stopWatchdog := context.WithCancel(ctx)
@@ -197,6 +230,9 @@ func (s *Sidecar) Run(ctx context.Context) error {
 	<-tcDone
 	hctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	_ = s.health.Shutdown(hctx)
+	if s.metrics != nil {
+		_ = s.metrics.Shutdown(hctx)
+	}
 	cancel()
 	wg.Wait()
 	s.log.Info("sidecar stopped")
@@ -322,32 +358,6 @@ func (s *Sidecar) watchdog(ctx context.Context) {
 		case <-time.After(interval):
 		}
 	}
-}
-
-func (s *Sidecar) healthMux() *http.ServeMux {
-	mux := http.NewServeMux()
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
-		if err := s.healthy(); err != nil {
-			http.Error(w, "unhealthy: "+err.Error(), http.StatusServiceUnavailable)
-			return
-		}
-		_, _ = w.Write([]byte("ok\n"))
-	})
-	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
-		if s.ready.Load() {
-			_, _ = w.Write([]byte("ok " + s.tctl.describe() + "\n"))
-			return
-		}
-		s.stateMu.Lock()
-		why := s.notReadyWhy
-		s.stateMu.Unlock()
-		if why == "" {
-			why = "starting"
-		}
-		http.Error(w, "not ready: "+why+" ["+s.tctl.describe()+"]", http.StatusServiceUnavailable)
-	})
-	mux.Handle("/metrics", promHandler(s.m.reg))
-	return mux
 }
 
 // healthy: the watchdog loop is alive and the netstack answers a local

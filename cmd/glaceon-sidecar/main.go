@@ -3,7 +3,7 @@
 //
 //	glaceon-sidecar --wg-config /etc/glaceon/wg.conf \
 //	    --forward 127.0.0.2:80=myapp.flycast:80 [--forward ...] \
-//	    [--health-addr 127.0.0.1:9901] [--mtu 1420] [--shutdown-grace 25s]
+//	    [--health-addr 127.0.0.1:9901] [--metrics-addr IP:PORT] [--mtu 1420] [--shutdown-grace 25s]
 //
 // Bad flags or config: one line on stderr naming the field, exit status 2.
 // `glaceon-sidecar --version` prints the version and commit.

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -22,12 +23,27 @@ import (
 )
 
 func runManager(env *cliEnv, args []string) error {
+	cfg, zapOpts, err := parseManagerFlags(env, args)
+	if err != nil {
+		return err
+	}
+	log := zap.New(zap.UseFlagOptions(&zapOpts), zap.WriteTo(env.stderr))
+	ctrl.SetLogger(log)
+	cfg.Log = log
+	return startManager(cfg, log)
+}
+
+// parseManagerFlags turns the command line into the manager's config.
+func parseManagerFlags(env *cliEnv, args []string) (manager.Config, zap.Options, error) {
 	fs := newFlagSet(env, "manager", "glaceon manager [flags]  (the webhook and the controllers; Fly tokens come from the FlyOrgs' Secrets)")
 	cfg := manager.Config{Inject: inject.DefaultConfig()}
 	var sidecarMode, extraSANs string
 	fs.StringVar(&cfg.Namespace, "namespace", envOr("POD_NAMESPACE", "glaceon-system"), "namespace of glaceon itself: certificate Secret, FlyOrg token Secrets, leader lease")
 	fs.StringVar(&cfg.Inject.DefaultRegion, "default-region", "", "gateway region for pods without glaceon.fly/region whose FlyOrg has no spec.defaultRegion (empty: Fly chooses)")
 	fs.StringVar(&cfg.Inject.Image, "sidecar-image", inject.DefaultSidecarImage, "glaceon-sidecar image injected into pods")
+	fs.StringVar(&cfg.Inject.HealthListenHost, "sidecar-listen-host", cfg.Inject.HealthListenHost, "address the sidecar's health server (and MachineProxy listeners) bind: :: for every address family the pod has (IPv4, IPv6-only, dual-stack), 0.0.0.0 for IPv4 only")
+	var metricsPort int
+	fs.IntVar(&metricsPort, "sidecar-metrics-port", 0, "port of the sidecar's /metrics on the pod IP (0: not served; any pod that reaches the pod IP can read them)")
 	fs.StringVar(&sidecarMode, "sidecar-mode", string(inject.SidecarModeNative), "native (init container with restartPolicy Always, Kubernetes 1.29+) or classic")
 	fs.StringVar(&cfg.Inject.Transport, "sidecar-transport", "", "default transport of every sidecar: auto, udp or websocket (glaceon.fly/transport and MachineProxy spec.transport override it; default: the sidecar's, auto)")
 	fs.Func("sidecar-image-pull-policy", "imagePullPolicy of the injected sidecar: Always, IfNotPresent or Never (default IfNotPresent)", func(s string) error {
@@ -59,20 +75,24 @@ func runManager(env *cliEnv, args []string) error {
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(fs)
 	if err := parseFlags(fs, args); err != nil {
-		return err
+		return cfg, zapOpts, err
 	}
 	cfg.Inject.Mode = inject.SidecarMode(sidecarMode)
 	if err := checkRequestsWithinLimits(cfg.Inject.Resources); err != nil {
-		return usagef("manager: %v", err)
+		return cfg, zapOpts, usagef("manager: %v", err)
 	}
+	if metricsPort < 0 || metricsPort > 65535 {
+		return cfg, zapOpts, usagef("manager: --sidecar-metrics-port %d: give 0 (off) or a port from 1 to 65535", metricsPort)
+	}
+	cfg.Inject.MetricsPort = int32(metricsPort)
 	cfg.WebhookExtraSANs = splitList(extraSANs)
 	if err := cfg.Validate(); err != nil {
-		return usagef("manager: %v", err)
+		return cfg, zapOpts, usagef("manager: %v", err)
 	}
-	log := zap.New(zap.UseFlagOptions(&zapOpts), zap.WriteTo(env.stderr))
-	ctrl.SetLogger(log)
-	cfg.Log = log
+	return cfg, zapOpts, nil
+}
 
+func startManager(cfg manager.Config, log logr.Logger) error {
 	// FLY_API_BASE_URL and FLY_WG_GATEWAY_PORT still apply (tests, other
 	// API endpoints); tokens come from the FlyOrgs, never the environment.
 	flyOpts, err := flyEndpointFromEnv()

@@ -94,9 +94,10 @@ func newGateway(s *Server) (g *gateway, err error) {
 		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv6.NewProtocol},
 		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol, udp.NewProtocol, icmp.NewProtocol6},
 	})
+	built := g // the named result is nil on the error paths
 	defer func() {
 		if err != nil {
-			g.close()
+			built.close()
 		}
 	}()
 	opts := []tcpip.SettableTransportProtocolOption{}
@@ -167,6 +168,7 @@ func (g *gateway) startDevice(peers []*peerRec) error {
 		return errors.New("flyapitest: gateway already running")
 	}
 	t := newGwTun(g.ep)
+	t.drop = &g.s.blackholed
 	b := newGwBind(g.ws)
 	logger := &device.Logger{
 		Verbosef: device.DiscardLogf,
@@ -322,6 +324,7 @@ type gwTun struct {
 	cancel    context.CancelFunc
 	events    chan tun.Event
 	closeOnce sync.Once
+	drop      *blackholes
 }
 
 const gwTunBatch = 128
@@ -364,6 +367,9 @@ func (t *gwTun) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 			}
 		}
 		pkt.DecRef()
+		if size > 0 && t.drop != nil && t.drop.drops(dst[:size]) {
+			size = 0
+		}
 		if size > 0 {
 			sizes[n] = size
 			n++
@@ -385,6 +391,9 @@ func (t *gwTun) Write(bufs [][]byte, offset int) (int, error) {
 			continue
 		}
 		if string(p[8:14]) != string(p[24:30]) {
+			continue
+		}
+		if t.drop != nil && t.drop.drops(p) {
 			continue
 		}
 		pkb := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(p)})

@@ -175,6 +175,8 @@ type peerRec struct {
 type Server struct {
 	opts   Options
 	faults Faults
+	// blackholed apps: see Blackhole.
+	blackholed blackholes
 
 	mu      sync.Mutex
 	orgs    []*orgState

@@ -21,6 +21,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/coder/websocket"
@@ -117,9 +118,14 @@ func selfSigned() (tls.Certificate, error) {
 	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, nil
 }
 
-// start listens on 127.0.0.1:port (the same port after a restart).
+// start listens on 127.0.0.1:port, or [::1]:port where there is no IPv4
+// loopback (the same port after a restart).
 func (w *wsGateway) start() error {
 	ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(w.port)))
+	if errors.Is(err, syscall.EADDRNOTAVAIL) {
+		// An IPv6-only namespace: no 127.0.0.1.
+		ln, err = net.Listen("tcp", net.JoinHostPort("::1", strconv.Itoa(w.port)))
+	}
 	if err != nil {
 		return fmt.Errorf("flyapitest: gateway websocket listen on port %d: %w", w.port, err)
 	}

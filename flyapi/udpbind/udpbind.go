@@ -153,7 +153,9 @@ func (b *Bind) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
 	// Same port on both families; with port 0, retry if v6 has it taken.
 	for try := 0; try < 10; try++ {
 		c4, err = b.listenUDP("udp4", port)
-		if err != nil && !errors.Is(err, syscall.EAFNOSUPPORT) {
+		// No IPv4 at all, or (loopback mode) no 127.0.0.1 in an IPv6-only
+		// namespace: IPv6 alone will do.
+		if err != nil && !errors.Is(err, syscall.EAFNOSUPPORT) && !(b.loopback && errors.Is(err, syscall.EADDRNOTAVAIL)) {
 			return nil, 0, err
 		}
 		actual := port

@@ -33,7 +33,7 @@ type Sidecar struct {
 	// the process listens on here: the same, unless this user may not bind
 	// it (a port below 1024 without root), then a free port on that host.
 	Forwards map[string]string
-	// HealthURL is the base URL of /healthz, /readyz and /metrics.
+	// HealthURL is the base URL of /healthz and /readyz.
 	HealthURL string
 	LogPath   string
 

@@ -21,6 +21,13 @@
 //   - A rotated CA stays in ca.crt (and so in the caBundle) for CAOverlap,
 //     so a replica still serving a certificate from the old CA is trusted
 //     until it picks up the new Secret from its watch.
+//   - A new CA is published before it is used: the caBundle is patched
+//     first, and a certificate from a CA the previous caBundle lacked is
+//     served only 2 seconds later, so that every API server has seen it.
+//     When the Secret is deleted (or its CA is unusable), the CAs the
+//     webhook configurations trust stay in the new bundle for CAOverlap, as
+//     a rotated CA does: replicas still serving the old certificate stay
+//     trusted.
 //   - The certificate is swapped in memory: no restart, no mounted files, no
 //     kubelet Secret propagation delay.
 //   - Every webhook's clientConfig.caBundle in the named configurations is

@@ -185,6 +185,28 @@ func testServe(ctx context.Context, t *testing.T, admin client.Client, restricte
 	})
 
 	t.Run("deleted Secret is regenerated and served without restart", func(t *testing.T) {
+		// Admissions go on through the whole rotation and must all pass.
+		// (The API server reuses its TLS connection to the webhook, so a
+		// short window would rarely show here; the order itself, publish
+		// then serve, is checked by TestRotationPublishesBeforeServing.)
+		admitCtx, stopAdmitting := context.WithCancel(ctx)
+		admitted := make(chan []error, 1)
+		go func() {
+			var errs []error
+			for i := 0; admitCtx.Err() == nil && i < 2000; i++ {
+				cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: testNS, Name: fmt.Sprintf("during-rotation-%d", i)}}
+				if err := admin.Create(admitCtx, cm); err != nil {
+					if admitCtx.Err() == nil {
+						errs = append(errs, err)
+					}
+				} else if cm.Labels[mutatedKey] != "true" {
+					errs = append(errs, fmt.Errorf("%s created without the webhook's label", cm.Name))
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			admitted <- errs
+		}()
+		time.Sleep(300 * time.Millisecond)
 		if err := admin.Delete(ctx, secret); err != nil {
 			t.Fatal(err)
 		}
@@ -218,6 +240,11 @@ func testServe(ctx context.Context, t *testing.T, admin client.Client, restricte
 		})
 		if _, err := dial(port, serviceHost, bundle); err == nil {
 			t.Error("the new certificate verifies against the deleted CA")
+		}
+		time.Sleep(time.Second) // admissions go on after the switch
+		stopAdmitting()
+		if errs := <-admitted; len(errs) > 0 {
+			t.Errorf("%d admissions failed during the rotation, the first: %v", len(errs), errs[0])
 		}
 		expectMutated(ctx, t, admin, "after-rotation")
 	})

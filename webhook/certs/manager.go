@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -42,6 +43,11 @@ const ControllerName = "webhook-certs"
 // minRequeue keeps a clock that is already past a deadline from spinning.
 const minRequeue = time.Second
 
+// caPropagation is how long a new caBundle is given to reach every API
+// server (each reads webhook configurations from its own informer) before
+// a certificate that needs it is served.
+const caPropagation = 2 * time.Second
+
 // Manager issues, stores, serves and publishes the webhook's serving
 // certificate. Create it with New before the controller-runtime manager
 // (whose webhook server takes TLSOpts), then call SetupWithManager.
@@ -60,6 +66,11 @@ type Manager struct {
 
 	readyOnce sync.Once
 	readyCh   chan struct{}
+
+	// published is the bundle last seen in every webhook configuration,
+	// since publishedAt (only Reconcile touches them: one at a time).
+	published   []byte
+	publishedAt time.Time
 
 	// Set by SetupWithManager (or by tests).
 	client    client.Client // writes; reads from the narrow cache
@@ -219,15 +230,36 @@ func (m *Manager) WaitForReady(ctx context.Context) error {
 // line. The request is ignored: there is only one thing to reconcile.
 func (m *Manager) Reconcile(ctx context.Context, _ reconcile.Request) (reconcile.Result, error) {
 	log := logf.FromContext(ctx)
-	d, err := m.ensureSecret(ctx, log)
+	trusted, err := m.trustedCAs(ctx)
 	if err != nil {
 		return reconcile.Result{}, err
 	}
-	m.load(log, d.state)
+	d, err := m.ensureSecret(ctx, log, trusted)
+	if err != nil {
+		return reconcile.Result{}, err
+	}
+	// Publish first, serve second: a certificate from a new CA is served
+	// only once the caBundle holds that CA and has had time to reach the
+	// API servers. Until then the current certificate stays, and it stays
+	// trusted: the bundle keeps its CA for the overlap.
 	injected, err := m.injectCABundle(ctx, log, d.state.bundle)
 	if err != nil {
+		if m.cert.Load() == nil {
+			m.load(log, d.state) // nothing served yet: nothing to break
+		}
 		return reconcile.Result{}, err
 	}
+	now := m.opts.Clock.Now()
+	if injected && !bytes.Equal(m.published, d.state.bundle) {
+		m.published, m.publishedAt = bytes.Clone(d.state.bundle), now
+	}
+	if cur := m.cert.Load(); injected && cur != nil && !bytes.Equal(cur.Certificate[0], d.state.cert.Certificate[0]) {
+		if wait := caPropagation - now.Sub(m.publishedAt); wait > 0 {
+			log.V(1).Info("New caBundle published; serving the new certificate shortly", "after", wait)
+			return reconcile.Result{RequeueAfter: wait}, nil
+		}
+	}
+	m.load(log, d.state)
 	if injected {
 		m.readyOnce.Do(func() {
 			log.Info("Webhook certificate ready")
@@ -244,7 +276,7 @@ func (m *Manager) Reconcile(ctx context.Context, _ reconcile.Request) (reconcile
 // updating it first if needed. Writes are optimistic: when another replica
 // wrote first (AlreadyExists or Conflict), its Secret is re-read from the
 // API server and adopted if valid.
-func (m *Manager) ensureSecret(ctx context.Context, log logr.Logger) (*decision, error) {
+func (m *Manager) ensureSecret(ctx context.Context, log logr.Logger, trusted []*x509.Certificate) (*decision, error) {
 	secret := &corev1.Secret{}
 	if err := m.client.Get(ctx, m.key, secret); err != nil {
 		if !apierrors.IsNotFound(err) {
@@ -257,7 +289,7 @@ func (m *Manager) ensureSecret(ctx context.Context, log logr.Logger) (*decision,
 		if secret != nil {
 			data = secret.Data
 		}
-		d, err := m.policy.evaluate(data, m.opts.Clock.Now())
+		d, err := m.policy.evaluateTrusting(data, m.opts.Clock.Now(), trusted)
 		if err != nil {
 			return nil, err
 		}
@@ -321,6 +353,39 @@ func (m *Manager) load(log logr.Logger, st *material) {
 	m.bundle.Store(&bundle)
 	certExpiry.WithLabelValues("ca").Set(float64(st.caNotAfter.Unix()))
 	certExpiry.WithLabelValues("serving").Set(float64(st.servingNotAfter.Unix()))
+}
+
+// trustedCAs are the CAs in the caBundles of the named webhook
+// configurations now, and in the bundle this replica last published.
+func (m *Manager) trustedCAs(ctx context.Context) ([]*x509.Certificate, error) {
+	var out []*x509.Certificate
+	add := func(pemBytes []byte) {
+		certs, err := parseCertsPEM(pemBytes)
+		if err != nil {
+			return // not ours to judge; it is replaced anyway
+		}
+		for _, c := range certs {
+			if !slices.ContainsFunc(out, c.Equal) {
+				out = append(out, c)
+			}
+		}
+	}
+	if b := m.bundle.Load(); b != nil {
+		add(*b)
+	}
+	for _, name := range m.opts.WebhookConfigurations {
+		mwc := &admissionregistrationv1.MutatingWebhookConfiguration{}
+		if err := m.client.Get(ctx, client.ObjectKey{Name: name}, mwc); err != nil {
+			if apierrors.IsNotFound(err) {
+				continue
+			}
+			return nil, fmt.Errorf("get MutatingWebhookConfiguration %s: %w", name, err)
+		}
+		for _, wh := range mwc.Webhooks {
+			add(wh.ClientConfig.CABundle)
+		}
+	}
+	return out, nil
 }
 
 // jsonPatchOp is one RFC 6902 operation.

@@ -5,7 +5,9 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"net"
+	"slices"
 	"testing"
 	"time"
 
@@ -192,6 +194,12 @@ func TestReconcileLifecycle(t *testing.T) {
 		t.Fatalf("after CA rotation the bundle holds %d CAs, want the new and the old", len(bundle))
 	}
 	assertInjected(t, c, s3.Data[CACertKey])
+	// Published, not yet served: the API servers get caPropagation to see it.
+	if !servedLeaf(t, m).Equal(renewed) {
+		t.Error("a certificate from the new CA was served in the reconcile that published it")
+	}
+	clk.SetTime(clk.Now().Add(caPropagation))
+	reconcileOnce(t, m)
 	if err := servedLeaf(t, m).CheckSignatureFrom(bundle[0]); err != nil {
 		t.Errorf("served certificate not from the new CA: %v", err)
 	}
@@ -279,4 +287,95 @@ func mustCerts(t *testing.T, b []byte) []*x509.Certificate {
 		t.Fatal(err)
 	}
 	return certs
+}
+
+// TestRotationPublishesBeforeServing: at no moment may the served
+// certificate be one the API server cannot verify with the caBundle it
+// holds, nor with the one it held just before (it reads webhook
+// configurations from an informer, so a patch reaches it a little later).
+// Checked on every patch of the caBundle and after every reconcile, on a
+// CA rotation and after the certificate Secret is deleted.
+func TestRotationPublishesBeforeServing(t *testing.T) {
+	clk := clocktesting.NewFakePassiveClock(t0)
+	base := fake.NewClientBuilder().WithScheme(testScheme(t)).WithObjects(testMWC("glaceon-webhook", "a.glaceon.fly")).Build()
+	var m *Manager
+	var violations []string
+	stored := func() []byte {
+		mwc := &admissionregistrationv1.MutatingWebhookConfiguration{}
+		if err := base.Get(context.Background(), client.ObjectKey{Name: "glaceon-webhook"}, mwc); err != nil {
+			t.Fatal(err)
+		}
+		return mwc.Webhooks[0].ClientConfig.CABundle
+	}
+	// verifies reports whether the served certificate chains to bundle.
+	verifies := func(bundle []byte) error {
+		c := m.cert.Load()
+		if c == nil {
+			return nil // nothing served: nothing to fail
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(bundle) {
+			return errors.New("empty caBundle")
+		}
+		// The fake clock jumps months at a time without the renewals in
+		// between: check the chain at a time the leaf is valid.
+		at := c.Leaf.NotBefore.Add(time.Minute)
+		_, err := c.Leaf.Verify(x509.VerifyOptions{Roots: pool, DNSName: "glaceon-webhook.glaceon-system.svc", CurrentTime: at})
+		return err
+	}
+	check := func(when string, bundle []byte) {
+		if err := verifies(bundle); err != nil {
+			violations = append(violations, when+": "+err.Error())
+		}
+	}
+	c := interceptor.NewClient(base, interceptor.Funcs{
+		Patch: func(ctx context.Context, cl client.WithWatch, obj client.Object, patch client.Patch, opts ...client.PatchOption) error {
+			check("before a caBundle patch", stored())
+			return cl.Patch(ctx, obj, patch, opts...)
+		},
+	})
+	m = newTestManager(t, c, clk)
+	var lastPublished []byte
+	step := func(what string) {
+		t.Helper()
+		reconcileOnce(t, m)
+		now := stored()
+		check(what+": with the caBundle now", now)
+		if lastPublished != nil {
+			check(what+": with the caBundle an API server may still hold", lastPublished)
+		}
+		lastPublished = now
+	}
+	step("first start")
+	first := servedLeaf(t, m)
+
+	// CA rotation.
+	ca := mustCerts(t, getSecret(t, base).Data[CACertKey])[0]
+	clk.SetTime(m.policy.caRotateAt(ca).Add(time.Second))
+	step("CA rotation")
+	clk.SetTime(clk.Now().Add(caPropagation))
+	step("CA rotation, after propagation")
+	rotated := servedLeaf(t, m)
+	if rotated.Equal(first) {
+		t.Fatal("the certificate from the new CA is never served")
+	}
+
+	// The Secret is deleted: a new CA is issued; the CA of the certificate
+	// being served stays trusted until that certificate is replaced.
+	if err := base.Delete(context.Background(), getSecret(t, base)); err != nil {
+		t.Fatal(err)
+	}
+	step("Secret deleted")
+	bundle := mustCerts(t, getSecret(t, base).Data[CACertKey])
+	if len(bundle) < 2 || !slices.ContainsFunc(bundle[1:], func(c *x509.Certificate) bool { return rotated.CheckSignatureFrom(c) == nil }) {
+		t.Errorf("after the Secret was deleted the bundle (%d CAs) dropped the CA of the certificate being served", len(bundle))
+	}
+	clk.SetTime(clk.Now().Add(caPropagation))
+	step("Secret deleted, after propagation")
+	if servedLeaf(t, m).Equal(rotated) {
+		t.Error("the new certificate is never served after the Secret was deleted")
+	}
+	for _, v := range violations {
+		t.Error(v)
+	}
 }

@@ -69,6 +69,15 @@ type decision struct {
 // issuing a new CA and/or serving certificate when the stored ones are
 // missing, unparseable, mismatched, expiring or do not cover the names.
 func (p *policy) evaluate(data map[string][]byte, now time.Time) (*decision, error) {
+	return p.evaluateTrusting(data, now, nil)
+}
+
+// evaluateTrusting is evaluate where trusted are the CAs the webhook
+// configurations trust now. When a new CA replaces one the Secret no
+// longer holds (the Secret was deleted or its CA is unusable), trusted CAs
+// stay in the bundle for the overlap as a replaced one would, so that
+// replicas still serving a certificate from them stay trusted.
+func (p *policy) evaluateTrusting(data map[string][]byte, now time.Time, trusted []*x509.Certificate) (*decision, error) {
 	d := &decision{}
 	oldBundle, bundleErr := parseCertsPEM(data[CACertKey])
 
@@ -92,8 +101,12 @@ func (p *policy) evaluate(data map[string][]byte, now time.Time) (*decision, err
 	overlapEnd := signing.cert.NotBefore.Add(backdate + p.caOverlap)
 	bundle := []*x509.Certificate{signing.cert}
 	d.next = p.caRotateAt(signing.cert)
-	for _, c := range oldBundle {
-		if len(bundle) > maxRetainedCAs || !c.IsCA || c.Equal(signing.cert) ||
+	replaced := oldBundle
+	if d.newCA {
+		replaced = append(slices.Clone(oldBundle), trusted...)
+	}
+	for _, c := range replaced {
+		if len(bundle) > maxRetainedCAs || !c.IsCA || slices.ContainsFunc(bundle, c.Equal) ||
 			!now.Before(c.NotAfter) || !now.Before(overlapEnd) {
 			continue
 		}

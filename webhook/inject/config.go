@@ -3,8 +3,10 @@ package inject
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"path"
+	"strconv"
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
@@ -79,12 +81,19 @@ type Config struct {
 	ImagePullPolicy corev1.PullPolicy
 	// Resources of the sidecar container.
 	Resources corev1.ResourceRequirements
-	// HealthPort serves /healthz, /readyz and /metrics. The kubelet probes it
-	// on the pod IP, so it listens on HealthListenHost, not on loopback.
+	// HealthPort serves /healthz and /readyz. The kubelet probes it on the
+	// pod IP, so it listens on HealthListenHost, not on loopback.
 	HealthPort int32
-	// HealthListenHost is the address the health server binds: "0.0.0.0",
-	// or "::" on IPv6-only clusters.
+	// HealthListenHost is the address the health server (and a
+	// MachineProxy's listeners) bind: "::" (the default) is every address
+	// family the pod has, so IPv4, IPv6-only and dual-stack clusters all
+	// work; "0.0.0.0" is IPv4 only.
 	HealthListenHost string
+	// MetricsPort serves the sidecar's /metrics on HealthListenHost; 0 (the
+	// default) serves them nowhere. Any pod that can reach the pod IP can
+	// read them, and they name the Fly hosts the pod reaches: set it only
+	// where a scrape is configured (and a NetworkPolicy limits who scrapes).
+	MetricsPort int32
 	// Mode is the default sidecar mode; glaceon.fly/inject-mode overrides it.
 	Mode SidecarMode
 	// Transport is the default --transport of every sidecar (auto, udp,
@@ -122,7 +131,7 @@ func DefaultConfig() Config {
 			},
 		},
 		HealthPort:       9901,
-		HealthListenHost: "0.0.0.0",
+		HealthListenHost: "::",
 		Mode:             SidecarModeNative,
 		RunAsUser:        65532,
 		RunAsGroup:       65532,
@@ -143,6 +152,36 @@ func (c Config) SidecarSecurityContext() *corev1.SecurityContext {
 		Capabilities:             &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
 		SeccompProfile:           &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
 	}
+}
+
+// SidecarServeArgs are the sidecar's --health-addr and, when MetricsPort
+// is set, --metrics-addr flags.
+func (c Config) SidecarServeArgs() []string {
+	args := []string{"--health-addr", net.JoinHostPort(c.HealthListenHost, strconv.Itoa(int(c.HealthPort)))}
+	if c.MetricsPort != 0 {
+		args = append(args, "--metrics-addr", net.JoinHostPort(c.HealthListenHost, strconv.Itoa(int(c.MetricsPort))))
+	}
+	return args
+}
+
+// SidecarServePorts are the container ports of SidecarServeArgs.
+func (c Config) SidecarServePorts() []corev1.ContainerPort {
+	ports := []corev1.ContainerPort{{Name: HealthPortName, ContainerPort: c.HealthPort, Protocol: corev1.ProtocolTCP}}
+	if c.MetricsPort != 0 {
+		ports = append(ports, corev1.ContainerPort{Name: MetricsPortName, ContainerPort: c.MetricsPort, Protocol: corev1.ProtocolTCP})
+	}
+	return ports
+}
+
+// sidecarPort names the port if the sidecar serves on it, else "".
+func (c Config) sidecarPort(port int32) string {
+	switch {
+	case port == c.HealthPort:
+		return "health"
+	case c.MetricsPort != 0 && port == c.MetricsPort:
+		return "metrics"
+	}
+	return ""
 }
 
 // WGConfigPath is the path of the wg-quick file inside the sidecar.
@@ -169,8 +208,12 @@ func (c Config) Validate() error {
 	if c.HealthPort < 1 || c.HealthPort > 65535 {
 		errs = append(errs, fmt.Errorf("health port %d is not in 1-65535", c.HealthPort))
 	}
-	if _, err := netip.ParseAddr(c.HealthListenHost); err != nil {
-		errs = append(errs, fmt.Errorf("health listen host: %w", err))
+	if a, err := netip.ParseAddr(c.HealthListenHost); err != nil || !a.IsUnspecified() {
+		// The pod IP is not known at admission: only a wildcard works.
+		errs = append(errs, fmt.Errorf("health listen host %q is not :: (every address family) or 0.0.0.0 (IPv4 only)", c.HealthListenHost))
+	}
+	if c.MetricsPort < 0 || c.MetricsPort > 65535 || (c.MetricsPort != 0 && c.MetricsPort == c.HealthPort) {
+		errs = append(errs, fmt.Errorf("metrics port %d is not 0 (off) or a port in 1-65535 other than the health port", c.MetricsPort))
 	}
 	switch c.Mode {
 	case SidecarModeNative, SidecarModeClassic:

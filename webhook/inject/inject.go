@@ -129,9 +129,9 @@ func newPlan(pod *corev1.Pod, cfg Config) (plan, field.ErrorList) {
 			p.aliases = append(p.aliases, corev1.HostAlias{IP: addr.String(), Hostnames: []string{t.Host}})
 		}
 		p.listeners = append(p.listeners, listener{target: t, addr: addr})
-		if int32(t.Port) == cfg.HealthPort {
+		if name := cfg.sidecarPort(int32(t.Port)); name != "" {
 			errs = append(errs, field.Invalid(annotationsPath.Key(AnnotationTarget), t.String(),
-				fmt.Sprintf("port %d is the sidecar's health port; ask the cluster admin to move the health port (webhook config) to reach this target", cfg.HealthPort)))
+				fmt.Sprintf("port %d is the sidecar's %s port; ask the cluster admin to move the %s port (webhook config) to reach this target", t.Port, name, name)))
 		}
 	}
 
@@ -182,9 +182,9 @@ func (p *plan) checkContainers(pod *corev1.Pod, cfg Config, specPath *field.Path
 				continue
 			}
 			portPath := path.Child("ports").Index(j).Child("containerPort")
-			if port.ContainerPort == cfg.HealthPort {
+			if name := cfg.sidecarPort(port.ContainerPort); name != "" {
 				errs = append(errs, field.Invalid(portPath, port.ContainerPort,
-					"the port is the glaceon sidecar's health port; move the app to another port, or ask the cluster admin to move the health port"))
+					fmt.Sprintf("the port is the glaceon sidecar's %s port; move the app to another port, or ask the cluster admin to move the %s port", name, name)))
 				continue
 			}
 			for _, l := range p.listeners {

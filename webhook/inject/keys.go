@@ -58,8 +58,10 @@ const (
 	SidecarContainerName = "glaceon-sidecar"
 	// PeerVolumeName is the name of the injected Secret volume. Reserved.
 	PeerVolumeName = "glaceon-peer"
-	// HealthPortName names the sidecar's health/metrics port (≤ 15 chars).
+	// HealthPortName names the sidecar's health port (≤ 15 chars).
 	HealthPortName = "glaceon-health"
+	// MetricsPortName names the sidecar's metrics port, when it has one.
+	MetricsPortName = "glaceon-metric"
 
 	// EnvTargetPrefix starts the env vars that tell app containers where each
 	// target listens: GLACEON_TARGET_<i>_ADDR and GLACEON_TARGET_<i>_HOST.

@@ -1,9 +1,7 @@
 package inject
 
 import (
-	"net"
 	"net/netip"
-	"strconv"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/utils/ptr"
@@ -44,7 +42,7 @@ func SidecarArgs(cfg Config, forwards []target.Forward, transport string) []stri
 	for _, f := range forwards {
 		args = append(args, "--forward", f.String())
 	}
-	args = append(args, "--health-addr", net.JoinHostPort(cfg.HealthListenHost, strconv.Itoa(int(cfg.HealthPort))))
+	args = append(args, cfg.SidecarServeArgs()...)
 	if transport == "" {
 		transport = cfg.Transport
 	}
@@ -68,11 +66,7 @@ func (s SidecarContainer) Build(cfg Config) corev1.Container {
 	if s.Resources != nil {
 		resources = s.Resources.DeepCopy()
 	}
-	ports := append(append([]corev1.ContainerPort(nil), s.Ports...), corev1.ContainerPort{
-		Name:          HealthPortName,
-		ContainerPort: cfg.HealthPort,
-		Protocol:      corev1.ProtocolTCP,
-	})
+	ports := append(append([]corev1.ContainerPort(nil), s.Ports...), cfg.SidecarServePorts()...)
 	c := corev1.Container{
 		Name:            s.Name,
 		Image:           cfg.Image,

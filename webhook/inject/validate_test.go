@@ -214,7 +214,9 @@ func TestInjectRejectsBadConfigAndPeer(t *testing.T) {
 		{"no image", func(c *Config) { c.Image = "" }, testPeer(), "invalid injection config: sidecar image is empty"},
 		{"root sidecar", func(c *Config) { c.RunAsUser = 0 }, testPeer(), "invalid injection config: run-as user 0 is not a non-root uid"},
 		{"bad mode", func(c *Config) { c.Mode = "auto" }, testPeer(), `invalid injection config: sidecar mode "auto" is not "native" or "classic"`},
-		{"bad health host", func(c *Config) { c.HealthListenHost = "localhost" }, testPeer(), `invalid injection config: health listen host: ParseAddr("localhost"): unable to parse IP`},
+		{"bad health host", func(c *Config) { c.HealthListenHost = "localhost" }, testPeer(), `invalid injection config: health listen host "localhost" is not :: (every address family) or 0.0.0.0 (IPv4 only)`},
+		{"loopback health host", func(c *Config) { c.HealthListenHost = "127.0.0.1" }, testPeer(), `invalid injection config: health listen host "127.0.0.1" is not :: (every address family) or 0.0.0.0 (IPv4 only)`},
+		{"metrics on the health port", func(c *Config) { c.MetricsPort = c.HealthPort }, testPeer(), `invalid injection config: metrics port 9901 is not 0 (off) or a port in 1-65535 other than the health port`},
 		{"relative mount", func(c *Config) { c.SecretMountPath = "etc/glaceon" }, testPeer(), `invalid injection config: secret mount path "etc/glaceon" is not a clean absolute directory other than /`},
 		{"bad peer name", nil, Peer{Name: "Web_1", SecretName: "s"}, `invalid peer: peer name "Web_1" is not 1-63 characters of [a-z0-9-]`},
 		{"interactive peer name", nil, Peer{Name: "interactive-x", SecretName: "s"}, "invalid peer: peer name \"interactive-x\" must not start with interactive-"},
@@ -254,9 +256,28 @@ func TestInjectDetails(t *testing.T) {
 			t.Errorf("hostAliases = %v, want %v", out.Spec.HostAliases, want)
 		}
 		args := strings.Join(out.Spec.InitContainers[0].Args, " ")
-		wantArgs := "--wg-config /etc/glaceon/fly0.conf --forward 127.0.0.2:5432=db.internal:5432 --forward 127.0.0.3:80=twi-ollama.flycast:80 --forward 127.0.0.2:6432=db.internal:6432 --health-addr 0.0.0.0:9901"
+		wantArgs := "--wg-config /etc/glaceon/fly0.conf --forward 127.0.0.2:5432=db.internal:5432 --forward 127.0.0.3:80=twi-ollama.flycast:80 --forward 127.0.0.2:6432=db.internal:6432 --health-addr [::]:9901"
 		if args != wantArgs {
 			t.Errorf("args = %q\nwant %q", args, wantArgs)
+		}
+	})
+	t.Run("listen host and metrics port from the config", func(t *testing.T) {
+		cfg := testConfig()
+		cfg.HealthListenHost, cfg.MetricsPort = "0.0.0.0", 9902
+		out, err := Inject(newPod(withTargets("twi-ollama")), cfg, testPeer())
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := out.Spec.InitContainers[0]
+		if args, want := strings.Join(c.Args, " "), "--health-addr 0.0.0.0:9901 --metrics-addr 0.0.0.0:9902"; !strings.HasSuffix(args, want) {
+			t.Errorf("args = %q, want the suffix %q", args, want)
+		}
+		if len(c.Ports) != 2 || c.Ports[1].Name != MetricsPortName || c.Ports[1].ContainerPort != 9902 {
+			t.Errorf("ports = %v, want health and metrics", c.Ports)
+		}
+		_, err = Inject(newPod(withTargets("twi-ollama.flycast:9902")), cfg, testPeer())
+		if err == nil || !strings.Contains(err.Error(), "port 9902 is the sidecar's metrics port") {
+			t.Errorf("target on the metrics port: err = %v", err)
 		}
 	})
 	t.Run("sixteen hosts fit in loopback", func(t *testing.T) {

@@ -150,8 +150,8 @@ func TestDeploymentFor(t *testing.T) {
 				inject.AnnotationInjectMode: InjectModePeerOnly,
 			},
 			wantArgs: []string{"--wg-config", "/etc/glaceon/fly0.conf",
-				"--forward", "0.0.0.0:8080=twi-ollama.flycast:80",
-				"--health-addr", "0.0.0.0:9901"},
+				"--forward", "[::]:8080=twi-ollama.flycast:80",
+				"--health-addr", "[::]:9901"},
 			check: func(t *testing.T, pod corev1.PodSpec) {
 				if got := pod.Containers[0].Resources; !reflect.DeepEqual(got, inject.DefaultConfig().Resources) {
 					t.Errorf("resources = %+v, want the sidecar defaults", got)
@@ -173,9 +173,9 @@ func TestDeploymentFor(t *testing.T) {
 				inject.AnnotationInjectMode: InjectModePeerOnly,
 			},
 			wantArgs: []string{"--wg-config", "/etc/glaceon/fly0.conf",
-				"--forward", "0.0.0.0:8080=db.internal:5432",
-				"--forward", "0.0.0.0:8081=echo.flycast:7",
-				"--health-addr", "0.0.0.0:9901"},
+				"--forward", "[::]:8080=db.internal:5432",
+				"--forward", "[::]:8081=echo.flycast:7",
+				"--health-addr", "[::]:9901"},
 			check: func(t *testing.T, pod corev1.PodSpec) {
 				if got := pod.Containers[0].Resources; !reflect.DeepEqual(got, custom) {
 					t.Errorf("resources = %+v, want the spec's", got)
@@ -200,8 +200,8 @@ func TestDeploymentFor(t *testing.T) {
 				inject.AnnotationInjectMode: InjectModePeerOnly,
 			},
 			wantArgs: []string{"--wg-config", "/etc/glaceon/fly0.conf",
-				"--forward", "0.0.0.0:8080=twi-ollama.flycast:80",
-				"--health-addr", "0.0.0.0:9901", "--transport", "websocket"},
+				"--forward", "[::]:8080=twi-ollama.flycast:80",
+				"--health-addr", "[::]:9901", "--transport", "websocket"},
 		},
 		"scaled to zero": {
 			mp:           newMachineProxy(withReplicas(0)),
@@ -211,8 +211,8 @@ func TestDeploymentFor(t *testing.T) {
 				inject.AnnotationInjectMode: InjectModePeerOnly,
 			},
 			wantArgs: []string{"--wg-config", "/etc/glaceon/fly0.conf",
-				"--forward", "0.0.0.0:8080=twi-ollama.flycast:80",
-				"--health-addr", "0.0.0.0:9901"},
+				"--forward", "[::]:8080=twi-ollama.flycast:80",
+				"--health-addr", "[::]:9901"},
 		},
 	}
 	for name, tc := range tests {

@@ -281,7 +281,7 @@ func TestMachineProxy(t *testing.T) {
 		listen := ""
 		for _, p := range pod.Spec.Containers[0].Ports {
 			if p.Name == svc.Spec.Ports[0].TargetPort.StrVal {
-				listen = fmt.Sprintf("0.0.0.0:%d", p.ContainerPort)
+				listen = fmt.Sprintf("[::]:%d", p.ContainerPort) // every address family
 			}
 		}
 		// localpod runs the container named glaceon-sidecar; the proxy's
@@ -293,7 +293,7 @@ func TestMachineProxy(t *testing.T) {
 		if !ok {
 			t.Fatalf("no forward listening on %s (Service port %d): %v", listen, svc.Spec.Ports[0].Port, proc.Forwards)
 		}
-		url := "http://" + strings.Replace(local, "0.0.0.0", "127.0.0.1", 1) + "/"
+		url := "http://" + strings.Replace(local, "[::]", "127.0.0.1", 1) + "/" // dual-stack: IPv4 loopback works too
 		// No keep-alive: an idle connection would hold up the drain on Stop.
 		resp, err := (&http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}).Get(url)
 		if err != nil {

@@ -141,6 +141,9 @@ func (o *Options) validate() error {
 	if h := o.Inject.HealthPort; h >= firstListenPort && h < firstListenPort+inject.MaxTargets {
 		errs = append(errs, fmt.Errorf("Options.Inject.HealthPort %d collides with the proxy's listen ports %d-%d", h, firstListenPort, firstListenPort+inject.MaxTargets-1))
 	}
+	if m := o.Inject.MetricsPort; m >= firstListenPort && m < firstListenPort+inject.MaxTargets {
+		errs = append(errs, fmt.Errorf("Options.Inject.MetricsPort %d collides with the proxy's listen ports %d-%d", m, firstListenPort, firstListenPort+inject.MaxTargets-1))
+	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("machineproxy: %w", err)
 	}
