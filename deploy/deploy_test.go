@@ -49,6 +49,14 @@ func TestManifestsApply(t *testing.T) {
 	if n := len(strings.Fields(got)); n != 4 {
 		t.Errorf("after apply: %q", got)
 	}
+	// The webhook's Service carries the webhook alone; metrics have their
+	// own Service (plain HTTP never shares a name with the webhook).
+	if ports := kubectl(nil, "get", "-n", "glaceon-system", "service/glaceon-webhook", "-o", "jsonpath={.spec.ports[*].name}"); ports != "webhook" {
+		t.Errorf("service/glaceon-webhook ports = %q, want webhook only", ports)
+	}
+	if ports := kubectl(nil, "get", "-n", "glaceon-system", "service/glaceon-metrics", "-o", "jsonpath={.spec.ports[*].name}"); ports != "metrics" {
+		t.Errorf("service/glaceon-metrics ports = %q, want metrics only", ports)
+	}
 	kubectl(nil, "get", "mutatingwebhookconfiguration/glaceon", "crd/machineproxies.glaceon.fly", "crd/flyorgs.glaceon.fly", "crd/flypeers.glaceon.fly")
 	if strings.Contains(rendered, "FLY_API_TOKEN") || strings.Contains(rendered, "kind: ConfigMap") {
 		t.Errorf("the manager still takes a token from its environment or an org-policy ConfigMap")

@@ -59,6 +59,10 @@ func parseManagerFlags(env *cliEnv, args []string) (manager.Config, zap.Options,
 	fs.StringVar(&cfg.PeerPrefix, "peer-prefix", "k8s-", "prefix of the Fly peer names this cluster creates (<prefix><namespace>-<pod>-<cluster>-<random>)")
 	fs.StringVar(&cfg.ClusterName, "cluster-name", "", "this cluster's identity in peer names: 1-16 lower-case letters and digits, unique among clusters sharing a Fly org (default: a hash of the kube-system namespace's UID)")
 	fs.DurationVar(&cfg.FlyTimeout, "fly-timeout", 10*time.Second, "deadline of the Fly call of one admission; at most 12s, under the webhook's timeoutSeconds (15s)")
+	fs.Func("machineproxy-allowed-tolerations", "comma-separated toleration keys a MachineProxy may give its pods (* for any; empty for none). Default: any. The manager creates the proxy pods, so this is what keeps a MachineProxy's author off tainted nodes", func(v string) error {
+		cfg.MachineProxyTolerations = append([]string{}, splitList(v)...)
+		return nil
+	})
 	fs.StringVar(&cfg.WebhookHost, "webhook-host", "", "address the webhook server binds (default all)")
 	fs.IntVar(&cfg.WebhookPort, "webhook-port", 9443, "webhook server port")
 	fs.StringVar(&cfg.WebhookService, "webhook-service", "glaceon-webhook", "Service in front of the webhook (the certificate's names)")

@@ -161,3 +161,24 @@ func podWithTarget() *corev1.Pod {
 		Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: "app"}}},
 	}
 }
+
+// --machineproxy-allowed-tolerations: unset allows any (nil), an empty
+// value allows none, a list allows its keys.
+func TestManagerMachineProxyTolerationsFlag(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want []string
+	}{
+		{args: nil, want: nil},
+		{args: []string{"--machineproxy-allowed-tolerations="}, want: []string{}},
+		{args: []string{"--machineproxy-allowed-tolerations=gpu, pool/edge"}, want: []string{"gpu", "pool/edge"}},
+	} {
+		cfg, _, err := parseManagerFlags(&cliEnv{stderr: &bytes.Buffer{}}, tc.args)
+		if err != nil {
+			t.Fatalf("%v: %v", tc.args, err)
+		}
+		if (cfg.MachineProxyTolerations == nil) != (tc.want == nil) || strings.Join(cfg.MachineProxyTolerations, ",") != strings.Join(tc.want, ",") {
+			t.Errorf("%v: MachineProxyTolerations = %#v, want %#v", tc.args, cfg.MachineProxyTolerations, tc.want)
+		}
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"strings"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -82,10 +83,33 @@ func validate(mp *glaceonv1alpha1.MachineProxy, opts Options) ([]proxyTarget, fi
 		errs = append(errs, field.Forbidden(field.NewPath("metadata", "namespace"),
 			fmt.Sprintf("glaceon's webhook does not serve namespace %s, so proxy pods here would get no Fly peer; create the MachineProxy in another namespace (e.g. flycast)", mp.Namespace)))
 	}
+	errs = append(errs, forbiddenTolerations(mp, opts)...)
 	if len(errs) > 0 {
 		return nil, errs
 	}
 	return targets, nil
+}
+
+// forbiddenTolerations refuses the tolerations whose key the manager's
+// allow list (Options.AllowedTolerationKeys) does not name.
+func forbiddenTolerations(mp *glaceonv1alpha1.MachineProxy, opts Options) field.ErrorList {
+	if opts.AllowedTolerationKeys == nil || slices.Contains(opts.AllowedTolerationKeys, "*") {
+		return nil
+	}
+	var errs field.ErrorList
+	for i, t := range mp.Spec.Tolerations {
+		if slices.Contains(opts.AllowedTolerationKeys, t.Key) && t.Key != "" {
+			continue
+		}
+		what := fmt.Sprintf("toleration key %q", t.Key)
+		if t.Key == "" {
+			what = "a toleration without a key (it tolerates every taint)"
+		}
+		errs = append(errs, field.Forbidden(field.NewPath("spec", "tolerations").Index(i).Child("key"),
+			fmt.Sprintf("%s is not allowed for MachineProxy pods in this cluster (the manager's --machineproxy-allowed-tolerations is %q); remove it or ask a cluster admin to allow it",
+				what, strings.Join(opts.AllowedTolerationKeys, ","))))
+	}
+	return errs
 }
 
 // replicasOf is spec.replicas with its default.

@@ -132,6 +132,46 @@ func TestValidateRefusesNamespacesTheWebhookSkips(t *testing.T) {
 	}
 }
 
+// An admin's allow list of toleration keys keeps MachineProxy pods off the
+// tainted nodes it does not name (the manager creates their Deployment, so
+// the MachineProxy's author would otherwise choose for it).
+func TestValidateTolerations(t *testing.T) {
+	gpu := corev1.Toleration{Key: "gpu", Operator: corev1.TolerationOpExists}
+	edge := corev1.Toleration{Key: "pool/edge", Operator: corev1.TolerationOpEqual, Value: "true"}
+	everything := corev1.Toleration{Operator: corev1.TolerationOpExists}
+	for _, tc := range []struct {
+		name    string
+		allowed []string
+		tols    []corev1.Toleration
+		want    []string // field paths refused, in order
+	}{
+		{name: "no list: anything, as before", tols: []corev1.Toleration{gpu, everything}},
+		{name: "star: anything", allowed: []string{"*"}, tols: []corev1.Toleration{gpu, everything}},
+		{name: "listed key", allowed: []string{"pool/edge"}, tols: []corev1.Toleration{edge}},
+		{name: "unlisted key", allowed: []string{"pool/edge"}, tols: []corev1.Toleration{edge, gpu}, want: []string{"spec.tolerations[1].key"}},
+		{name: "empty list refuses every toleration", allowed: []string{}, tols: []corev1.Toleration{edge}, want: []string{"spec.tolerations[0].key"}},
+		{name: "a keyless toleration needs star", allowed: []string{"pool/edge", ""}, tols: []corev1.Toleration{everything}, want: []string{"spec.tolerations[0].key"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			opts := testOptions()
+			opts.AllowedTolerationKeys = tc.allowed
+			mp := newMachineProxy()
+			mp.Spec.Tolerations = tc.tols
+			_, errs := validate(mp, opts)
+			var got []string
+			for _, e := range errs {
+				got = append(got, e.Field)
+				if !strings.Contains(e.Error(), "--machineproxy-allowed-tolerations") {
+					t.Errorf("error does not name the flag to change: %v", e)
+				}
+			}
+			if !reflect.DeepEqual(got, tc.want) {
+				t.Errorf("refused %v, want %v (%v)", got, tc.want, errs)
+			}
+		})
+	}
+}
+
 func TestDeploymentFor(t *testing.T) {
 	custom := corev1.ResourceRequirements{Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("1")}}
 	tolerations := []corev1.Toleration{{Key: "dedicated", Operator: corev1.TolerationOpEqual, Value: "proxies", Effect: corev1.TaintEffectNoSchedule}}

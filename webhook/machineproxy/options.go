@@ -119,6 +119,13 @@ type Options struct {
 	// (its namespaceSelector): a MachineProxy there would get pods without
 	// a peer, so it is refused with a reason instead.
 	ExcludedNamespaces []string
+	// AllowedTolerationKeys, when not nil, lists the toleration keys a
+	// MachineProxy may give its pods ("*" allows any, including the
+	// empty key that tolerates every taint). The manager creates the proxy
+	// pods' Deployment, so without a list anyone who may create a
+	// MachineProxy places pods on whatever tainted nodes it names. nil
+	// allows any.
+	AllowedTolerationKeys []string
 }
 
 func (o *Options) setDefaults() {

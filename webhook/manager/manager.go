@@ -65,6 +65,9 @@ type Config struct {
 	Inject inject.Config
 	// PeerPrefix starts every peer name this cluster creates.
 	PeerPrefix string
+	// MachineProxyTolerations, when not nil, lists the toleration keys a
+	// MachineProxy may give its pods ("*": any); nil allows any.
+	MachineProxyTolerations []string
 	// ClusterName is this cluster's identity in peer names; empty: a short
 	// hash of the kube-system namespace's UID.
 	ClusterName string
@@ -268,8 +271,9 @@ func New(restCfg *rest.Config, cfg Config) (*Manager, error) {
 		return nil, err
 	}
 	if err := machineproxy.SetupWithManager(mgr, machineproxy.Options{
-		Inject:             cfg.Inject,
-		ExcludedNamespaces: ExcludedNamespaces(cfg.Namespace),
+		Inject:                cfg.Inject,
+		ExcludedNamespaces:    ExcludedNamespaces(cfg.Namespace),
+		AllowedTolerationKeys: cfg.MachineProxyTolerations,
 	}); err != nil {
 		return nil, err
 	}
