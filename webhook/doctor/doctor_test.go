@@ -29,62 +29,6 @@ import (
 	"github.com/glaceon/glaceon/webhook/manager/managertest"
 )
 
-// managerDeployment creates the manager's Deployment (the manager itself
-// runs out of cluster) and marks its pod Ready as a kubelet would.
-func managerDeployment(t *testing.T, e *managertest.Env) {
-	t.Helper()
-	ctx := context.Background()
-	labels := map[string]string{"app.kubernetes.io/name": "glaceon"}
-	dep := &appsv1.Deployment{
-		ObjectMeta: metav1.ObjectMeta{Name: "glaceon-manager", Namespace: managertest.Namespace},
-		Spec: appsv1.DeploymentSpec{
-			Replicas: ptr.To[int32](1),
-			Selector: &metav1.LabelSelector{MatchLabels: labels},
-			Template: corev1.PodTemplateSpec{
-				ObjectMeta: metav1.ObjectMeta{Labels: labels},
-				Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "manager", Image: "glaceon"}}},
-			},
-		},
-	}
-	if err := e.Client.Create(ctx, dep); err != nil {
-		t.Fatal(err)
-	}
-	waitAvailable(t, e)
-}
-
-// waitAvailable marks the manager Deployment's pods Ready until it has an
-// available replica.
-func waitAvailable(t *testing.T, e *managertest.Env) {
-	t.Helper()
-	ctx := context.Background()
-	labels := map[string]string{"app.kubernetes.io/name": "glaceon"}
-	dep := &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Name: "glaceon-manager", Namespace: managertest.Namespace}}
-	err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
-		var pods corev1.PodList
-		if err := e.Client.List(ctx, &pods, client.InNamespace(managertest.Namespace), client.MatchingLabels(labels)); err != nil {
-			return false, err
-		}
-		for i := range pods.Items {
-			p := &pods.Items[i]
-			if p.Status.Phase != corev1.PodRunning {
-				now := metav1.Now()
-				p.Status.Phase = corev1.PodRunning
-				p.Status.Conditions = []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue, LastTransitionTime: now}}
-				if err := e.Client.Status().Update(ctx, p); err != nil {
-					return false, nil
-				}
-			}
-		}
-		if err := e.Client.Get(ctx, client.ObjectKeyFromObject(dep), dep); err != nil {
-			return false, err
-		}
-		return dep.Status.AvailableReplicas == 1, nil
-	})
-	if err != nil {
-		t.Fatalf("manager Deployment not available: %v (status %+v)", err, dep.Status)
-	}
-}
-
 func failedChecks(results []doctor.Result) []string {
 	var out []string
 	for _, r := range results {
@@ -120,7 +64,7 @@ func expect(t *testing.T, results []doctor.Result, want ...string) {
 
 func TestDoctor(t *testing.T) {
 	e := managertest.Start(t, nil)
-	managerDeployment(t, e)
+	e.ManagerDeployment(t)
 	ctx := context.Background()
 	d := doctor.New(e.Client, doctor.Options{})
 
@@ -154,7 +98,7 @@ func TestDoctor(t *testing.T) {
 		if err := e.Client.Update(ctx, &dep); err != nil {
 			t.Fatal(err)
 		}
-		waitAvailable(t, e)
+		e.WaitManagerAvailable(t)
 		expect(t, d.All(ctx))
 	})
 
