@@ -42,8 +42,12 @@ func runDoctor(env *cliEnv, args []string) error {
 	fs.StringVar(&opts.Namespace, "glaceon-namespace", "glaceon-system", "namespace glaceon is installed in")
 	fs.StringVar(&opts.ProbeNamespace, "probe-namespace", "default", "namespace of the dry-run pod")
 	fs.DurationVar(&opts.StuckAfter, "stuck-after", 5*time.Minute, "report FlyPeers in Provisioning or Releasing for longer than this")
+	skip := fs.String("skip", "", "comma-separated checks that do not apply, reported as warnings (e.g. manager-deployment for a manager run out of cluster)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
+	}
+	if *skip != "" {
+		opts.Skip = strings.Split(*skip, ",")
 	}
 	if *output != "text" && *output != "json" {
 		return usagef("doctor: -o %q: want text or json", *output)

@@ -47,6 +47,11 @@ func TestDoctorCommand(t *testing.T) {
 	if code != exitError || !strings.Contains(out, "✖ manager-deployment: Deployment glaceon-system/glaceon-manager is scaled to 0\n      cause: ") {
 		t.Fatalf("scaled to 0: exit %d, stdout:\n%s", code, out)
 	}
+	t.Logf("scaled to 0:\n%s", out)
+	code, out, _ = doctorRun("--skip", "manager-deployment")
+	if code != exitOK || !strings.Contains(out, "‼ manager-deployment: skipped (--skip manager-deployment)\n      cause: it found: ✖ Deployment glaceon-system/glaceon-manager is scaled to 0") {
+		t.Fatalf("--skip: exit %d, stdout:\n%s", code, out)
+	}
 	code, out, _ = doctorRun("-o", "json")
 	var results []doctor.Result
 	if err := json.Unmarshal([]byte(out), &results); err != nil || code != exitError {

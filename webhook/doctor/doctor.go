@@ -6,6 +6,7 @@ package doctor
 import (
 	"context"
 	"fmt"
+	"slices"
 	"time"
 
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -86,6 +87,10 @@ type Options struct {
 	ExpiryWarning time.Duration
 	// Now is the clock (time.Now).
 	Now func() time.Time
+	// Skip names checks that do not apply (e.g. manager-deployment for a
+	// manager run out of cluster): they are reported as warnings, never
+	// failures.
+	Skip []string
 }
 
 func (o Options) withDefaults() Options {
@@ -148,4 +153,17 @@ func Failed(results []Result) bool {
 // All runs the install and orgs groups.
 func (d *Doctor) All(ctx context.Context) []Result {
 	return append(d.Install(ctx), d.Orgs(ctx)...)
+}
+
+// skip turns the results of skipped checks into warnings that say what
+// they found.
+func (d *Doctor) skip(results []Result) []Result {
+	for i, r := range results {
+		if !slices.Contains(d.opts.Skip, r.Check) {
+			continue
+		}
+		results[i] = Result{Group: r.Group, Check: r.Check, Status: Warn, Message: "skipped (--skip " + r.Check + ")",
+			Cause: fmt.Sprintf("it found: %s %s", r.Status.Symbol(), r.Message), Fix: "drop --skip " + r.Check + " to check it"}
+	}
+	return results
 }

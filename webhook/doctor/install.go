@@ -35,12 +35,11 @@ func (d *Doctor) Install(ctx context.Context) []Result {
 	out := []Result{d.checkCRDs(ctx), d.checkDeployment(ctx)}
 	mwc, wh, res := d.checkWebhookConfig(ctx)
 	out = append(out, res)
-	if wh == nil {
-		return append(out, d.checkDryRun(ctx))
+	if wh != nil {
+		out = append(out, d.checkCertificate(ctx, wh)...)
+		out = append(out, d.checkRules(mwc, wh))
 	}
-	out = append(out, d.checkCertificate(ctx, wh)...)
-	out = append(out, d.checkRules(mwc, wh), d.checkDryRun(ctx))
-	return out
+	return d.skip(append(out, d.checkDryRun(ctx)))
 }
 
 func (d *Doctor) checkCRDs(ctx context.Context) Result {

@@ -27,7 +27,7 @@ func (d *Doctor) Orgs(ctx context.Context) []Result {
 	for i := range orgs.Items {
 		out = append(out, d.checkFlyOrg(&orgs.Items[i]))
 	}
-	return append(out, d.checkStuckPeers(ctx))
+	return d.skip(append(out, d.checkStuckPeers(ctx)))
 }
 
 func (d *Doctor) checkFlyOrg(org *glaceonv1alpha1.FlyOrg) Result {

@@ -43,7 +43,7 @@ func (d *Doctor) Pod(ctx context.Context, namespace, name string) []Result {
 	if len(owners) > 0 {
 		out = append(out, d.checkDenials(ctx, namespace, owners, false))
 	}
-	return out
+	return d.skip(out)
 }
 
 func (d *Doctor) checkInjected(ctx context.Context, pod *corev1.Pod) Result {
@@ -88,7 +88,11 @@ func (d *Doctor) checkPodFlyPeer(ctx context.Context, pod *corev1.Pod) Result {
 		}
 		switch p.Status.Phase {
 		case apiv1alpha1.FlyPeerBound, apiv1alpha1.FlyPeerReady:
-			return ok(GroupPod, CheckPodFlyPeer, "FlyPeer %s %s (org %s, region %s, address %s)", p.Name, p.Status.Phase, p.Spec.Org, p.Spec.Region, p.Status.PeerIP)
+			where := "org " + p.Spec.Org
+			if p.Spec.Region != "" {
+				where += ", region " + p.Spec.Region
+			}
+			return ok(GroupPod, CheckPodFlyPeer, "FlyPeer %s %s (%s, address %s)", p.Name, p.Status.Phase, where, p.Status.PeerIP)
 		}
 		return failed(GroupPod, CheckPodFlyPeer, fmt.Sprintf("FlyPeer %s is %s", p.Name, p.Status.Phase),
 			"the pod's Fly peer is not in use", fmt.Sprintf("`kubectl get flypeer %s -o yaml` (its conditions say why)", p.Name))
