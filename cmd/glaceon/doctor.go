@@ -6,7 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"os/signal"
 	"strings"
+	"syscall"
 	"time"
 
 	k8sruntime "k8s.io/apimachinery/pkg/runtime"
@@ -25,7 +28,7 @@ const doctorTimeout = time.Minute
 var errChecksFailed = errors.New("some checks failed")
 
 func runDoctor(env *cliEnv, args []string) error {
-	const usage = "glaceon doctor [pod NAME -n NAMESPACE] [flags]"
+	const usage = "glaceon doctor [pod NAME -n NAMESPACE] [--tunnel] [flags]"
 	var podName string
 	if len(args) > 0 && args[0] == "pod" {
 		if len(args) < 2 || strings.HasPrefix(args[1], "-") {
@@ -42,6 +45,12 @@ func runDoctor(env *cliEnv, args []string) error {
 	fs.StringVar(&opts.Namespace, "glaceon-namespace", "glaceon-system", "namespace glaceon is installed in")
 	fs.StringVar(&opts.ProbeNamespace, "probe-namespace", "default", "namespace of the dry-run pod")
 	fs.DurationVar(&opts.StuckAfter, "stuck-after", 5*time.Minute, "report FlyPeers in Provisioning or Releasing for longer than this")
+	var to tunnelOptions
+	tunnel := fs.Bool("tunnel", false, "also bring up a tunnel from this process: a temporary Fly peer (FLY_API_TOKEN), handshake, Fly DNS through it; the peer is removed again")
+	fs.StringVar(&to.org, "org", "", "Fly org of the temporary peer (--tunnel; default: the default FlyOrg's slug)")
+	fs.StringVar(&to.region, "region", "", "gateway region of the temporary peer (--tunnel; default: the nearest)")
+	fs.StringVar(&to.transport, "tunnel-transport", "auto", "auto, udp or websocket (--tunnel)")
+	fs.DurationVar(&to.timeout, "tunnel-timeout", 30*time.Second, "how long to wait for the handshake and Fly DNS (--tunnel)")
 	skip := fs.String("skip", "", "comma-separated checks that do not apply, reported as warnings (e.g. manager-deployment for a manager run out of cluster)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -74,7 +83,10 @@ func runDoctor(env *cliEnv, args []string) error {
 	if err != nil {
 		return fmt.Errorf("connect to the API server %s: %w", cfg.Host, err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), doctorTimeout)
+	// Ctrl-C cancels the checks; the temporary peer is still removed.
+	sigCtx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	ctx, cancel := context.WithTimeout(sigCtx, doctorTimeout)
 	defer cancel()
 	d := doctor.New(c, opts)
 	var results []doctor.Result
@@ -82,6 +94,9 @@ func runDoctor(env *cliEnv, args []string) error {
 		results = d.Pod(ctx, *podNamespace, podName)
 	} else {
 		results = d.All(ctx)
+	}
+	if *tunnel {
+		results = append(results, checkTunnel(ctx, c, to)...)
 	}
 	if *output == "json" {
 		enc := json.NewEncoder(env.stdout)

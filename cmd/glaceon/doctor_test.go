@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -71,6 +72,35 @@ func TestDoctorCommand(t *testing.T) {
 	if code, _, stderr := doctorRun("-o", "yaml"); code != exitUsage || !strings.Contains(stderr, "want text or json") {
 		t.Errorf("doctor -o yaml: exit %d, %s", code, stderr)
 	}
+	t.Run("tunnel", func(t *testing.T) {
+		t.Setenv("FLY_API_BASE_URL", e.Fly.URL())
+		t.Setenv("FLY_API_TOKEN", e.Fly.Token())
+		t.Setenv("FLY_ACCESS_TOKEN", "")
+		t.Setenv("FLY_WG_GATEWAY_PORT", fmt.Sprint(e.Fly.GatewayPort()))
+		before := len(e.Fly.Peers(""))
+		code, out, stderr := doctorRun("--skip", "manager-deployment", "--tunnel")
+		if code != exitOK || !strings.Contains(out, "✔ tunnel-handshake-dns: handshake with the gateway and Fly DNS (_api.internal) through the tunnel") ||
+			!strings.Contains(out, "✔ tunnel-peer-removed: temporary peer glaceon-doctor-") {
+			t.Fatalf("--tunnel: exit %d, stdout:\n%s\nstderr: %s", code, out, stderr)
+		}
+		if n := len(e.Fly.Peers("")); n != before {
+			t.Errorf("%d peers at the Fly double after --tunnel, want %d", n, before)
+		}
+		// UDP to the gateway blocked, WebSocket not allowed: red, with the
+		// hint; the peer is removed all the same.
+		e.Fly.BlockUDP(true)
+		defer e.Fly.BlockUDP(false)
+		code, out, _ = doctorRun("--skip", "manager-deployment", "--tunnel", "--tunnel-transport", "udp", "--tunnel-timeout", "3s")
+		if code != exitError || !strings.Contains(out, "✖ tunnel-handshake-dns: no handshake or no Fly DNS through the tunnel") ||
+			!strings.Contains(out, "UDP 51820") || !strings.Contains(out, "✔ tunnel-peer-removed") {
+			t.Fatalf("--tunnel with UDP blocked: exit %d, stdout:\n%s", code, out)
+		}
+		t.Logf("UDP blocked:\n%s", out)
+		if n := len(e.Fly.Peers("")); n != before {
+			t.Errorf("%d peers at the Fly double after a failed --tunnel, want %d", n, before)
+		}
+	})
+
 	t.Setenv("KUBECONFIG", t.TempDir()+"/missing")
 	if code, _, stderr := doctorRun(); code != exitError || !strings.Contains(stderr, "load kubeconfig") {
 		t.Errorf("no kubeconfig: exit %d, %s", code, stderr)
