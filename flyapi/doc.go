@@ -4,7 +4,7 @@
 // an addWireGuardPeer response into the wg-quick file `fly wireguard create`
 // writes.
 //
-// The wire contract is ../shared/fly-api.md (fly-go and flyctl behaviour).
+// The wire contract, with its sources (fly-go and flyctl), is docs/fly-api.md.
 // The package depends on the standard library and logr only (no client-go).
 //
 // # The flyapi tree
@@ -43,7 +43,7 @@
 // failure AddPeer looks the peer up by name and reconciles by public key (see
 // AddPeer).
 //
-// # Decisions where fly-api.md leaves room
+// # Decisions where the contract leaves room
 //
 //   - Tokens: NormalizeToken follows fly-go (strip Bearer/FlyV1 repeatedly,
 //     split on ',', drop empty parts, macaroons first under "FlyV1 "). It

@@ -194,7 +194,7 @@ func notFoundObject(err error) string {
 }
 
 // notFoundObjectOf reads what a not-found GraphQL error names: the
-// "Could not find <Type>" wording of the API (fly-api.md §1.5), else the
+// "Could not find <Type>" wording of the API (docs/fly-api.md, "Transport"), else the
 // last field of its path. "" when neither says.
 func notFoundObjectOf(message string, path []any) string {
 	m := strings.ToLower(strings.TrimSpace(message))

@@ -12,7 +12,7 @@ import (
 	"github.com/glaceon/glaceon/flyapi/wgquick"
 )
 
-// GraphQL documents (fly-api.md §2). Whitespace is irrelevant to the server.
+// GraphQL documents (docs/fly-api.md, "Operations"). Whitespace is irrelevant to the server.
 const (
 	queryOrganization  = `query($slug: String!) { organization(slug: $slug) { id slug rawSlug name type } }`
 	queryNearestRegion = `query { nearestRegion(wireguardGateway: true) { code name gatewayAvailable deprecated } }`

@@ -10,45 +10,17 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/glaceon/glaceon/hack/testkit"
 )
 
-var (
-	buildOnce sync.Once
-	binPath   string
-	buildErr  error
-	buildOut  []byte
-)
+// sidecarBinary is cmd/glaceon-sidecar, built once per test run.
+func sidecarBinary(t testing.TB) string { return testkit.SidecarBinary(t) }
 
-// sidecarBinary builds cmd/glaceon-sidecar once per test run.
-func sidecarBinary(t testing.TB) string {
-	t.Helper()
-	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "glaceon-sidecar-test")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		binPath = filepath.Join(dir, "glaceon-sidecar")
-		cmd := exec.Command("go", "build", "-o", binPath, "github.com/glaceon/glaceon/cmd/glaceon-sidecar")
-		buildOut, buildErr = cmd.CombinedOutput()
-	})
-	if buildErr != nil {
-		t.Fatalf("build glaceon-sidecar: %v\n%s", buildErr, buildOut)
-	}
-	return binPath
-}
-
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if binPath != "" {
-		_ = os.RemoveAll(filepath.Dir(binPath))
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(testkit.Run(m)) }
 
 const validConfig = `
 [Interface]

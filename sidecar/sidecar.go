@@ -74,6 +74,8 @@ type Sidecar struct {
 // New checks the config, builds the tunnel and binds every listener (so a
 // port conflict fails here, before anything runs). Call Run next.
 func New(opts *Options, cfg *wgquick.Config, log logr.Logger) (*Sidecar, error) {
+	copied := *opts // the caller's options stay as they were
+	opts = &copied
 	if cfg.MTU != 0 && opts.MTU == DefaultMTU && cfg.MTU >= MinMTU && cfg.MTU <= MaxMTU {
 		// An MTU line in the file applies unless the flag says otherwise.
 		opts.MTU = cfg.MTU

@@ -1,7 +1,6 @@
 package sidecar
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -216,14 +215,16 @@ func (t *tunnel) lastHandshake() time.Time {
 		return time.Time{}
 	}
 	defer clear(buf.Bytes()[:buf.Cap()]) // the text holds the private key
-	sc := bufio.NewScanner(&buf)
-	for sc.Scan() {
-		k, v, _ := strings.Cut(sc.Text(), "=")
-		switch k {
-		case "last_handshake_time_sec":
-			sec, _ = strconv.ParseInt(v, 10, 64)
-		case "last_handshake_time_nsec":
-			nsec, _ = strconv.ParseInt(v, 10, 64)
+	// Lines are read in place: a Scanner or string conversion would copy
+	// the private key where clear cannot reach it. Only the two numbers
+	// become strings.
+	for line := range bytes.Lines(buf.Bytes()) {
+		k, v, _ := bytes.Cut(bytes.TrimRight(line, "\n"), []byte("="))
+		switch {
+		case bytes.Equal(k, []byte("last_handshake_time_sec")):
+			sec, _ = strconv.ParseInt(string(v), 10, 64)
+		case bytes.Equal(k, []byte("last_handshake_time_nsec")):
+			nsec, _ = strconv.ParseInt(string(v), 10, 64)
 		}
 	}
 	if sec == 0 && nsec == 0 {

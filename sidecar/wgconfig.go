@@ -2,7 +2,6 @@ package sidecar
 
 import (
 	"errors"
-	"fmt"
 	"io"
 	"io/fs"
 	"os"
@@ -29,20 +28,10 @@ func LoadWireGuardConfig(path string) (*wgquick.Config, error) {
 	if len(data) > wgquick.MaxSize {
 		return nil, usageErr("--wg-config", "%q is larger than %d bytes: give the wg-quick file written by `fly wireguard create` or `glaceon peer create`", path, wgquick.MaxSize)
 	}
+	// Parse validates the whole config (Address, Endpoint, AllowedIPs, ...).
 	cfg, err := wgquick.Parse(data)
 	if err != nil {
 		return nil, usageErr("--wg-config", "%s: %v", path, err)
 	}
-	if !cfg.Address.IsValid() {
-		return nil, usageErr("--wg-config", "%s: [Interface] Address is missing: add Address = <peer ip>/120", path)
-	}
-	if cfg.Endpoint == "" {
-		return nil, usageErr("--wg-config", "%s: [Peer] Endpoint is missing: add Endpoint = <gateway host>:51820", path)
-	}
-	if len(cfg.AllowedIPs) == 0 {
-		return nil, usageErr("--wg-config", "%s: [Peer] AllowedIPs is missing: add AllowedIPs = <prefix48>::/48", path)
-	}
 	return cfg, nil
 }
-
-var _ = fmt.Sprintf

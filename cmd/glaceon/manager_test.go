@@ -157,7 +157,7 @@ func TestManagerSidecarServeFlags(t *testing.T) {
 func podWithTarget() *corev1.Pod {
 	return &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: "default",
-			Annotations: map[string]string{inject.AnnotationTarget: "twi-ollama.flycast:80"}},
+			Annotations: map[string]string{inject.AnnotationTarget: "twi-ollama.flycast:80", inject.AnnotationOrg: "personal"}},
 		Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: "app"}}},
 	}
 }

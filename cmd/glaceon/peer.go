@@ -69,11 +69,7 @@ func runPeerCreate(env *cliEnv, args []string) error {
 
 	ctx, cancel := commandContext()
 	defer cancel()
-	client, opts, err := newFlyClient()
-	if err != nil {
-		return err
-	}
-	o, err := lookupOrg(ctx, client, opts, *org)
+	client, opts, o, err := connectOrg(ctx, *org)
 	if err != nil {
 		return err
 	}
@@ -184,11 +180,7 @@ func runPeerRemove(env *cliEnv, args []string) error {
 	}
 	ctx, cancel := commandContext()
 	defer cancel()
-	client, opts, err := newFlyClient()
-	if err != nil {
-		return err
-	}
-	o, err := lookupOrg(ctx, client, opts, *org)
+	client, opts, o, err := connectOrg(ctx, *org)
 	if err != nil {
 		return err
 	}
@@ -225,13 +217,19 @@ func explainFlyError(err error, opts flyapi.Options, org string) error {
 	return err
 }
 
-func lookupOrg(ctx context.Context, client *flyapi.Client, opts flyapi.Options, slug string) (*flyapi.Organization, error) {
+// connectOrg is the Fly client from the environment and the organization
+// slug names.
+func connectOrg(ctx context.Context, slug string) (*flyapi.Client, flyapi.Options, *flyapi.Organization, error) {
+	client, opts, err := newFlyClient()
+	if err != nil {
+		return nil, opts, nil, err
+	}
 	o, err := client.Organization(ctx, slug)
 	if flyapi.IsNotFound(err) {
-		return nil, fmt.Errorf("organization %q not found: check the slug with `fly orgs list` (the token must belong to that org): %w", slug, err)
+		return nil, opts, nil, fmt.Errorf("organization %q not found: check the slug with `fly orgs list` (the token must belong to that org): %w", slug, err)
 	}
 	if err != nil {
-		return nil, explainFlyError(err, opts, slug)
+		return nil, opts, nil, explainFlyError(err, opts, slug)
 	}
-	return o, nil
+	return client, opts, o, nil
 }

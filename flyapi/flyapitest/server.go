@@ -2,7 +2,7 @@
 // talks to, in the spirit of net/http/httptest:
 //
 //   - a GraphQL endpoint (POST {URL}/graphql) for the operations in
-//     shared/fly-api.md §2 (organization, organizations, personalOrganization,
+//     docs/fly-api.md (organization, organizations, personalOrganization,
 //     nearestRegion, platform, app, addWireGuardPeer, removeWireGuardPeer,
 //     validateWireGuardPeers; organization.wireGuardPeer(name:) and
 //     wireGuardPeers for one peer or a page) with FlyV1/Bearer auth and
@@ -84,7 +84,7 @@ type Options struct {
 	// be authenticated to view this.".
 	UnauthorizedHTTP401 bool
 	// DuplicateName says what addWireGuardPeer does with a name the org
-	// already has. The real API's behaviour is unverified (fly-api.md §8);
+	// already has. The real API's behaviour is unverified (docs/fly-api.md, "Operations");
 	// the default rejects it.
 	DuplicateName DuplicateNameMode
 	// PageSize is the page size of wireGuardPeers when `first`/`last` are
@@ -815,8 +815,9 @@ func randB64(n int, url bool) string {
 	return base64.StdEncoding.EncodeToString(b)
 }
 
-// normTokenSegs applies fly-api.md §1.3: trim, strip Bearer/FlyV1 schemes
-// (case-insensitively, repeatedly), split on commas, trim each part.
+// normTokenSegs applies docs/fly-api.md ("Transport"): trim, strip
+// Bearer/FlyV1 schemes (case-insensitively, repeatedly), split on commas,
+// trim each part.
 func normTokenSegs(tok string) []string {
 	tok = strings.TrimSpace(tok)
 	for {

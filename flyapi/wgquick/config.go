@@ -385,120 +385,141 @@ func Parse(data []byte) (*Config, error) {
 		}
 		seen[key] = lineNo
 
-		switch key {
-		case "PrivateKey":
-			k, err := ParseKey(value)
-			if err != nil {
-				return nil, errf(key, "%v: fix: use the private key generated for this peer", err)
-			}
-			if k.IsZero() {
-				return nil, errf(key, "all-zero key: fix: use the private key generated for this peer")
-			}
-			c.PrivateKey = k
-		case "PublicKey":
-			k, err := ParseKey(value)
-			if err != nil {
-				return nil, errf(key, "%v: fix: use the gateway public key (pubkey) returned by the Fly API", err)
-			}
-			if k.IsZero() {
-				return nil, errf(key, "all-zero key: fix: use the gateway public key returned by the Fly API")
-			}
-			c.PeerPublicKey = k
-		case "Address":
-			if strings.Contains(value, ",") {
-				return nil, errf(key, "more than one address: fix: glaceon uses exactly one, the peer IP (Address = <peerip>/120)")
-			}
-			a, err := parseAddrOrPrefix(value)
-			if err != nil {
-				return nil, errf(key, "%q is not an IP address or IP/prefix: fix: use <peerip>/120 as returned by the Fly API", target.Shorten(value))
-			}
-			if !a.Is6() || a.Is4In6() {
-				return nil, errf(key, "%q is not an IPv6 address: fix: Fly peer IPs are IPv6 6PN addresses, use <peerip>/120 as returned by the Fly API", target.Shorten(value))
-			}
-			c.Address = a
-		case "DNS":
-			if strings.Contains(value, ",") {
-				return nil, errf(key, "more than one DNS value: fix: use exactly one, <first 48 bits of the peer ip>::3")
-			}
-			a, err := netip.ParseAddr(value)
-			if err != nil || a.Zone() != "" {
-				return nil, errf(key, "%q is not an IP address: fix: use <first 48 bits of the peer ip>::3 (search domains are not supported)", target.Shorten(value))
-			}
-			c.DNS, dnsSet = a, true
-		case "MTU":
-			n, ok := target.ParseUint16(value)
-			if !ok || n < 1280 {
-				return nil, errf(key, "%q out of range: fix: use 1280..65535 (wg-quick's default is 1420) or remove the line", target.Shorten(value))
-			}
-			c.MTU = int(n)
-		case "ListenPort":
-			if _, ok := target.ParseUint16(value); !ok {
-				return nil, errf(key, "%q out of range: fix: use 0..65535 or remove the line (glaceon ignores it)", target.Shorten(value))
-			}
-		case "AllowedIPs":
-			for _, part := range strings.Split(value, ",") {
-				part = strings.TrimSpace(part)
-				if part == "" {
-					return nil, errf(key, "empty entry in the list: fix: remove the extra comma (example: fdaa:0:18::/48)")
-				}
-				p, err := netip.ParsePrefix(part)
-				if err != nil {
-					return nil, errf(key, "%q is not an IP/prefix: fix: use CIDR notation like fdaa:0:18::/48", target.Shorten(part))
-				}
-				c.AllowedIPs = append(c.AllowedIPs, p.Masked())
-			}
-		case "Endpoint":
-			if err := validateEndpoint(value); err != nil {
-				return nil, errf(key, "%v", err)
-			}
-			c.Endpoint = value
-		case "PersistentKeepalive":
-			if strings.EqualFold(value, "off") {
-				c.PersistentKeepalive = 0
-				break
-			}
-			n, ok := target.ParseUint16(value)
-			if !ok {
-				return nil, errf(key, "%q out of range: fix: use 0..65535 seconds or \"off\" (Fly uses %d)", target.Shorten(value), DefaultKeepalive)
-			}
-			c.PersistentKeepalive = int(n)
+		if err := c.setKey(key, value, errf); err != nil {
+			return nil, err
+		}
+		if key == "DNS" {
+			dnsSet = true
 		}
 	}
 
-	missing := func(line int, field, msg string) error {
-		return &ConfigError{Line: line, Field: field, Msg: msg}
-	}
-	if interfaceLine == 0 {
-		return nil, missing(0, "[Interface]", "section missing: fix: start the file with [Interface] (PrivateKey, Address, DNS)")
-	}
-	if peerLine == 0 {
-		return nil, missing(0, "[Peer]", "section missing: fix: add a [Peer] section (PublicKey, AllowedIPs, Endpoint)")
-	}
-	if _, ok := seen["PrivateKey"]; !ok {
-		return nil, missing(interfaceLine, "PrivateKey", "missing in [Interface]: fix: add PrivateKey = <base64 private key>")
-	}
-	if _, ok := seen["Address"]; !ok {
-		return nil, missing(interfaceLine, "Address", "missing in [Interface]: fix: add Address = <peerip>/120")
-	}
-	if _, ok := seen["PublicKey"]; !ok {
-		return nil, missing(peerLine, "PublicKey", "missing in [Peer]: fix: add PublicKey = <gateway public key>")
-	}
-	if _, ok := seen["AllowedIPs"]; !ok {
-		return nil, missing(peerLine, "AllowedIPs", "missing in [Peer]: fix: add AllowedIPs = <first 48 bits of the peer ip>::/48")
-	}
-	if _, ok := seen["Endpoint"]; !ok {
-		return nil, missing(peerLine, "Endpoint", fmt.Sprintf("missing in [Peer]: fix: add Endpoint = <gateway host>:%d", DefaultGatewayPort))
-	}
-	if !dnsSet {
-		c.DNS = DNSServerFor(c.Address)
-		if !c.DNS.IsValid() {
-			return nil, missing(interfaceLine, "DNS", "missing in [Interface] and cannot be derived from an IPv4 Address: fix: add DNS = <ip>")
-		}
+	if err := c.complete(seen, interfaceLine, peerLine, dnsSet); err != nil {
+		return nil, err
 	}
 	if err := c.Validate(); err != nil {
 		return nil, err
 	}
 	return &c, nil
+}
+
+// setKey sets the field of the canonical key from value; errf makes the
+// error for the current line.
+func (c *Config) setKey(key, value string, errf func(field, format string, args ...any) error) error {
+	switch key {
+	case "PrivateKey":
+		k, err := ParseKey(value)
+		if err != nil {
+			return errf(key, "%v: fix: use the private key generated for this peer", err)
+		}
+		if k.IsZero() {
+			return errf(key, "all-zero key: fix: use the private key generated for this peer")
+		}
+		c.PrivateKey = k
+	case "PublicKey":
+		k, err := ParseKey(value)
+		if err != nil {
+			return errf(key, "%v: fix: use the gateway public key (pubkey) returned by the Fly API", err)
+		}
+		if k.IsZero() {
+			return errf(key, "all-zero key: fix: use the gateway public key returned by the Fly API")
+		}
+		c.PeerPublicKey = k
+	case "Address":
+		if strings.Contains(value, ",") {
+			return errf(key, "more than one address: fix: glaceon uses exactly one, the peer IP (Address = <peerip>/120)")
+		}
+		a, err := parseAddrOrPrefix(value)
+		if err != nil {
+			return errf(key, "%q is not an IP address or IP/prefix: fix: use <peerip>/120 as returned by the Fly API", target.Shorten(value))
+		}
+		if !a.Is6() || a.Is4In6() {
+			return errf(key, "%q is not an IPv6 address: fix: Fly peer IPs are IPv6 6PN addresses, use <peerip>/120 as returned by the Fly API", target.Shorten(value))
+		}
+		c.Address = a
+	case "DNS":
+		if strings.Contains(value, ",") {
+			return errf(key, "more than one DNS value: fix: use exactly one, <first 48 bits of the peer ip>::3")
+		}
+		a, err := netip.ParseAddr(value)
+		if err != nil || a.Zone() != "" {
+			return errf(key, "%q is not an IP address: fix: use <first 48 bits of the peer ip>::3 (search domains are not supported)", target.Shorten(value))
+		}
+		c.DNS = a
+	case "MTU":
+		n, ok := target.ParseUint16(value)
+		if !ok || n < 1280 {
+			return errf(key, "%q out of range: fix: use 1280..65535 (wg-quick's default is 1420) or remove the line", target.Shorten(value))
+		}
+		c.MTU = int(n)
+	case "ListenPort":
+		if _, ok := target.ParseUint16(value); !ok {
+			return errf(key, "%q out of range: fix: use 0..65535 or remove the line (glaceon ignores it)", target.Shorten(value))
+		}
+	case "AllowedIPs":
+		for _, part := range strings.Split(value, ",") {
+			part = strings.TrimSpace(part)
+			if part == "" {
+				return errf(key, "empty entry in the list: fix: remove the extra comma (example: fdaa:0:18::/48)")
+			}
+			p, err := netip.ParsePrefix(part)
+			if err != nil {
+				return errf(key, "%q is not an IP/prefix: fix: use CIDR notation like fdaa:0:18::/48", target.Shorten(part))
+			}
+			c.AllowedIPs = append(c.AllowedIPs, p.Masked())
+		}
+	case "Endpoint":
+		if err := validateEndpoint(value); err != nil {
+			return errf(key, "%v", err)
+		}
+		c.Endpoint = value
+	case "PersistentKeepalive":
+		if strings.EqualFold(value, "off") {
+			c.PersistentKeepalive = 0
+			break
+		}
+		n, ok := target.ParseUint16(value)
+		if !ok {
+			return errf(key, "%q out of range: fix: use 0..65535 seconds or \"off\" (Fly uses %d)", target.Shorten(value), DefaultKeepalive)
+		}
+		c.PersistentKeepalive = int(n)
+	}
+	return nil
+}
+
+// complete checks, after the last line, that every required key was given,
+// and derives DNS when the file has none.
+func (c *Config) complete(seen map[string]int, interfaceLine, peerLine int, dnsSet bool) error {
+	missing := func(line int, field, msg string) error {
+		return &ConfigError{Line: line, Field: field, Msg: msg}
+	}
+	if interfaceLine == 0 {
+		return missing(0, "[Interface]", "section missing: fix: start the file with [Interface] (PrivateKey, Address, DNS)")
+	}
+	if peerLine == 0 {
+		return missing(0, "[Peer]", "section missing: fix: add a [Peer] section (PublicKey, AllowedIPs, Endpoint)")
+	}
+	if _, ok := seen["PrivateKey"]; !ok {
+		return missing(interfaceLine, "PrivateKey", "missing in [Interface]: fix: add PrivateKey = <base64 private key>")
+	}
+	if _, ok := seen["Address"]; !ok {
+		return missing(interfaceLine, "Address", "missing in [Interface]: fix: add Address = <peerip>/120")
+	}
+	if _, ok := seen["PublicKey"]; !ok {
+		return missing(peerLine, "PublicKey", "missing in [Peer]: fix: add PublicKey = <gateway public key>")
+	}
+	if _, ok := seen["AllowedIPs"]; !ok {
+		return missing(peerLine, "AllowedIPs", "missing in [Peer]: fix: add AllowedIPs = <first 48 bits of the peer ip>::/48")
+	}
+	if _, ok := seen["Endpoint"]; !ok {
+		return missing(peerLine, "Endpoint", fmt.Sprintf("missing in [Peer]: fix: add Endpoint = <gateway host>:%d", DefaultGatewayPort))
+	}
+	if !dnsSet {
+		c.DNS = DNSServerFor(c.Address)
+		if !c.DNS.IsValid() {
+			return missing(interfaceLine, "DNS", "missing in [Interface] and cannot be derived from an IPv4 Address: fix: add DNS = <ip>")
+		}
+	}
+	return nil
 }
 
 func parseAddrOrPrefix(s string) (netip.Addr, error) {

@@ -69,11 +69,9 @@
 //     patch restricted with resourceNames to the configuration. With more
 //     than one configuration name, list and watch cannot be restricted.
 //
-// The markers below assume the defaults of cmd/glaceon and deploy/: namespace
-// glaceon-system, Secret glaceon-webhook-tls, MutatingWebhookConfiguration
-// glaceon (deploy/webhook/mutatingwebhookconfiguration.yaml).
-//
-// +kubebuilder:rbac:groups=core,namespace=glaceon-system,resources=secrets,verbs=create
-// +kubebuilder:rbac:groups=core,namespace=glaceon-system,resources=secrets,resourceNames=glaceon-webhook-tls,verbs=get;list;watch;update
-// +kubebuilder:rbac:groups=admissionregistration.k8s.io,resources=mutatingwebhookconfigurations,resourceNames=glaceon,verbs=get;list;watch;patch
+// deploy/rbac, the one truth of the manager's RBAC, grants these for the
+// defaults of cmd/glaceon and deploy/ (namespace glaceon-system, Secret
+// glaceon-webhook-tls, MutatingWebhookConfiguration glaceon); the manager's
+// cluster-wide Secret rules, which the webhook needs for peer Secrets,
+// cover the Secret.
 package certs

@@ -19,10 +19,5 @@
 //     peer removal use.
 package flyorg
 
-// RBAC of this package: FlyOrgs are read and their status written; token
+// RBAC of this package (granted in deploy/rbac): FlyOrgs are read and their status written; token
 // Secrets are read in glaceon's namespace only (a Role, see deploy/rbac).
-//
-// +kubebuilder:rbac:groups=glaceon.fly,resources=flyorgs,verbs=get;list;watch;patch
-// +kubebuilder:rbac:groups=glaceon.fly,resources=flyorgs/status,verbs=get;update;patch
-// +kubebuilder:rbac:groups=core,namespace=glaceon-system,resources=secrets,verbs=get;list;watch
-// +kubebuilder:rbac:groups="";events.k8s.io,resources=events,verbs=create;patch

@@ -14,7 +14,7 @@
 //	... provision the Fly peer and its Secret ...
 //	out, err := inject.Inject(pod, cfg, peer)      // the mutated copy to patch with
 //
-// What the app sees (design.md §2): every target host gets its own loopback
+// What the app sees (docs/architecture.md, "Contracts"): every target host gets its own loopback
 // address (127.0.0.2, 127.0.0.3, …) and a hostAliases entry, and the sidecar
 // listens there on the target's own port, so `http://twi-ollama.flycast` or
 // `postgres://db.internal:5432` work unchanged inside the pod.

@@ -4,26 +4,14 @@ import (
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/pod-security-admission/api"
-	"k8s.io/pod-security-admission/policy"
+
+	"github.com/glaceon/glaceon/hack/testkit/podsecurity"
 )
 
-// restrictedFailures evaluates a pod against the latest Pod Security
-// "restricted" level with the upstream checks and returns the failures.
+// restrictedFailures evaluates a pod against Pod Security "restricted".
 func restrictedFailures(t *testing.T, pod *corev1.Pod) []string {
 	t.Helper()
-	evaluator, err := policy.NewEvaluator(policy.DefaultChecks(), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	level := api.LevelVersion{Level: api.LevelRestricted, Version: api.LatestVersion()}
-	var failures []string
-	for _, result := range evaluator.EvaluatePod(level, &pod.ObjectMeta, &pod.Spec) {
-		if !result.Allowed {
-			failures = append(failures, result.ForbiddenReason+": "+result.ForbiddenDetail)
-		}
-	}
-	return failures
+	return podsecurity.RestrictedFailures(t, &pod.ObjectMeta, &pod.Spec)
 }
 
 // assertSidecarRestricted checks what glaceon adds, whatever the app does:

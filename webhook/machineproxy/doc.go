@@ -15,7 +15,8 @@
 // never talks to Fly.
 //
 // What the webhook must not do for them is inject its sidecar: the proxy
-// container IS glaceon-sidecar, and this package writes its command line.
+// container IS glaceon-sidecar, built by the same builder as the injected
+// one (inject.SidecarContainer) with the proxy's listeners and ports.
 // The alternative, letting the webhook inject a sidecar that listens on
 // the pod IP, was rejected because
 //
@@ -45,11 +46,8 @@
 // container, volume, env, host alias or sysctl. The peer lifecycle then
 // works unchanged: the pod names its peer and mounts its Secret.
 //
-// webhook/inject does not know peer-only yet; until it does, the webhook
-// denies proxy pods ("glaceon.fly/inject-mode: use native or classic") and
-// the MachineProxy reports it in its Degraded condition. The tests run the
-// real webhook behind a shim that emulates the mode (see
-// peerOnlyShim in machineproxy_test.go).
+// The tests run the whole manager (webhook/manager/managertest), so the
+// proxy pods go through the real webhook in peer-only mode.
 //
 // # Reconcile
 //

@@ -14,12 +14,11 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/pod-security-admission/api"
-	"k8s.io/pod-security-admission/policy"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/yaml"
 
+	"github.com/glaceon/glaceon/hack/testkit/podsecurity"
 	glaceonv1alpha1 "github.com/glaceon/glaceon/webhook/api/v1alpha1"
 	"github.com/glaceon/glaceon/webhook/inject"
 )
@@ -349,22 +348,11 @@ func assertOwnedBy(t *testing.T, m metav1.ObjectMeta, mp *glaceonv1alpha1.Machin
 	}
 }
 
-// restrictedFailures evaluates the pod template against the latest Pod
-// Security "restricted" level with the upstream checks.
+// restrictedFailures evaluates the pod template against Pod Security
+// "restricted".
 func restrictedFailures(t *testing.T, tmpl *corev1.PodTemplateSpec) []string {
 	t.Helper()
-	evaluator, err := policy.NewEvaluator(policy.DefaultChecks(), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	level := api.LevelVersion{Level: api.LevelRestricted, Version: api.LatestVersion()}
-	var failures []string
-	for _, r := range evaluator.EvaluatePod(level, &tmpl.ObjectMeta, &tmpl.Spec) {
-		if !r.Allowed {
-			failures = append(failures, r.ForbiddenReason+": "+r.ForbiddenDetail)
-		}
-	}
-	return failures
+	return podsecurity.RestrictedFailures(t, &tmpl.ObjectMeta, &tmpl.Spec)
 }
 
 func localPeerSecret(pod corev1.PodSpec) string {

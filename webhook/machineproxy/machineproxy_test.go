@@ -1,4 +1,4 @@
-package machineproxy
+package machineproxy_test
 
 import (
 	"context"
@@ -7,15 +7,12 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/go-logr/logr/funcr"
-	"github.com/go-logr/logr/testr"
 	appsv1 "k8s.io/api/apps/v1"
 	autoscalingv1 "k8s.io/api/autoscaling/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -23,35 +20,28 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/wait"
-	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/utils/ptr"
-	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/config"
-	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
-	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
-	"sigs.k8s.io/controller-runtime/pkg/webhook"
 
-	"github.com/glaceon/glaceon/flyapi"
 	"github.com/glaceon/glaceon/flyapi/flyapitest"
-	"github.com/glaceon/glaceon/hack/controlplane"
 	"github.com/glaceon/glaceon/hack/localpod"
-	glaceonadmission "github.com/glaceon/glaceon/webhook/admission"
+	"github.com/glaceon/glaceon/hack/testkit"
 	glaceonv1alpha1 "github.com/glaceon/glaceon/webhook/api/v1alpha1"
-	"github.com/glaceon/glaceon/webhook/flyorg"
 	"github.com/glaceon/glaceon/webhook/inject"
+	. "github.com/glaceon/glaceon/webhook/machineproxy"
+	"github.com/glaceon/glaceon/webhook/manager"
+	"github.com/glaceon/glaceon/webhook/manager/managertest"
 	"github.com/glaceon/glaceon/webhook/peers"
 )
 
-// env is a real control plane (etcd, kube-apiserver calling the webhook
-// over TLS, kube-controller-manager), the Fly double, and one manager
-// running the pod webhook, the peer lifecycle and the MachineProxy
-// controller, as cmd/glaceon wires them.
+// env is the shared test environment (managertest): a real control plane
+// (etcd, kube-apiserver calling the webhook over TLS with the manager's own
+// certificate, kube-controller-manager), the Fly double, and the whole
+// manager as cmd/glaceon builds it with manager.New: the pod webhook, the
+// peer lifecycle and the MachineProxy controller.
 type env struct {
-	cp  *controlplane.ControlPlane
 	fly *flyapitest.Server
 	c   client.Client // uncached, so assertions see the API server
 }
@@ -59,112 +49,15 @@ type env struct {
 func startEnv(t *testing.T) *env {
 	t.Helper()
 	logTo(t)
-	e := &env{fly: flyapitest.Start(t, flyapitest.Options{})}
-	e.cp = controlplane.StartForTest(t, controlplane.Options{
-		CRDDirectoryPaths: []string{crdDir()},
-		WebhookInstallOptions: envtest.WebhookInstallOptions{
-			Paths: []string{filepath.Join(repoRoot(), "deploy", "webhook", "mutatingwebhookconfiguration.yaml")},
-		},
-	})
-	wio := &e.cp.Env.WebhookInstallOptions
-
-	scheme := runtime.NewScheme()
-	for _, add := range []func(*runtime.Scheme) error{clientgoscheme.AddToScheme, glaceonv1alpha1.AddToScheme} {
-		if err := add(scheme); err != nil {
-			t.Fatal(err)
+	*ConflictRetry = time.Second
+	m := managertest.StartWith(t, managertest.Options{Configure: func(cfg *manager.Config) {
+		cfg.Log = logf.Log
+		cfg.PeerOptions = func(o *peers.Options) {
+			o.DisableSweeper = true
+			o.RetryBaseDelay = 50 * time.Millisecond
 		}
-	}
-	// The default FlyOrg and its token Secret, as an admin creates them.
-	admin, err := client.New(e.cp.Config, client.Options{Scheme: scheme})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, obj := range []client.Object{
-		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "glaceon-system"}},
-		&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "fly-api-token", Namespace: "glaceon-system"}, Data: map[string][]byte{"token": []byte(e.fly.Token())}},
-		&glaceonv1alpha1.FlyOrg{ObjectMeta: metav1.ObjectMeta{Name: "personal"}, Spec: glaceonv1alpha1.FlyOrgSpec{
-			TokenSecretRef: glaceonv1alpha1.SecretKeyRef{Name: "fly-api-token", Key: "token"}, Namespaces: []string{"*"}}},
-	} {
-		if err := admin.Create(context.Background(), obj); err != nil {
-			t.Fatal(err)
-		}
-	}
-	mgr, err := ctrl.NewManager(e.cp.Config, ctrl.Options{
-		Scheme:  scheme,
-		Metrics: metricsserver.Options{BindAddress: "0"},
-		WebhookServer: webhook.NewServer(webhook.Options{
-			Host: wio.LocalServingHost, Port: wio.LocalServingPort, CertDir: wio.LocalServingCertDir,
-		}),
-		HealthProbeBindAddress: "0",
-		// Controller names are unique per process; -count=2 builds twice.
-		Controller: config.Controller{SkipNameValidation: ptr.To(true)},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := inject.DefaultConfig()
-	orgs, err := flyorg.SetupWithManager(mgr, flyorg.Options{Namespace: "glaceon-system", Fly: flyapi.Options{BaseURL: e.fly.URL(), GatewayPort: e.fly.GatewayPort()}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	namer, err := peers.NewNamer("k8s-", "test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	handler, err := glaceonadmission.NewHandler(scheme, glaceonadmission.Options{
-		Inject:      cfg,
-		Orgs:        orgs,
-		Reader:      mgr.GetClient(),
-		APIReader:   mgr.GetAPIReader(),
-		Client:      mgr.GetClient(),
-		Namer:       namer,
-		Timeout:     10 * time.Second,
-		FlyTimeout:  5 * time.Second,
-		GatewayPort: e.fly.GatewayPort(),
-		Log:         testr.New(t),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	mgr.GetWebhookServer().Register(glaceonadmission.Path, &webhook.Admission{Handler: handler})
-	err = peers.SetupWithManager(mgr, peers.Options{Orgs: orgs, Namer: namer, DisableSweeper: true, RetryBaseDelay: 50 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	conflictRetry = time.Second
-	if err := SetupWithManager(mgr, Options{Inject: cfg}); err != nil {
-		t.Fatal(err)
-	}
-
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- mgr.Start(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("manager: %v", err)
-		}
-	})
-	err = wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
-		return mgr.GetWebhookServer().StartedChecker()(nil) == nil, nil
-	})
-	if err != nil {
-		t.Fatalf("webhook server did not start: %v", err)
-	}
-	if e.c, err = client.New(e.cp.Config, client.Options{Scheme: scheme}); err != nil {
-		t.Fatal(err)
-	}
-	err = wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
-		var org glaceonv1alpha1.FlyOrg
-		if err := e.c.Get(ctx, client.ObjectKey{Name: "personal"}, &org); err != nil {
-			return false, err
-		}
-		return meta.IsStatusConditionTrue(org.Status.Conditions, glaceonv1alpha1.ConditionReady), nil
-	})
-	if err != nil {
-		t.Fatalf("FlyOrg personal not ready: %v", err)
-	}
-	return e
+	}})
+	return &env{fly: m.Fly, c: m.Client}
 }
 
 func (e *env) namespace(t *testing.T, name string) {
@@ -307,7 +200,7 @@ func TestMachineProxy(t *testing.T) {
 
 	t.Run("create: Deployment, Service and PDB, one peer per pod", func(t *testing.T) {
 		// The earlier operator's example, unchanged but for the group.
-		mp := newMachineProxy(withName(name), withOrg("personal"), withRegion("yyz"), withTarget("http://twi-ollama.flycast"), withPort(80))
+		mp := NewMachineProxy(WithName(name), WithOrg("personal"), WithRegion("yyz"), WithTarget("http://twi-ollama.flycast"), WithPort(80))
 		mp.UID, mp.Generation = "", 0
 		if err := e.c.Create(ctx, mp); err != nil {
 			t.Fatal(err)
@@ -374,9 +267,7 @@ func TestMachineProxy(t *testing.T) {
 	})
 
 	t.Run("one replica's sidecar serves the app through the Service port", func(t *testing.T) {
-		if sidecarBin == "" {
-			t.Fatal("glaceon-sidecar did not build: " + sidecarBuildErr)
-		}
+		sidecarBin := testkit.SidecarBinary(t)
 		pod := e.pods(t, ns, name)[0]
 		secret := &corev1.Secret{}
 		if err := e.c.Get(ctx, client.ObjectKey{Namespace: ns, Name: localpod.PeerSecretName(&pod)}, secret); err != nil {
@@ -528,7 +419,7 @@ func TestMachineProxy(t *testing.T) {
 		if err := e.c.Create(ctx, foreign); err != nil {
 			t.Fatal(err)
 		}
-		mp := newMachineProxy(withName(legacy), withTarget("db.internal:5432"), withReplicas(1))
+		mp := NewMachineProxy(WithName(legacy), WithTarget("db.internal:5432"), WithReplicas(1))
 		mp.Namespace, mp.UID, mp.Generation = ns, "", 0
 		if err := e.c.Create(ctx, mp); err != nil {
 			t.Fatal(err)
@@ -601,26 +492,7 @@ func logTo(t *testing.T) {
 	t.Cleanup(func() { testLog.CompareAndSwap(t, nil) })
 }
 
-// sidecarBin is the glaceon-sidecar binary TestMain builds for the
-// stretch subtest; empty (with sidecarBuildErr) if it did not build.
-var sidecarBin, sidecarBuildErr string
-
 func TestMain(m *testing.M) {
 	flag.Parse()
-	dir, err := os.MkdirTemp("", "glaceon-machineproxy-test-")
-	if err != nil {
-		panic(err)
-	}
-	if !testing.Short() {
-		bin := filepath.Join(dir, "glaceon-sidecar")
-		out, err := exec.Command("go", "build", "-o", bin, "github.com/glaceon/glaceon/cmd/glaceon-sidecar").CombinedOutput()
-		if err == nil {
-			sidecarBin = bin
-		} else {
-			sidecarBuildErr = fmt.Sprintf("%v: %s", err, out)
-		}
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
+	os.Exit(testkit.Run(m))
 }

@@ -21,21 +21,12 @@ import (
 	"github.com/glaceon/glaceon/webhook/inject"
 )
 
-// RBAC of the MachineProxy controller. Children are written with
-// server-side apply, which needs create (first apply) and patch. The
-// finalizers update is what the API server asks of whoever sets
+// RBAC of the MachineProxy controller, granted in deploy/rbac. Children
+// are written with server-side apply, which needs create (first apply) and
+// patch. The finalizers update is what the API server asks of whoever sets
 // blockOwnerDeletion on an owner reference to a MachineProxy (no finalizer
 // is ever added). Pods and Secrets are not read here: peers are the
 // webhook's and the peer controller's business.
-//
-// +kubebuilder:rbac:groups=glaceon.fly,resources=machineproxies,verbs=get;list;watch
-// +kubebuilder:rbac:groups=glaceon.fly,resources=machineproxies/status,verbs=get;patch
-// +kubebuilder:rbac:groups=glaceon.fly,resources=machineproxies/finalizers,verbs=update
-// +kubebuilder:rbac:groups=apps,resources=deployments,verbs=get;list;watch;create;patch
-// +kubebuilder:rbac:groups="",resources=services,verbs=get;list;watch;create;patch
-// +kubebuilder:rbac:groups="",resources=serviceaccounts,verbs=get;list;watch;create;patch
-// +kubebuilder:rbac:groups=policy,resources=poddisruptionbudgets,verbs=get;list;watch;create;patch;delete
-// +kubebuilder:rbac:groups="";events.k8s.io,resources=events,verbs=create;patch
 
 // SetupWithManager adds the MachineProxy controller to mgr, on the leader
 // only. It registers glaceon.fly/v1alpha1 in the manager's scheme if it is

@@ -38,8 +38,17 @@ import (
 )
 
 // WebhookTimeout is the timeoutSeconds of deploy/webhook's configuration;
-// the Fly calls of one admission must finish well within it.
+// the Fly calls of one admission must finish well within it. A test ties
+// the two.
 const WebhookTimeout = 15 * time.Second
+
+// ExcludedNamespaces are the namespaces deploy/webhook's namespaceSelector
+// keeps away from the webhook when glaceon runs in namespace; a test ties
+// the two. MachineProxies there are refused, since their pods would get no
+// peer.
+func ExcludedNamespaces(namespace string) []string {
+	return []string{"kube-system", namespace}
+}
 
 // AdmissionTimeout bounds one admission, clean-up included: a second under
 // WebhookTimeout, so the API server gets glaceon's explanation.
@@ -98,6 +107,9 @@ type Config struct {
 	AdmissionMiddleware func(ctrladmission.Handler) ctrladmission.Handler
 	// AdmissionTestHook is admission.Options.TestHook (tests only).
 	AdmissionTestHook func(step, pod string) error
+	// PeerOptions, when set, adjusts the peer lifecycle's options after New
+	// filled them in (tests: no sweeper, fast retries).
+	PeerOptions func(*peers.Options)
 }
 
 // Validate reports every problem with cfg.
@@ -241,21 +253,23 @@ func New(restCfg *rest.Config, cfg Config) (*Manager, error) {
 	}
 	mgr.GetWebhookServer().Register(admission.Path, &webhook.Admission{Handler: h})
 
-	err = peers.SetupWithManager(mgr, peers.Options{
+	peerOpts := peers.Options{
 		Orgs:            orgs,
 		Namer:           namer,
 		Grace:           cfg.SweepGrace,
 		SweepInterval:   cfg.SweepInterval,
 		RemovalDeadline: cfg.RemovalDeadline,
 		AllowShortGrace: cfg.AllowShortGrace,
-	})
-	if err != nil {
+	}
+	if cfg.PeerOptions != nil {
+		cfg.PeerOptions(&peerOpts)
+	}
+	if err := peers.SetupWithManager(mgr, peerOpts); err != nil {
 		return nil, err
 	}
 	if err := machineproxy.SetupWithManager(mgr, machineproxy.Options{
-		Inject: cfg.Inject,
-		// deploy/webhook's namespaceSelector.
-		ExcludedNamespaces: []string{"kube-system", cfg.Namespace},
+		Inject:             cfg.Inject,
+		ExcludedNamespaces: ExcludedNamespaces(cfg.Namespace),
 	}); err != nil {
 		return nil, err
 	}

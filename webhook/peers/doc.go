@@ -27,14 +27,6 @@
 // are never read at all.
 package peers
 
-// RBAC of the peer lifecycle. Secrets: delete only (the pod's Secret after
+// RBAC of the peer lifecycle (granted in deploy/rbac). Secrets: delete only (the pod's Secret after
 // its Fly peer is removed; admission creates it). Pods: metadata watch of
 // injected pods, uncached get/list to confirm a pod is gone or unclaimed.
-//
-// +kubebuilder:rbac:groups=glaceon.fly,resources=flypeers,verbs=get;list;watch;create;patch;delete
-// +kubebuilder:rbac:groups=glaceon.fly,resources=flypeers/status,verbs=get;patch
-// +kubebuilder:rbac:groups=glaceon.fly,resources=flyorgs,verbs=get;list;watch
-// +kubebuilder:rbac:groups="",resources=secrets,verbs=create;delete
-// +kubebuilder:rbac:groups="",resources=pods,verbs=get;list;watch
-// +kubebuilder:rbac:groups="",resources=namespaces,resourceNames=kube-system,verbs=get
-// +kubebuilder:rbac:groups="";events.k8s.io,resources=events,verbs=create;patch
