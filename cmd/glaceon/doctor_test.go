@@ -86,6 +86,12 @@ func TestDoctorCommand(t *testing.T) {
 		if n := len(e.Fly.Peers("")); n != before {
 			t.Errorf("%d peers at the Fly double after --tunnel, want %d", n, before)
 		}
+		t.Setenv("FLY_API_TOKEN", "")
+		code, out, _ = doctorRun("--skip", "manager-deployment", "--tunnel")
+		if code != exitError || !strings.Contains(out, "✖ tunnel-peer: cannot use Fly org personal for the temporary peer") || !strings.Contains(out, "export FLY_API_TOKEN") {
+			t.Fatalf("--tunnel without a token: exit %d, stdout:\n%s", code, out)
+		}
+		t.Setenv("FLY_API_TOKEN", e.Fly.Token())
 		// UDP to the gateway blocked, WebSocket not allowed: red, with the
 		// hint; the peer is removed all the same.
 		e.Fly.BlockUDP(true)

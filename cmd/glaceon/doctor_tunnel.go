@@ -46,11 +46,6 @@ func checkTunnel(ctx context.Context, c client.Client, to tunnelOptions) (out []
 	fail := func(check, msg, cause, fix string) doctor.Result {
 		return doctor.Result{Group: groupTunnel, Check: check, Status: doctor.Fail, Message: msg, Cause: cause, Fix: fix}
 	}
-	fly, opts, err := newFlyClient()
-	if err != nil {
-		return []doctor.Result{fail(checkTunnelPeer, "no Fly API token for the temporary peer", err.Error(),
-			"export FLY_API_TOKEN (`fly tokens create org`); doctor does not read the FlyOrg's Secret")}
-	}
 	slug := to.org
 	if slug == "" {
 		var orgs glaceonv1alpha1.FlyOrgList
@@ -65,9 +60,10 @@ func checkTunnel(ctx context.Context, c client.Client, to tunnelOptions) (out []
 			return []doctor.Result{fail(checkTunnelPeer, "no org for the temporary peer", "no --org and no default FlyOrg", "pass --org SLUG")}
 		}
 	}
-	o, err := lookupOrg(ctx, fly, opts, slug)
+	fly, opts, o, err := connectOrg(ctx, slug)
 	if err != nil {
-		return []doctor.Result{fail(checkTunnelPeer, fmt.Sprintf("org %s not usable", slug), err.Error(), "check FLY_API_TOKEN belongs to the org")}
+		return []doctor.Result{fail(checkTunnelPeer, fmt.Sprintf("cannot use Fly org %s for the temporary peer", slug), err.Error(),
+			"export FLY_API_TOKEN with a token of that org (`fly tokens create org`); doctor does not read the FlyOrg's Secret")}
 	}
 	region := to.region
 	if region == "" {
