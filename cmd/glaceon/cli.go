@@ -43,6 +43,7 @@ func commands() []command {
 	return []command{
 		{name: "peer", summary: "create, list or remove Fly WireGuard peers (like `fly wireguard`)", run: runPeer},
 		{name: "manager", summary: "run the admission webhook and the controllers", run: runManager},
+		{name: "doctor", summary: "check the install, the FlyOrgs and FlyPeers, or one pod (`doctor pod NAME -n NS`)", run: runDoctor},
 		{name: "inject", summary: "print a pod manifest as the webhook would inject it (offline, placeholder peer)", run: runInject},
 		{name: "version", summary: "print the version and commit", run: func(env *cliEnv, _ []string) error {
 			_, err := fmt.Fprintf(env.stdout, "glaceon %s\n", version.String())
@@ -75,6 +76,9 @@ func exitCode(stderr io.Writer, err error) int {
 		return exitOK
 	case errors.Is(err, flag.ErrHelp):
 		return exitOK
+	case errors.Is(err, errChecksFailed):
+		// The results said what failed.
+		return exitError
 	}
 	fmt.Fprintf(stderr, "glaceon: %v\n", err)
 	var usage usageError

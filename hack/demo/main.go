@@ -13,7 +13,9 @@
 //  5. the injected sidecar run as a local process from the pod's spec and
 //     Secret (there is no kubelet here), and a request through the tunnel;
 //  6. `kubectl get flyorgs,flypeers`: the cluster's view of its Fly peers;
-//  7. the Deployment deleted: FlyPeer, Fly peer and Secret gone.
+//  7. `glaceon doctor pod` on the pod: injected, its FlyPeer;
+//  8. the Deployment deleted: FlyPeer, Fly peer and Secret gone;
+//  9. `glaceon doctor`: every install and orgs check passes.
 //
 // It takes the paths of the glaceon and glaceon-sidecar binaries as flags
 // (hack/demo.sh builds them).
@@ -140,7 +142,31 @@ func (d *demo) run(ctx context.Context) error {
 	if err := d.kubectl(ctx, "get", "flyorgs,flypeers"); err != nil {
 		return err
 	}
-	return d.deleteWorkload(ctx, pod)
+	d.say("`glaceon doctor pod`: is this pod injected, and its FlyPeer?")
+	if err := d.doctor(ctx, "pod", pod.Name, "-n", demoNamespace); err != nil {
+		return err
+	}
+	if err := d.deleteWorkload(ctx, pod); err != nil {
+		return err
+	}
+	d.say("`glaceon doctor`: the install and the FlyOrgs (the manager runs out of cluster here: no Deployment)")
+	return d.doctor(ctx, "--skip", "manager-deployment")
+}
+
+// doctor runs `glaceon doctor args...` against the control plane and
+// prints its report; a failed check fails the demo.
+func (d *demo) doctor(ctx context.Context, args ...string) error {
+	cmd := exec.CommandContext(ctx, d.glaceonBin, append([]string{"doctor"}, args...)...)
+	cmd.Env = append(os.Environ(), "KUBECONFIG="+d.cp.KubeconfigPath)
+	out, err := cmd.CombinedOutput()
+	detail("$ glaceon doctor %s", strings.Join(args, " "))
+	for _, line := range strings.Split(strings.TrimRight(string(out), "\n"), "\n") {
+		detail("%s", line)
+	}
+	if err != nil {
+		return fmt.Errorf("glaceon doctor %s: %w", strings.Join(args, " "), err)
+	}
+	return nil
 }
 
 // startFly starts the built-in Fly double, or uses the API named by

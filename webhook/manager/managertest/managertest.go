@@ -16,6 +16,7 @@ import (
 
 	"github.com/go-logr/logr"
 	admissionv1 "k8s.io/api/admissionregistration/v1"
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -374,4 +375,60 @@ func (e *Env) Namespace(tb testing.TB, name string) string {
 		tb.Fatal(err)
 	}
 	return name
+}
+
+// ManagerDeployment creates the manager's Deployment (the manager itself
+// runs out of cluster) and marks its pod Ready as a kubelet would.
+func (e *Env) ManagerDeployment(t testing.TB) {
+	t.Helper()
+	ctx := context.Background()
+	labels := map[string]string{"app.kubernetes.io/name": "glaceon"}
+	dep := &appsv1.Deployment{
+		ObjectMeta: metav1.ObjectMeta{Name: "glaceon-manager", Namespace: Namespace},
+		Spec: appsv1.DeploymentSpec{
+			Replicas: ptr.To[int32](1),
+			Selector: &metav1.LabelSelector{MatchLabels: labels},
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Labels: labels},
+				Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "manager", Image: "glaceon"}}},
+			},
+		},
+	}
+	if err := e.Client.Create(ctx, dep); err != nil {
+		t.Fatal(err)
+	}
+	e.WaitManagerAvailable(t)
+}
+
+// WaitManagerAvailable marks the manager Deployment's pods Ready until it has an
+// available replica.
+func (e *Env) WaitManagerAvailable(t testing.TB) {
+	t.Helper()
+	ctx := context.Background()
+	labels := map[string]string{"app.kubernetes.io/name": "glaceon"}
+	dep := &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Name: "glaceon-manager", Namespace: Namespace}}
+	err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+		var pods corev1.PodList
+		if err := e.Client.List(ctx, &pods, client.InNamespace(Namespace), client.MatchingLabels(labels)); err != nil {
+			return false, err
+		}
+		for i := range pods.Items {
+			p := &pods.Items[i]
+			if p.Status.Phase != corev1.PodRunning {
+				now := metav1.Now()
+				p.Status.Phase = corev1.PodRunning
+				p.Status.Conditions = []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue, LastTransitionTime: now}}
+				if err := e.Client.Status().Update(ctx, p); err != nil {
+					return false, nil
+				}
+			}
+		}
+		if err := e.Client.Get(ctx, client.ObjectKeyFromObject(dep), dep); err != nil {
+			return false, err
+		}
+		return dep.Status.AvailableReplicas == 1, nil
+	})
+	if err != nil {
+		t.Fatalf("manager Deployment not available: %v (status %+v)", err, dep.Status)
+	}
 }
