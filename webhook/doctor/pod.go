@@ -83,7 +83,12 @@ func (d *Doctor) checkPodFlyPeer(ctx context.Context, pod *corev1.Pod) Result {
 		return failed(GroupPod, CheckPodFlyPeer, "cannot list FlyPeers", err.Error(), "check you may list flypeers")
 	}
 	for _, p := range peers.Items {
-		if p.Spec.Pod.Namespace != pod.Namespace || (p.Spec.Pod.UID != pod.UID && p.Spec.Pod.Name != pod.Name) {
+		// The webhook names the FlyPeer in the pod's annotation at once;
+		// spec.pod's name and UID follow only when the peer controller
+		// binds it, moments after the pod is stored.
+		named := p.Name == pod.Annotations[inject.AnnotationPeer]
+		bound := p.Spec.Pod.Namespace == pod.Namespace && (p.Spec.Pod.UID == pod.UID || p.Spec.Pod.Name == pod.Name)
+		if !named && !bound {
 			continue
 		}
 		switch p.Status.Phase {
