@@ -497,15 +497,6 @@ func serveEcho(c net.Conn) {
 	}
 }
 
-// bytesPattern: byte i of every /bytes body is byte(i % 251).
-var bytesPattern = func() []byte {
-	b := make([]byte, 251*256)
-	for i := range b {
-		b[i] = byte(i % 251)
-	}
-	return b
-}()
-
 func (g *gateway) serveApp(w http.ResponseWriter, r *http.Request) {
 	var local netip.Addr
 	if la, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr); ok {
@@ -521,42 +512,7 @@ func (g *gateway) serveApp(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.Header().Set("Fly-App", app)
-	switch r.URL.Path {
-	case "/":
-		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		io.WriteString(w, "ok "+app+"\n")
-	case "/bytes":
-		n, err := strconv.ParseInt(r.URL.Query().Get("n"), 10, 64)
-		if err != nil || n < 0 || n > maxBytesParam {
-			http.Error(w, "n must be an integer in [0, 8GiB]", http.StatusBadRequest)
-			return
-		}
-		w.Header().Set("Content-Type", "application/octet-stream")
-		w.Header().Set("Content-Length", strconv.FormatInt(n, 10))
-		if r.Method == http.MethodHead {
-			return
-		}
-		for n > 0 {
-			chunk := int64(len(bytesPattern))
-			if n < chunk {
-				chunk = n
-			}
-			if _, err := w.Write(bytesPattern[:chunk]); err != nil {
-				return
-			}
-			n -= chunk
-		}
-	case "/echo":
-		_ = http.NewResponseController(w).EnableFullDuplex()
-		w.Header().Set("Content-Type", "application/octet-stream")
-		if r.ContentLength >= 0 {
-			w.Header().Set("Content-Length", strconv.FormatInt(r.ContentLength, 10))
-		}
-		buf := make([]byte, 64<<10)
-		_, _ = io.CopyBuffer(w, r.Body, buf)
-	default:
-		http.NotFound(w, r)
-	}
+	SampleApp(w, r, app)
 }
 
 // peerCount is the number of peers configured in the running device (-1 if

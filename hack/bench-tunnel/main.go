@@ -220,37 +220,8 @@ func fmtList(v []float64) string {
 
 // --- plain loopback server with the same handlers as the sample apps ---
 
-var pattern = func() []byte {
-	b := make([]byte, 251*256)
-	for i := range b {
-		b[i] = byte(i % 251)
-	}
-	return b
-}()
-
 func plainHandler(w http.ResponseWriter, r *http.Request) {
-	switch r.URL.Path {
-	case "/":
-		io.WriteString(w, "ok plain\n")
-	case "/bytes":
-		n, _ := strconv.ParseInt(r.URL.Query().Get("n"), 10, 64)
-		w.Header().Set("Content-Length", strconv.FormatInt(n, 10))
-		for n > 0 {
-			c := min(int64(len(pattern)), n)
-			if _, err := w.Write(pattern[:c]); err != nil {
-				return
-			}
-			n -= c
-		}
-	case "/echo":
-		_ = http.NewResponseController(w).EnableFullDuplex()
-		if r.ContentLength >= 0 {
-			w.Header().Set("Content-Length", strconv.FormatInt(r.ContentLength, 10))
-		}
-		_, _ = io.CopyBuffer(w, r.Body, make([]byte, 64<<10))
-	default:
-		http.NotFound(w, r)
-	}
+	flyapitest.SampleApp(w, r, "plain")
 }
 
 // --- the run ---
@@ -315,7 +286,7 @@ func (r *countingReader) Read(p []byte) (int, error) {
 		k = r.limit - r.n
 	}
 	for i := int64(0); i < k; {
-		i += int64(copy(p[i:k], pattern))
+		i += int64(copy(p[i:k], flyapitest.BytesPattern()))
 	}
 	r.n += k
 	return int(k), nil

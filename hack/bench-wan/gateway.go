@@ -317,14 +317,6 @@ func (g *kernelGateway) windows(gen int64) (snd, rcv int64, minRTT time.Duration
 	return
 }
 
-var bytesPattern = func() []byte {
-	b := make([]byte, 251*256)
-	for i := range b {
-		b[i] = byte(i % 251)
-	}
-	return b
-}()
-
 // serveApp serves the sample apps of flyapitest ("/", "/bytes?n=",
 // "/echo") plus "/discard", which reads the request body and answers its
 // length (uploads without a download riding along).
@@ -339,28 +331,6 @@ func (g *kernelGateway) serveApp(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	switch r.URL.Path {
-	case "/":
-		io.WriteString(w, "ok "+app+"\n")
-	case "/bytes":
-		n, err := strconv.ParseInt(r.URL.Query().Get("n"), 10, 64)
-		if err != nil || n < 0 {
-			http.Error(w, "n must be a non-negative integer", http.StatusBadRequest)
-			return
-		}
-		w.Header().Set("Content-Length", strconv.FormatInt(n, 10))
-		for n > 0 {
-			c := min(int64(len(bytesPattern)), n)
-			if _, err := w.Write(bytesPattern[:c]); err != nil {
-				return
-			}
-			n -= c
-		}
-	case "/echo":
-		_ = http.NewResponseController(w).EnableFullDuplex()
-		if r.ContentLength >= 0 {
-			w.Header().Set("Content-Length", strconv.FormatInt(r.ContentLength, 10))
-		}
-		_, _ = io.CopyBuffer(w, r.Body, make([]byte, 64<<10))
 	case "/discard":
 		buf := make([]byte, 64<<10)
 		var total int64
@@ -381,7 +351,7 @@ func (g *kernelGateway) serveApp(w http.ResponseWriter, r *http.Request) {
 		}
 		fmt.Fprintf(w, "%d\n", total)
 	default:
-		http.NotFound(w, r)
+		flyapitest.SampleApp(w, r, app)
 	}
 }
 

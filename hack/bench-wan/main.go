@@ -607,7 +607,7 @@ func (e *endless) Read(p []byte) (int, error) {
 	}
 	k := 0
 	for k < len(p) {
-		k += copy(p[k:], bytesPattern)
+		k += copy(p[k:], flyapitest.BytesPattern())
 	}
 	e.n.Add(int64(k))
 	return k, nil
