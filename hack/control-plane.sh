@@ -34,6 +34,20 @@ fi
 
 command -v go >/dev/null || { log "go is not on PATH"; exit 1; }
 mkdir -p "$ASSETS"
+# Two test runs on a fresh machine (a developer and CI, or parallel worktrees)
+# must not both spend ten minutes building the same binaries.
+if command -v flock >/dev/null; then
+  exec 9>"$ASSETS/.lock"
+  if ! flock -n 9; then
+    log "another build holds $ASSETS/.lock; waiting for it"
+    flock 9
+  fi
+  if have_all; then
+    log "cached in $ASSETS"
+    echo "$ASSETS"
+    exit 0
+  fi
+fi
 work=$(mktemp -d "$ASSETS/.build.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 start=$(date +%s)
