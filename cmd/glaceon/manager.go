@@ -56,7 +56,7 @@ func parseManagerFlags(env *cliEnv, args []string) (manager.Config, zap.Options,
 	})
 	fs.Var(resourceListFlag{&cfg.Inject.Resources.Requests}, "sidecar-requests", "resource requests of the injected sidecar, e.g. cpu=10m,memory=32Mi (default "+formatResourceList(cfg.Inject.Resources.Requests)+")")
 	fs.Var(resourceListFlag{&cfg.Inject.Resources.Limits}, "sidecar-limits", "resource limits of the injected sidecar, e.g. memory=128Mi; empty for none (default "+formatResourceList(cfg.Inject.Resources.Limits)+")")
-	fs.StringVar(&cfg.PeerPrefix, "peer-prefix", "k8s-", "prefix of the Fly peer names this cluster creates (<prefix><namespace>-<pod>-<cluster>-<random>)")
+	fs.StringVar(&cfg.PeerPrefix, "peer-prefix", peers.DefaultPrefix, "prefix of the Fly peer names this cluster creates (<prefix><namespace>-<pod>-<cluster>-<random>)")
 	fs.StringVar(&cfg.ClusterName, "cluster-name", "", "this cluster's identity in peer names: 1-16 lower-case letters and digits, unique among clusters sharing a Fly org (default: a hash of the kube-system namespace's UID)")
 	fs.DurationVar(&cfg.FlyTimeout, "fly-timeout", 10*time.Second, "deadline of the Fly call of one admission; at most 12s, under the webhook's timeoutSeconds (15s)")
 	fs.Func("machineproxy-allowed-tolerations", "comma-separated toleration keys a MachineProxy may give its pods (* for any; empty for none). Default: any. The manager creates the proxy pods, so this is what keeps a MachineProxy's author off tainted nodes", func(v string) error {

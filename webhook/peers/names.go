@@ -15,6 +15,8 @@ import (
 )
 
 const (
+	// DefaultPrefix is the manager's default --peer-prefix.
+	DefaultPrefix = "k8s-"
 	// MaxPeerName keeps <peer>._peer.internal a valid DNS label and the
 	// name usable as a FlyPeer, Secret and label value.
 	MaxPeerName = 63

@@ -17,6 +17,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 
+	"github.com/glaceon/glaceon/flyapi"
 	glaceonv1alpha1 "github.com/glaceon/glaceon/webhook/api/v1alpha1"
 	"github.com/glaceon/glaceon/webhook/inject"
 )
@@ -140,17 +141,10 @@ func (s *sweeper) sweepFly(ctx context.Context, known map[string]bool) error {
 	if err := s.r.reader.List(ctx, &orgs); err != nil {
 		return fmt.Errorf("list FlyOrgs: %w", err)
 	}
-	slices.SortFunc(orgs.Items, func(a, b glaceonv1alpha1.FlyOrg) int { return strings.Compare(a.Name, b.Name) })
-	listed := map[string]bool{} // organization IDs
 	log := logf.FromContext(ctx)
 	var errs []error
-	for i := range orgs.Items {
-		org := &orgs.Items[i]
+	for _, org := range OrgsToList(orgs.Items) {
 		id := org.Status.OrganizationID
-		if id == "" || listed[id] {
-			continue // not checked yet, or the same org under another FlyOrg
-		}
-		listed[id] = true
 		fly, err := s.r.fly.orgs.Client(ctx, org)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("FlyOrg %s: %w", org.Name, err))
@@ -161,10 +155,7 @@ func (s *sweeper) sweepFly(ctx context.Context, known map[string]bool) error {
 			errs = append(errs, fmt.Errorf("list Fly peers of FlyOrg %s: %w", org.Name, err))
 			continue
 		}
-		for _, p := range peers {
-			if !s.namer.Ours(p.Name) || known[p.Name] {
-				continue
-			}
+		for _, p := range s.namer.Orphans(peers, known) {
 			var fp glaceonv1alpha1.FlyPeer
 			err := s.r.apiReader.Get(ctx, client.ObjectKey{Name: p.Name}, &fp)
 			if err == nil {
@@ -183,6 +174,41 @@ func (s *sweeper) sweepFly(ctx context.Context, known map[string]bool) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// OrgsToList are the FlyOrgs whose orgs a sweep lists, in name order: the
+// first FlyOrg of each organization ID, none whose org is not found yet
+// (no ID: not checked). `glaceon doctor` lists the same.
+func OrgsToList(orgs []glaceonv1alpha1.FlyOrg) []*glaceonv1alpha1.FlyOrg {
+	sorted := make([]*glaceonv1alpha1.FlyOrg, 0, len(orgs))
+	for i := range orgs {
+		sorted = append(sorted, &orgs[i])
+	}
+	slices.SortFunc(sorted, func(a, b *glaceonv1alpha1.FlyOrg) int { return strings.Compare(a.Name, b.Name) })
+	listed := map[string]bool{} // organization IDs
+	out := sorted[:0]
+	for _, org := range sorted {
+		id := org.Status.OrganizationID
+		if id == "" || listed[id] {
+			continue // not checked yet, or the same org under another FlyOrg
+		}
+		listed[id] = true
+		out = append(out, org)
+	}
+	return out
+}
+
+// Orphans are the Fly peers with this cluster's names (Ours) that no
+// FlyPeer in known names: what a sweep removes, after checking uncached
+// that no FlyPeer was created since. `glaceon doctor` reports the same.
+func (n *Namer) Orphans(peers []flyapi.Peer, known map[string]bool) []flyapi.Peer {
+	var out []flyapi.Peer
+	for _, p := range peers {
+		if n.Ours(p.Name) && !known[p.Name] {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 // apiServerClock reads the API server's clock from the Date header of a
