@@ -252,7 +252,7 @@ func (d *tunnelDialer) Dial(ctx context.Context, host string, port uint16) (net.
 
 func (d *tunnelDialer) handshakeRecent() bool {
 	h := d.lastHandshake()
-	return !h.IsZero() && time.Since(h) < handshakeStale
+	return !h.IsZero() && time.Since(h) < HandshakeStale
 }
 
 // timeoutReason blames the handshake when there has been none recently.

@@ -25,10 +25,11 @@ import (
 )
 
 const (
-	// handshakeStale: no handshake for this long means the tunnel is down.
+	// HandshakeStale: no handshake for this long means the tunnel is down
+	// (also what `glaceon doctor pod` reports as stale).
 	// WireGuard re-handshakes every 2 minutes while traffic (keepalives
 	// included) flows, so a healthy tunnel stays well below it.
-	handshakeStale = 3 * time.Minute
+	HandshakeStale = 3 * time.Minute
 	// probeName is asked for through the tunnel to prove DNS works (flyctl
 	// uses the same name); any answer, NXDOMAIN included, counts.
 	probeName = "_api.internal"
@@ -54,6 +55,7 @@ type Sidecar struct {
 	tun     *tunnel
 	tctl    *transportCtl
 	res     *resolver
+	dialer  *tunnelDialer
 	fws     []*forwarder
 	conns   *connSet
 	health  *http.Server
@@ -97,6 +99,7 @@ func New(opts *Options, cfg *wgquick.Config, log logr.Logger) (*Sidecar, error) 
 	})
 	s.res.dialTCP = func(ctx context.Context, ap netip.AddrPort) (net.Conn, error) { return t.tun.dialTCP(ctx, ap) }
 	d := &tunnelDialer{tun: t.tun, res: s.res, lastHandshake: s.lastHandshake}
+	s.dialer = d
 	for _, f := range opts.Forwards {
 		fw, err := newForwarder(f, d, s.m, log, s.conns)
 		if err != nil {
@@ -146,6 +149,15 @@ func (s *Sidecar) ListenAddrs() []string {
 		out[i] = fw.ln.Addr().String()
 	}
 	return out
+}
+
+// Dial connects to host:port (a Fly private name) through the tunnel as a
+// forward does: Fly DNS, then TCP through the netstack. The error starts
+// with the reason glaceon_dial_errors_total counts (dns, refused, timeout,
+// handshake, unreachable, other). `glaceon doctor --tunnel --target` uses
+// it; it is not counted in the forwards' metrics.
+func (s *Sidecar) Dial(ctx context.Context, host string, port uint16) (net.Conn, error) {
+	return s.dialer.Dial(ctx, host, port)
 }
 
 // Ready reports what /readyz reports.
@@ -313,7 +325,7 @@ func (s *Sidecar) watchdog(ctx context.Context) {
 		var why []string
 		if hs.IsZero() {
 			why = append(why, "no WireGuard handshake yet "+s.tctl.notReadyHint())
-		} else if age := time.Since(hs); age > handshakeStale {
+		} else if age := time.Since(hs); age > HandshakeStale {
 			why = append(why, fmt.Sprintf("last WireGuard handshake %s ago %s", age.Round(time.Second), s.tctl.notReadyHint()))
 		}
 		if perr != nil {

@@ -35,7 +35,9 @@ type Sidecar struct {
 	Forwards map[string]string
 	// HealthURL is the base URL of /healthz and /readyz.
 	HealthURL string
-	LogPath   string
+	// MetricsURL is the base URL of /metrics, "" when the pod serves none.
+	MetricsURL string
+	LogPath    string
 
 	cmd  *exec.Cmd
 	done chan struct{}
@@ -66,8 +68,17 @@ func PeerSecretName(pod *corev1.Pod) string {
 }
 
 // Start runs bin with the pod's sidecar arguments and secret's wg-quick file
-// (written to dir with mode 0600), and logs to dir/sidecar.log.
+// (written to dir with mode 0600), and logs to dir/sidecar.log. The health
+// and metrics servers listen on free ports of 127.0.0.1.
 func Start(bin string, pod *corev1.Pod, secret *corev1.Secret, dir string) (*Sidecar, error) {
+	return StartOn(bin, pod, secret, dir, "")
+}
+
+// StartOn is Start with the health and metrics servers on podIP at the
+// ports the pod declares, as a kubelet runs them: what the API server's
+// pod proxy reaches once the pod's status.podIP is podIP. An empty podIP is
+// Start's free loopback ports.
+func StartOn(bin string, pod *corev1.Pod, secret *corev1.Secret, dir, podIP string) (*Sidecar, error) {
 	sc := SidecarContainer(pod)
 	if sc == nil {
 		return nil, fmt.Errorf("pod %s/%s has no %s container", pod.Namespace, pod.Name, inject.SidecarContainerName)
@@ -80,23 +91,40 @@ func Start(bin string, pod *corev1.Pod, secret *corev1.Secret, dir string) (*Sid
 	if err := os.WriteFile(confPath, conf, 0o600); err != nil {
 		return nil, err
 	}
-	healthPort, err := freePort("127.0.0.1")
-	if err != nil {
-		return nil, err
-	}
 	s := &Sidecar{
-		Forwards:  map[string]string{},
-		HealthURL: "http://127.0.0.1:" + strconv.Itoa(healthPort),
-		LogPath:   filepath.Join(dir, "sidecar.log"),
-		done:      make(chan struct{}),
+		Forwards: map[string]string{},
+		LogPath:  filepath.Join(dir, "sidecar.log"),
+		done:     make(chan struct{}),
+	}
+	// serveAddr is where a --health-addr or --metrics-addr of the pod
+	// listens here.
+	serveAddr := func(podAddr string) (string, error) {
+		if podIP != "" {
+			_, port, err := net.SplitHostPort(podAddr)
+			if err != nil {
+				return "", fmt.Errorf("sidecar serve address %q: %w", podAddr, err)
+			}
+			return net.JoinHostPort(podIP, port), nil
+		}
+		port, err := freePort("127.0.0.1")
+		return "127.0.0.1:" + strconv.Itoa(port), err
 	}
 	args := append([]string(nil), sc.Args...)
 	for i := 0; i+1 < len(args); i++ {
 		switch args[i] {
 		case "--wg-config":
 			args[i+1] = confPath
-		case "--health-addr":
-			args[i+1] = "127.0.0.1:" + strconv.Itoa(healthPort)
+		case "--health-addr", "--metrics-addr":
+			addr, err := serveAddr(args[i+1])
+			if err != nil {
+				return nil, err
+			}
+			args[i+1] = addr
+			if args[i] == "--health-addr" {
+				s.HealthURL = "http://" + addr
+			} else {
+				s.MetricsURL = "http://" + addr
+			}
 		case "--forward":
 			listen, target, _ := strings.Cut(args[i+1], "=")
 			local, err := bindable(listen)
@@ -109,6 +137,9 @@ func Start(bin string, pod *corev1.Pod, secret *corev1.Secret, dir string) (*Sid
 	}
 	if len(s.Forwards) == 0 {
 		return nil, errors.New("the sidecar has no --forward")
+	}
+	if s.HealthURL == "" {
+		return nil, errors.New("the sidecar has no --health-addr")
 	}
 	s.Args = args
 	logFile, err := os.Create(s.LogPath)
