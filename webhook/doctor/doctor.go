@@ -9,6 +9,9 @@ import (
 	"slices"
 	"time"
 
+	"k8s.io/client-go/rest"
+
+	"github.com/glaceon/glaceon/flyapi"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 )
 
@@ -42,19 +45,23 @@ const (
 
 // Names of the checks, stable for scripts reading -o json.
 const (
-	CheckCRDs          = "crds"
-	CheckDeployment    = "manager-deployment"
-	CheckWebhookConfig = "webhook-configuration"
-	CheckCABundle      = "webhook-ca-bundle"
-	CheckCertExpiry    = "webhook-certificate-expiry"
-	CheckWebhookRules  = "webhook-rules"
-	CheckDryRun        = "webhook-dry-run"
-	CheckFlyOrgs       = "flyorgs"
-	CheckFlyOrgReady   = "flyorg-ready"
-	CheckFlyPeersStuck = "flypeers-stuck"
-	CheckPodInjected   = "pod-injected"
-	CheckPodFlyPeer    = "pod-flypeer"
-	CheckPodDenials    = "pod-denials"
+	CheckCRDs             = "crds"
+	CheckDeployment       = "manager-deployment"
+	CheckWebhookConfig    = "webhook-configuration"
+	CheckCABundle         = "webhook-ca-bundle"
+	CheckCertExpiry       = "webhook-certificate-expiry"
+	CheckWebhookRules     = "webhook-rules"
+	CheckDryRun           = "webhook-dry-run"
+	CheckFlyOrgs          = "flyorgs"
+	CheckFlyOrgReady      = "flyorg-ready"
+	CheckFlyPeersStuck    = "flypeers-stuck"
+	CheckFlyOrgToken      = "flyorg-token"
+	CheckFlyPeersOrphaned = "fly-peers-orphaned"
+	CheckPodInjected      = "pod-injected"
+	CheckPodFlyPeer       = "pod-flypeer"
+	CheckPodDenials       = "pod-denials"
+	CheckPodSidecarReady  = "pod-sidecar-ready"
+	CheckPodSidecarTunnel = "pod-sidecar-tunnel"
 )
 
 // Result is one check's outcome.
@@ -87,6 +94,17 @@ type Options struct {
 	ExpiryWarning time.Duration
 	// Now is the clock (time.Now).
 	Now func() time.Time
+	// Fly is the template of the Fly API clients doctor makes with each
+	// FlyOrg's token (BaseURL; the token comes from the FlyOrg's Secret).
+	Fly flyapi.Options
+	// PeerPrefix and ClusterName are the manager's --peer-prefix and
+	// --cluster-name; empty: read from the manager Deployment's arguments,
+	// else the manager's defaults.
+	PeerPrefix, ClusterName string
+	// RESTConfig reaches the API server's pod proxy (doctor pod reads the
+	// sidecar's health and metrics ports through it); nil skips those
+	// checks with a warning.
+	RESTConfig *rest.Config
 	// Skip names checks that do not apply (e.g. manager-deployment for a
 	// manager run out of cluster): they are reported as warnings, never
 	// failures.
@@ -118,14 +136,23 @@ func (o Options) withDefaults() Options {
 
 // Doctor runs checks with a client of the person running it.
 type Doctor struct {
-	c    client.Client
-	opts Options
+	c     client.Client
+	opts  Options
+	proxy *podProxy // nil without Options.RESTConfig
 }
 
 // New returns a Doctor reading the cluster through c (its scheme must hold
 // client-go's types and glaceon's v1alpha1).
-func New(c client.Client, opts Options) *Doctor {
-	return &Doctor{c: c, opts: opts.withDefaults()}
+func New(c client.Client, opts Options) (*Doctor, error) {
+	d := &Doctor{c: c, opts: opts.withDefaults()}
+	if opts.RESTConfig != nil {
+		p, err := newPodProxy(opts.RESTConfig)
+		if err != nil {
+			return nil, fmt.Errorf("pod proxy: %w", err)
+		}
+		d.proxy = p
+	}
+	return d, nil
 }
 
 func ok(group, check, format string, args ...any) Result {

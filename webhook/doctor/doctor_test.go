@@ -23,10 +23,14 @@ import (
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	"github.com/glaceon/glaceon/flyapi/flyapitest"
+	"github.com/glaceon/glaceon/flyapi/wgquick"
 	glaceonv1alpha1 "github.com/glaceon/glaceon/webhook/api/v1alpha1"
 	"github.com/glaceon/glaceon/webhook/doctor"
 	"github.com/glaceon/glaceon/webhook/inject"
+	"github.com/glaceon/glaceon/webhook/manager"
 	"github.com/glaceon/glaceon/webhook/manager/managertest"
+	"github.com/glaceon/glaceon/webhook/peers"
 )
 
 func failedChecks(results []doctor.Result) []string {
@@ -62,18 +66,96 @@ func expect(t *testing.T, results []doctor.Result, want ...string) {
 	}
 }
 
+// newDoctor is a Doctor for e with opts, reaching the pod proxy as admin.
+func newDoctor(t *testing.T, e *managertest.Env, opts doctor.Options) *doctor.Doctor {
+	t.Helper()
+	opts.RESTConfig = e.ControlPlane.Config
+	opts.Fly.BaseURL = e.Fly.URL()
+	d, err := doctor.New(e.Client, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
 func TestDoctor(t *testing.T) {
-	e := managertest.Start(t, nil)
+	// Injected sidecars serve health and metrics on ports free on the
+	// test's own pod IP.
+	podIP := podNetwork(t)
+	healthPort, metricsPort := freePortOn(t, podIP), freePortOn(t, podIP)
+	e := managertest.Start(t, func(c *manager.Config) {
+		c.Inject.HealthPort, c.Inject.MetricsPort = healthPort, metricsPort
+		// One sweep at start, none while the test seeds orphans.
+		c.SweepInterval = time.Hour
+	})
 	e.ManagerDeployment(t)
 	ctx := context.Background()
-	d := doctor.New(e.Client, doctor.Options{})
+	d := newDoctor(t, e, doctor.Options{})
 
 	t.Run("healthy", func(t *testing.T) {
+		e.Fly.ResetRequestCounts()
 		res := d.All(ctx)
 		for _, r := range res {
 			t.Logf("%s %s: %s", r.Status.Symbol(), r.Check, r.Message)
 		}
 		expect(t, res)
+		// doctor's own Fly calls (the token check, the orphans' list) are
+		// read-only, and the dry run makes no peer.
+		counts := e.Fly.RequestCounts()
+		for k, n := range counts {
+			switch k.Op {
+			case "organization", "organization.wireGuardPeers", "organization.wireGuardPeer":
+			default:
+				t.Errorf("doctor caused %d %s requests at the Fly double", n, k.Op)
+			}
+		}
+		if counts[flyapitest.RequestKey{Op: "organization.wireGuardPeers", Org: "personal"}] == 0 {
+			t.Errorf("doctor never listed the org's peers: %v", counts)
+		}
+	})
+
+	t.Run("Fly peers of this cluster with no FlyPeer", func(t *testing.T) {
+		var kubeSystem corev1.Namespace
+		if err := e.Client.Get(ctx, client.ObjectKey{Name: "kube-system"}, &kubeSystem); err != nil {
+			t.Fatal(err)
+		}
+		cluster := peers.ClusterHash(kubeSystem.UID)
+		ours := []string{"k8s-team-web-" + cluster + "-abcdef", "k8s-team-db-" + cluster + "-zz2345"}
+		// A person's peer and another cluster's in the same org and with
+		// the same prefix: not this cluster's, never reported.
+		others := []string{"k8s-laptop-1", "k8s-team-web-other1-abcdef"}
+		for _, name := range append(append([]string(nil), ours...), others...) {
+			keys, err := wgquick.GenerateKeyPair()
+			if err != nil {
+				t.Fatal(err)
+			}
+			// Seeded at the double directly, as a leak would be.
+			if _, err := e.Fly.AddPeer("personal", name, keys.Public.String()); err != nil {
+				t.Fatal(err)
+			}
+		}
+		res := d.All(ctx)
+		expect(t, res, doctor.CheckFlyPeersOrphaned+"=warn")
+		r := find(t, res, doctor.CheckFlyPeersOrphaned)
+		for _, name := range ours {
+			if !strings.Contains(r.Message, name) {
+				t.Errorf("orphan %s not reported: %+v", name, r)
+			}
+		}
+		for _, name := range others {
+			if strings.Contains(r.Message, name) {
+				t.Errorf("%s is not this cluster's but reported: %+v", name, r)
+			}
+		}
+		if !strings.HasPrefix(r.Message, "2 Fly peer(s)") || !strings.Contains(r.Cause, "sweeper removes them") {
+			t.Errorf("orphans reported as %+v", r)
+		}
+		for _, name := range append(ours, others...) {
+			if err := e.Fly.RemovePeer("personal", name); err != nil {
+				t.Fatal(err)
+			}
+		}
+		expect(t, d.All(ctx))
 	})
 
 	t.Run("manager scaled to 0", func(t *testing.T) {
@@ -120,7 +202,7 @@ func TestDoctor(t *testing.T) {
 		if err := e.Client.Status().Update(ctx, fp); err != nil {
 			t.Fatal(err)
 		}
-		later := doctor.New(e.Client, doctor.Options{Now: func() time.Time { return time.Now().Add(10 * time.Minute) }})
+		later := newDoctor(t, e, doctor.Options{Now: func() time.Time { return time.Now().Add(10 * time.Minute) }})
 		res := later.All(ctx)
 		expect(t, res, doctor.CheckFlyPeersStuck+"=fail")
 		if r := find(t, res, doctor.CheckFlyPeersStuck); !strings.Contains(r.Cause, "k8s-stuck Provisioning") || !strings.Contains(r.Fix, "sweeper") {
@@ -135,15 +217,6 @@ func TestDoctor(t *testing.T) {
 
 	t.Run("pods", func(t *testing.T) {
 		ns := e.Namespace(t, "team")
-		// Injected, with its FlyPeer.
-		pod := &corev1.Pod{
-			ObjectMeta: metav1.ObjectMeta{Name: "app", Namespace: ns, Annotations: map[string]string{inject.AnnotationTarget: "db.internal:5432"}},
-			Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: "app"}}},
-		}
-		if err := e.Client.Create(ctx, pod); err != nil {
-			t.Fatal(err)
-		}
-		expect(t, d.Pod(ctx, ns, "app"))
 		// Not annotated.
 		plain := &corev1.Pod{
 			ObjectMeta: metav1.ObjectMeta{Name: "plain", Namespace: ns},
@@ -186,6 +259,8 @@ func TestDoctor(t *testing.T) {
 		expect(t, d.All(ctx))
 	})
 
+	t.Run("sidecars through the pod proxy", func(t *testing.T) { testPodSidecar(t, e, d, podIP) })
+
 	t.Run("FlyOrg with a rejected token", func(t *testing.T) {
 		e.SetToken(t, "rejected-token")
 		var res []doctor.Result
@@ -199,9 +274,14 @@ func TestDoctor(t *testing.T) {
 		res = d.All(ctx)
 		// The dry run is denied for the same reason: the default FlyOrg is
 		// not Ready.
-		expect(t, res, doctor.CheckFlyOrgReady+"=fail", doctor.CheckDryRun+"=fail")
+		// doctor's own read-only call with the token is rejected too, so
+		// no org could be listed for orphans.
+		expect(t, res, doctor.CheckFlyOrgReady+"=fail", doctor.CheckDryRun+"=fail", doctor.CheckFlyOrgToken+"=fail", doctor.CheckFlyPeersOrphaned+"=warn")
 		if r := find(t, res, doctor.CheckFlyOrgReady); !strings.Contains(r.Cause, "Unauthorized") || !strings.Contains(r.Fix, "fly tokens create") {
 			t.Errorf("rejected token reported as %+v", r)
+		}
+		if r := find(t, res, doctor.CheckFlyOrgToken); !strings.Contains(r.Message, "rejected the token of FlyOrg personal") || !strings.Contains(r.Fix, "fly tokens create org -o personal") {
+			t.Errorf("doctor's token check reported as %+v", r)
 		}
 		e.SetToken(t, e.Fly.Token())
 		e.WaitFlyOrgReady(t, managertest.DefaultFlyOrg)

@@ -27,7 +27,12 @@ func (d *Doctor) Orgs(ctx context.Context) []Result {
 	for i := range orgs.Items {
 		out = append(out, d.checkFlyOrg(&orgs.Items[i]))
 	}
-	return d.skip(append(out, d.checkStuckPeers(ctx)))
+	var peerList glaceonv1alpha1.FlyPeerList
+	if err := d.c.List(ctx, &peerList); err != nil {
+		return d.skip(append(out, failed(GroupOrgs, CheckFlyPeersStuck, "cannot list FlyPeers", err.Error(), "check you may list flypeers")))
+	}
+	out = append(out, d.checkFlySide(ctx, orgs.Items, peerList.Items)...)
+	return d.skip(append(out, d.checkStuckPeers(peerList.Items)))
 }
 
 func (d *Doctor) checkFlyOrg(org *glaceonv1alpha1.FlyOrg) Result {
@@ -71,14 +76,10 @@ func keyOr(k string) string {
 
 // checkStuckPeers reports FlyPeers in Provisioning or Releasing for longer
 // than StuckAfter.
-func (d *Doctor) checkStuckPeers(ctx context.Context) Result {
-	var peers glaceonv1alpha1.FlyPeerList
-	if err := d.c.List(ctx, &peers); err != nil {
-		return failed(GroupOrgs, CheckFlyPeersStuck, "cannot list FlyPeers", err.Error(), "check you may list flypeers")
-	}
+func (d *Doctor) checkStuckPeers(peers []glaceonv1alpha1.FlyPeer) Result {
 	now := d.opts.Now()
 	var stuck []string
-	for _, p := range peers.Items {
+	for _, p := range peers {
 		since := p.CreationTimestamp.Time
 		switch {
 		case p.Status.Phase == glaceonv1alpha1.FlyPeerReleasing || p.DeletionTimestamp != nil:
@@ -107,5 +108,5 @@ func (d *Doctor) checkStuckPeers(ctx context.Context) Result {
 			strings.Join(stuck, "; "),
 			"Provisioning: the admission died or the pod was refused after it; the sweeper deletes it and its Fly peer after --sweep-grace. Releasing: removing the Fly peer fails (its Removed condition says why; `kubectl get flypeer NAME -o yaml`)")
 	}
-	return ok(GroupOrgs, CheckFlyPeersStuck, "no FlyPeer stuck in Provisioning or Releasing (%d FlyPeers)", len(peers.Items))
+	return ok(GroupOrgs, CheckFlyPeersStuck, "no FlyPeer stuck in Provisioning or Releasing (%d FlyPeers)", len(peers))
 }

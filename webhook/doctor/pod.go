@@ -39,6 +39,7 @@ func (d *Doctor) Pod(ctx context.Context, namespace, name string) []Result {
 	out := []Result{d.checkInjected(ctx, &pod)}
 	if _, injected := pod.Annotations[inject.AnnotationInjected]; injected {
 		out = append(out, d.checkPodFlyPeer(ctx, &pod))
+		out = append(out, d.checkSidecar(ctx, &pod)...)
 	}
 	if len(owners) > 0 {
 		out = append(out, d.checkDenials(ctx, namespace, owners, false))
