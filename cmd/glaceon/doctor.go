@@ -17,8 +17,11 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	"github.com/glaceon/glaceon/flyapi"
+	"github.com/glaceon/glaceon/flyapi/target"
 	glaceonv1alpha1 "github.com/glaceon/glaceon/webhook/api/v1alpha1"
 	"github.com/glaceon/glaceon/webhook/doctor"
+	"github.com/glaceon/glaceon/webhook/peers"
 )
 
 // doctorTimeout bounds one `glaceon doctor` run.
@@ -28,7 +31,7 @@ const doctorTimeout = time.Minute
 var errChecksFailed = errors.New("some checks failed")
 
 func runDoctor(env *cliEnv, args []string) error {
-	const usage = "glaceon doctor [pod NAME -n NAMESPACE] [--tunnel] [flags]"
+	const usage = "glaceon doctor [pod NAME -n NAMESPACE] [--tunnel [--target HOST:PORT]] [flags]"
 	var podName string
 	if len(args) > 0 && args[0] == "pod" {
 		if len(args) < 2 || strings.HasPrefix(args[1], "-") {
@@ -45,18 +48,31 @@ func runDoctor(env *cliEnv, args []string) error {
 	fs.StringVar(&opts.Namespace, "glaceon-namespace", "glaceon-system", "namespace glaceon is installed in")
 	fs.StringVar(&opts.ProbeNamespace, "probe-namespace", "default", "namespace of the dry-run pod")
 	fs.DurationVar(&opts.StuckAfter, "stuck-after", 5*time.Minute, "report FlyPeers in Provisioning or Releasing for longer than this")
+	fs.StringVar(&opts.PeerPrefix, "peer-prefix", "", "the manager's --peer-prefix, for Fly peers without a FlyPeer (default: from the manager Deployment's arguments, else "+peers.DefaultPrefix+")")
+	fs.StringVar(&opts.ClusterName, "cluster-name", "", "the manager's --cluster-name (default: from the manager Deployment's arguments, else the kube-system namespace's hash)")
 	var to tunnelOptions
 	tunnel := fs.Bool("tunnel", false, "also bring up a tunnel from this process: a temporary Fly peer (FLY_API_TOKEN), handshake, Fly DNS through it; the peer is removed again")
 	fs.StringVar(&to.org, "org", "", "Fly org of the temporary peer (--tunnel; default: the default FlyOrg's slug)")
 	fs.StringVar(&to.region, "region", "", "gateway region of the temporary peer (--tunnel; default: the nearest)")
 	fs.StringVar(&to.transport, "tunnel-transport", "auto", "auto, udp or websocket (--tunnel)")
 	fs.DurationVar(&to.timeout, "tunnel-timeout", 30*time.Second, "how long to wait for the handshake and Fly DNS (--tunnel)")
+	targetFlag := fs.String("target", "", "with --tunnel, also open a TCP connection to HOST:PORT (e.g. myapp.flycast:80) through the tunnel")
 	skip := fs.String("skip", "", "comma-separated checks that do not apply, reported as warnings (e.g. manager-deployment for a manager run out of cluster)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if *skip != "" {
 		opts.Skip = strings.Split(*skip, ",")
+	}
+	if *targetFlag != "" {
+		if !*tunnel {
+			return usagef("doctor: --target needs --tunnel (it is dialled through doctor's temporary tunnel)")
+		}
+		t, err := target.ParseHostPort(*targetFlag)
+		if err != nil {
+			return usagef("doctor: --target: %v", err)
+		}
+		to.target = &t
 	}
 	if *output != "text" && *output != "json" {
 		return usagef("doctor: -o %q: want text or json", *output)
@@ -88,7 +104,14 @@ func runDoctor(env *cliEnv, args []string) error {
 	defer stop()
 	ctx, cancel := context.WithTimeout(sigCtx, doctorTimeout)
 	defer cancel()
-	d := doctor.New(c, opts)
+	opts.RESTConfig = cfg
+	// The checks ask the Fly API with each FlyOrg's token; only its base
+	// comes from here.
+	opts.Fly.BaseURL = os.Getenv(flyapi.EnvBaseURL)
+	d, err := doctor.New(c, opts)
+	if err != nil {
+		return err
+	}
 	var results []doctor.Result
 	if podName != "" {
 		results = d.Pod(ctx, *podNamespace, podName)

@@ -16,6 +16,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/glaceon/glaceon/flyapi"
+	"github.com/glaceon/glaceon/flyapi/target"
 	"github.com/glaceon/glaceon/flyapi/wgquick"
 	"github.com/glaceon/glaceon/sidecar"
 	glaceonv1alpha1 "github.com/glaceon/glaceon/webhook/api/v1alpha1"
@@ -27,12 +28,15 @@ const (
 	groupTunnel        = "tunnel"
 	checkTunnelPeer    = "tunnel-peer"
 	checkTunnelReady   = "tunnel-handshake-dns"
+	checkTunnelTarget  = "tunnel-target"
 	checkTunnelRemoved = "tunnel-peer-removed"
 )
 
 // tunnelOptions are doctor's --tunnel flags.
 type tunnelOptions struct {
 	org, region, transport string
+	// target, if set, is dialled through the tunnel once it is ready.
+	target *target.Target
 	// timeout bounds the wait for a handshake and Fly DNS.
 	timeout time.Duration
 }
@@ -96,15 +100,16 @@ func checkTunnel(ctx context.Context, c client.Client, to tunnelOptions) (out []
 		}
 		out = append(out, doctor.Result{Group: groupTunnel, Check: checkTunnelRemoved, Status: doctor.OK, Message: "temporary peer " + name + " removed"})
 	}()
-	out = append(out, runTunnel(ctx, keys, created, opts, to, region))
+	out = append(out, runTunnel(ctx, keys, created, opts, to, region)...)
 	return out
 }
 
 // runTunnel brings the sidecar's tunnel up in this process until it is
-// ready (handshake and Fly DNS) or to.timeout passes.
-func runTunnel(ctx context.Context, keys wgquick.KeyPair, created *flyapi.CreatedPeer, opts flyapi.Options, to tunnelOptions, region string) doctor.Result {
-	fail := func(msg, cause, fix string) doctor.Result {
-		return doctor.Result{Group: groupTunnel, Check: checkTunnelReady, Status: doctor.Fail, Message: msg, Cause: cause, Fix: fix}
+// ready (handshake and Fly DNS) or to.timeout passes, then dials
+// to.target through it.
+func runTunnel(ctx context.Context, keys wgquick.KeyPair, created *flyapi.CreatedPeer, opts flyapi.Options, to tunnelOptions, region string) []doctor.Result {
+	fail := func(msg, cause, fix string) []doctor.Result {
+		return []doctor.Result{{Group: groupTunnel, Check: checkTunnelReady, Status: doctor.Fail, Message: msg, Cause: cause, Fix: fix}}
 	}
 	cfg, err := flyapi.NewWireGuardConfig(keys.Private, *created, opts.GatewayPort)
 	if err != nil {
@@ -157,11 +162,42 @@ func runTunnel(ctx context.Context, keys wgquick.KeyPair, created *flyapi.Create
 		}
 	}
 	status := readyz()
+	ready := doctor.Result{Group: groupTunnel, Check: checkTunnelReady, Status: doctor.OK,
+		Message: fmt.Sprintf("handshake with the gateway and Fly DNS (_api.internal) through the tunnel (%s)", status)}
 	if strings.Contains(status, "transport=websocket") {
-		return doctor.Result{Group: groupTunnel, Check: checkTunnelReady, Status: doctor.Warn,
+		ready = doctor.Result{Group: groupTunnel, Check: checkTunnelReady, Status: doctor.Warn,
 			Message: "handshake and Fly DNS (_api.internal) through the tunnel, over WebSocket", Cause: "UDP to the gateway is blocked from here: " + status,
 			Fix: "allow UDP 51820 to the gateway for lower latency; the tunnel works over TCP 443 meanwhile"}
 	}
-	return doctor.Result{Group: groupTunnel, Check: checkTunnelReady, Status: doctor.OK,
-		Message: fmt.Sprintf("handshake with the gateway and Fly DNS (_api.internal) through the tunnel (%s)", status)}
+	out := []doctor.Result{ready}
+	if to.target != nil {
+		out = append(out, dialTarget(ctx, s, *to.target, to.timeout))
+	}
+	return out
+}
+
+// dialTarget opens a TCP connection to t through the ready tunnel and
+// closes it again.
+func dialTarget(ctx context.Context, s *sidecar.Sidecar, t target.Target, timeout time.Duration) doctor.Result {
+	dctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	start := time.Now()
+	c, err := s.Dial(dctx, t.Host, t.Port)
+	if err == nil {
+		_ = c.Close()
+		return doctor.Result{Group: groupTunnel, Check: checkTunnelTarget, Status: doctor.OK,
+			Message: fmt.Sprintf("TCP connect to %s through the tunnel in %s", t, time.Since(start).Round(time.Millisecond))}
+	}
+	reason, _, _ := strings.Cut(err.Error(), ":")
+	fix := "check the app's name and port (`fly services list -a APP`)"
+	switch reason {
+	case "dns":
+		fix = "the name does not resolve in this org's Fly DNS: check the app name and the org (`fly apps list -o ORG`); flycast needs `fly ips allocate-v6 --private`"
+	case "refused":
+		fix = fmt.Sprintf("nothing listens on port %d: check the port and the app's services (`fly services list -a APP`)", t.Port)
+	case "timeout", "unreachable":
+		fix = "the app does not answer: its Machines are stopped or in another org (`fly status -a APP`)"
+	}
+	return doctor.Result{Group: groupTunnel, Check: checkTunnelTarget, Status: doctor.Fail,
+		Message: fmt.Sprintf("cannot connect to %s through the tunnel", t), Cause: err.Error(), Fix: fix}
 }
