@@ -258,7 +258,7 @@ func (d *Doctor) checkSidecarMetrics(ctx context.Context, pod *corev1.Pod, port 
 	if len(hints) == 0 {
 		hints = append(hints, "the sidecar's log names each failed target")
 	}
-	return warned(GroupPod, CheckPodSidecarTunnel, fmt.Sprintf("%s, %.0f dial errors (%s)", msg, total, strings.Join(counts, ", ")),
+	return warned(GroupPod, CheckPodSidecarTunnel, fmt.Sprintf("%s, %.0f dial error(s) (%s)", msg, total, strings.Join(counts, ", ")),
 		"the tunnel is up but connections to a target failed ("+metricDialErrors+")", strings.Join(hints, "; "))
 }
 

@@ -148,6 +148,16 @@ func waitPod(t *testing.T, d *doctor.Doctor, ns, name string, done func([]doctor
 	return res
 }
 
+func logResults(t *testing.T, res []doctor.Result) {
+	t.Helper()
+	for _, r := range res {
+		t.Logf("%s %s: %s", r.Status.Symbol(), r.Check, r.Message)
+		if r.Status != doctor.OK {
+			t.Logf("    cause: %s\n    fix:   %s", r.Cause, r.Fix)
+		}
+	}
+}
+
 func status(res []doctor.Result, check string) doctor.Status {
 	for _, r := range res {
 		if r.Check == check {
@@ -167,9 +177,7 @@ func testPodSidecar(t *testing.T, e *managertest.Env, d *doctor.Doctor, podIP st
 		_, sc := runningPod(t, e, ns, "app", podIP, target)
 		res := waitPod(t, d, ns, "app", func(res []doctor.Result) bool { return status(res, doctor.CheckPodSidecarReady) == doctor.OK })
 		expect(t, res)
-		for _, r := range res {
-			t.Logf("%s %s: %s", r.Status.Symbol(), r.Check, r.Message)
-		}
+		logResults(t, res)
 		if r := res[len(res)-1]; !strings.Contains(r.Message, "last WireGuard handshake") || !strings.Contains(r.Message, "transport udp, no dial errors") {
 			t.Errorf("tunnel reported as %+v", r)
 		}
@@ -189,7 +197,8 @@ func testPodSidecar(t *testing.T, e *managertest.Env, d *doctor.Doctor, podIP st
 		}
 		res = waitPod(t, d, ns, "app", func(res []doctor.Result) bool { return status(res, doctor.CheckPodSidecarTunnel) == doctor.Warn })
 		expect(t, res, doctor.CheckPodSidecarTunnel+"=warn")
-		if r := find(t, res, doctor.CheckPodSidecarTunnel); !strings.Contains(r.Message, "1 dial errors (refused 1)") || !strings.Contains(r.Fix, "nothing listens on that port") {
+		logResults(t, res)
+		if r := find(t, res, doctor.CheckPodSidecarTunnel); !strings.Contains(r.Message, "1 dial error(s) (refused 1)") || !strings.Contains(r.Fix, "nothing listens on that port") {
 			t.Errorf("dial errors reported as %+v", r)
 		}
 
@@ -199,6 +208,7 @@ func testPodSidecar(t *testing.T, e *managertest.Env, d *doctor.Doctor, podIP st
 		}
 		res = d.Pod(context.Background(), ns, "app")
 		expect(t, res, doctor.CheckPodSidecarReady+"=fail", doctor.CheckPodSidecarTunnel+"=fail")
+		logResults(t, res)
 		if r := find(t, res, doctor.CheckPodSidecarReady); !strings.Contains(r.Message, "cannot reach the sidecar") || !strings.Contains(r.Fix, "logs app -c glaceon-sidecar") {
 			t.Errorf("stopped sidecar reported as %+v", r)
 		}
@@ -244,6 +254,7 @@ func testPodSidecar(t *testing.T, e *managertest.Env, d *doctor.Doctor, podIP st
 			return strings.Contains(ready.Cause, "no WireGuard handshake") && strings.Contains(tunnel.Message, "no WireGuard handshake")
 		})
 		expect(t, res, doctor.CheckPodSidecarReady+"=fail", doctor.CheckPodSidecarTunnel+"=fail")
+		logResults(t, res)
 		if r := find(t, res, doctor.CheckPodSidecarReady); !strings.Contains(r.Cause, "no WireGuard handshake yet over udp") || !strings.Contains(r.Fix, "glaceon.fly/transport: auto") {
 			t.Errorf("not ready sidecar reported as %+v", r)
 		}
