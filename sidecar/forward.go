@@ -74,7 +74,7 @@ func newForwarder(f Forward, d dialer, m *metrics, log logr.Logger, conns *connS
 		suppressed: map[string]int{},
 		conns:      conns,
 	}
-	for _, r := range []string{reasonDNS, reasonRefused, reasonTimeout, reasonHandshake} {
+	for _, r := range []string{DialReasonDNS, DialReasonRefused, DialReasonTimeout, DialReasonHandshake} {
 		fw.dialErrs.WithLabelValues(r) // export zeros so alerts can use rate()
 	}
 	return fw, nil
@@ -126,7 +126,7 @@ func (fw *forwarder) handle(ctx context.Context, local *net.TCPConn) {
 	remote, err := fw.d.Dial(dctx, fw.f.Host, fw.f.Port)
 	cancel()
 	if err != nil {
-		reason := reasonOther
+		reason := DialReasonOther
 		var de *dialError
 		if errors.As(err, &de) {
 			reason = de.reason
@@ -220,7 +220,7 @@ type tunnelDialer struct {
 func (d *tunnelDialer) Dial(ctx context.Context, host string, port uint16) (net.Conn, error) {
 	addrs, err := d.res.LookupAAAA(ctx, host)
 	if err != nil {
-		reason := reasonDNS
+		reason := DialReasonDNS
 		if ctx.Err() != nil || !d.handshakeRecent() {
 			reason = d.timeoutReason()
 		}
@@ -242,7 +242,7 @@ func (d *tunnelDialer) Dial(ctx context.Context, host string, port uint16) (net.
 		}
 		lastErr = err
 		var de *dialError
-		if errors.As(err, &de) && de.reason == reasonTimeout {
+		if errors.As(err, &de) && de.reason == DialReasonTimeout {
 			de.reason = d.timeoutReason()
 			break
 		}
@@ -258,9 +258,9 @@ func (d *tunnelDialer) handshakeRecent() bool {
 // timeoutReason blames the handshake when there has been none recently.
 func (d *tunnelDialer) timeoutReason() string {
 	if d.handshakeRecent() {
-		return reasonTimeout
+		return DialReasonTimeout
 	}
-	return reasonHandshake
+	return DialReasonHandshake
 }
 
 // connSet tracks open connections for draining.

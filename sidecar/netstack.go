@@ -317,11 +317,11 @@ func (t *netTun) dialTCP(ctx context.Context, addr netip.AddrPort) (*gonet.TCPCo
 	var wq waiter.Queue
 	ep, terr := t.stack.NewEndpoint(tcp.ProtocolNumber, proto, &wq)
 	if terr != nil {
-		return nil, &dialError{reason: reasonOther, err: errors.New(terr.String())}
+		return nil, &dialError{reason: DialReasonOther, err: errors.New(terr.String())}
 	}
 	if err := setKeepalive(ep, t.keep); err != nil {
 		ep.Close()
-		return nil, &dialError{reason: reasonOther, err: err}
+		return nil, &dialError{reason: DialReasonOther, err: err}
 	}
 	we, ch := waiter.NewChannelEntry(waiter.WritableEvents)
 	wq.EventRegister(&we)
@@ -332,21 +332,21 @@ func (t *netTun) dialTCP(ctx context.Context, addr netip.AddrPort) (*gonet.TCPCo
 		select {
 		case <-ctx.Done():
 			ep.Close()
-			return nil, &dialError{reason: reasonTimeout, err: ctx.Err()}
+			return nil, &dialError{reason: DialReasonTimeout, err: ctx.Err()}
 		case <-ch:
 		}
 		terr = ep.LastError()
 	}
 	if terr != nil {
 		ep.Close()
-		reason := reasonOther
+		reason := DialReasonOther
 		switch terr.(type) {
 		case *tcpip.ErrConnectionRefused, *tcpip.ErrConnectionReset:
-			reason = reasonRefused
+			reason = DialReasonRefused
 		case *tcpip.ErrTimeout, *tcpip.ErrAborted:
-			reason = reasonTimeout
+			reason = DialReasonTimeout
 		case *tcpip.ErrHostUnreachable, *tcpip.ErrNetworkUnreachable:
-			reason = reasonUnreachable
+			reason = DialReasonUnreachable
 		}
 		return nil, &dialError{reason: reason, err: errors.New(terr.String())}
 	}
@@ -363,14 +363,15 @@ func (t *netTun) dialUDP(addr netip.AddrPort) (*gonet.UDPConn, error) {
 	return gonet.DialUDP(t.stack, nil, &full, proto)
 }
 
-// Dial reasons, used as metric labels.
+// Dial reasons: the reason label of glaceon_dial_errors_total, read back
+// by glaceon doctor.
 const (
-	reasonDNS         = "dns"
-	reasonRefused     = "refused"
-	reasonTimeout     = "timeout"
-	reasonHandshake   = "handshake"
-	reasonUnreachable = "unreachable"
-	reasonOther       = "other"
+	DialReasonDNS         = "dns"
+	DialReasonRefused     = "refused"
+	DialReasonTimeout     = "timeout"
+	DialReasonHandshake   = "handshake"
+	DialReasonUnreachable = "unreachable"
+	DialReasonOther       = "other"
 )
 
 type dialError struct {

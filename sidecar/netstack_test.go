@@ -167,7 +167,7 @@ func TestNetstackPairTransfer(t *testing.T) {
 	// Connection refused is classified.
 	_, err = p.a.dialTCP(ctx, netip.MustParseAddrPort("[fdaa:0:1::3]:8"))
 	var de *dialError
-	if !errors.As(err, &de) || de.reason != reasonRefused {
+	if !errors.As(err, &de) || de.reason != DialReasonRefused {
 		t.Fatalf("dial closed port: %v", err)
 	}
 }

@@ -38,13 +38,13 @@ const (
 const maxProxyBody = 1 << 20
 
 // dialErrorHints explains each reason label of glaceon_dial_errors_total
-// (the sidecar's dial reasons, sidecar/netstack.go).
+// (sidecar.DialReason*).
 var dialErrorHints = map[string]string{
-	"dns":         "the target's name does not resolve in Fly DNS: check the app name in glaceon.fly/target (`fly apps list`)",
-	"refused":     "the app refused the connection: nothing listens on that port (check the port in glaceon.fly/target and the app's services)",
-	"timeout":     "the app did not answer: its Machines are stopped or unreachable (`fly status -a APP`)",
-	"handshake":   "the tunnel had no WireGuard handshake when the app dialled: see the sidecar's readiness",
-	"unreachable": "no route to the target's address inside the Fly network (wrong org or network?)",
+	sidecar.DialReasonDNS:         "the target's name does not resolve in Fly DNS: check the app name in glaceon.fly/target (`fly apps list`)",
+	sidecar.DialReasonRefused:     "the app refused the connection: nothing listens on that port (check the port in glaceon.fly/target and the app's services)",
+	sidecar.DialReasonTimeout:     "the app did not answer: its Machines are stopped or unreachable (`fly status -a APP`)",
+	sidecar.DialReasonHandshake:   "the tunnel had no WireGuard handshake when the app dialled: see the sidecar's readiness",
+	sidecar.DialReasonUnreachable: "no route to the target's address inside the Fly network (wrong org or network?)",
 }
 
 // podProxy reads a pod's port through the API server's pod proxy
