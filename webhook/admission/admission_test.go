@@ -7,8 +7,6 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -29,6 +27,7 @@ import (
 	"github.com/glaceon/glaceon/flyapi/flyapitest"
 	"github.com/glaceon/glaceon/flyapi/wgquick"
 	"github.com/glaceon/glaceon/hack/localpod"
+	"github.com/glaceon/glaceon/hack/testkit"
 	glaceonadmission "github.com/glaceon/glaceon/webhook/admission"
 	glaceonv1alpha1 "github.com/glaceon/glaceon/webhook/api/v1alpha1"
 	"github.com/glaceon/glaceon/webhook/inject"
@@ -54,25 +53,7 @@ type env struct {
 	steps map[string]map[string]time.Time
 }
 
-// sidecarBin is the glaceon-sidecar binary built by TestMain.
-var sidecarBin string
-
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "glaceon-admission-test-")
-	if err != nil {
-		panic(err)
-	}
-	sidecarBin = filepath.Join(dir, "glaceon-sidecar")
-	build := exec.Command("go", "build", "-o", sidecarBin, "github.com/glaceon/glaceon/cmd/glaceon-sidecar")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintf(os.Stderr, "build glaceon-sidecar: %v\n", err)
-		os.Exit(1)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(testkit.Run(m)) }
 
 // startEnv starts the manager as `glaceon manager` wires it, with a fast
 // sweeper, and counts the admissions that reach its webhook.
@@ -217,7 +198,7 @@ func TestAdmission(t *testing.T) {
 
 		// Run the injected sidecar from the pod's spec and the Secret, and
 		// fetch the app through it as the app would.
-		proc := localpod.StartForTest(t, sidecarBin, pod, &s)
+		proc := localpod.StartForTest(t, testkit.SidecarBinary(t), pod, &s)
 		resp, err := (&http.Client{Timeout: 10 * time.Second}).Get("http://" + proc.Forwards["127.0.0.2:80"] + "/")
 		if err != nil {
 			t.Fatalf("GET through the pod's sidecar: %v", err)
