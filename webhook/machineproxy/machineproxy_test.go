@@ -181,6 +181,7 @@ func TestMachineProxy(t *testing.T) {
 	if testing.Short() {
 		t.Skip("needs a control plane")
 	}
+	t.Parallel() // its own control plane; TestSchemaValidation has another
 	e := startEnv(t)
 	ctx := context.Background()
 	const ns, name = "flycast", "twi-ollama"

@@ -72,6 +72,7 @@ func hasPeer(fly *flyapitest.Server, org, name string) bool {
 // deploy/rbac, and a tenant holding the stock edit role in one namespace
 // tries what a hostile tenant would (issue 10, defects 2, 3, 5, 6, 8).
 func TestOwnership(t *testing.T) {
+	t.Parallel() // each has its own control plane and Fly double
 	fly := flyapitest.Start(t, flyapitest.Options{})
 	e := managertest.StartWith(t, managertest.Options{AsServiceAccount: true, Fly: fly, Configure: fastSweeps})
 	ctx := context.Background()
@@ -301,6 +302,7 @@ func clusterWatches(t *testing.T, cfg *rest.Config, resourceName string) int {
 // process dying there: no clean-up runs) leaves nothing once the grace
 // period is over: no Fly peer, no FlyPeer, no Secret.
 func TestManagerKilledAtEachStep(t *testing.T) {
+	t.Parallel() // each has its own control plane and Fly double
 	fly := flyapitest.Start(t, flyapitest.Options{})
 	var crashAt struct {
 		sync.Mutex
@@ -389,6 +391,7 @@ func nothingLeft(t *testing.T, e *managertest.Env, fly *flyapitest.Server, ns st
 // (defect 7). Counted at the double, with the sweeper's interval long
 // enough to stay out of the count.
 func TestFlyRequestsPerPod(t *testing.T) {
+	t.Parallel() // each has its own control plane and Fly double
 	fly := flyapitest.Start(t, flyapitest.Options{})
 	for i := range 2000 {
 		keys, err := wgquick.GenerateKeyPair()
@@ -433,6 +436,7 @@ func TestFlyRequestsPerPod(t *testing.T) {
 // orphans are gone and every other peer is still there (defects 1 and 4:
 // the second FlyOrg's org is swept too).
 func TestTwoClustersShareAnOrg(t *testing.T) {
+	t.Parallel() // each has its own control plane and Fly double
 	fly := flyapitest.Start(t, flyapitest.Options{})
 	a := managertest.StartWith(t, managertest.Options{AsServiceAccount: true, Fly: fly, Configure: fastSweeps})
 	b := managertest.StartWith(t, managertest.Options{AsServiceAccount: true, Fly: fly, Configure: fastSweeps})
