@@ -83,27 +83,9 @@ func ParseOptions(args []string, getenv func(string) string) (*Options, error) {
 	if getenv == nil {
 		getenv = func(string) string { return "" }
 	}
-	fs := flag.NewFlagSet("glaceon-sidecar", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	var (
-		wgConfig   = fs.String("wg-config", "", "path of the wg-quick file (env "+EnvWGConfig+")")
-		healthAddr = fs.String("health-addr", "", "address for /healthz and /readyz; [::] is every address family the pod has (default "+DefaultHealthAddr+"; env "+EnvHealthAddr+")")
-		metrics    = fs.String("metrics-addr", "", "address for /metrics (default: not served; env "+EnvMetricsAddr+")")
-		mtu        = fs.String("mtu", "", "tunnel MTU (default 1420; env "+EnvMTU+")")
-		grace      = fs.String("shutdown-grace", "", "how long open connections may finish after SIGTERM (default 25s; env "+EnvShutdownGrace+")")
-		logLevel   = fs.String("log-level", "", "debug, info or error (default info; env "+EnvLogLevel+")")
-		transport  = fs.String("transport", "", "auto, udp or websocket (default auto; env "+EnvTransport+")")
-		forwards   []string
-	)
-	fs.Func("forward", "LISTEN=TARGET, repeatable, e.g. 127.0.0.2:80=myapp.flycast:80 (env "+EnvForward+", comma-separated)", func(s string) error {
-		forwards = append(forwards, s)
-		return nil
-	})
-	if err := fs.Parse(args); err != nil {
-		return nil, flagError(err)
-	}
-	if fs.NArg() > 0 {
-		return nil, usageErr("arguments", "unexpected argument %q: every setting is a flag, e.g. --forward 127.0.0.2:80=myapp.flycast:80", fs.Arg(0))
+	f, err := parseFlags(args)
+	if err != nil {
+		return nil, err
 	}
 	pick := func(flagName, flagVal, env string) (field, val string) {
 		if flagVal != "" {
@@ -116,100 +98,22 @@ func ParseOptions(args []string, getenv func(string) string) (*Options, error) {
 	}
 
 	o := &Options{}
-	field, v := pick("wg-config", *wgConfig, EnvWGConfig)
+	_, v := pick("wg-config", f.wgConfig, EnvWGConfig)
 	if v == "" {
 		return nil, usageErr("--wg-config", "missing: give the path of the wg-quick file, e.g. --wg-config /etc/glaceon/wg.conf (or set %s)", EnvWGConfig)
 	}
-	_ = field
 	o.WGConfig = v
-
-	forwardField := "--forward"
-	if len(forwards) == 0 {
-		if env := strings.TrimSpace(getenv(EnvForward)); env != "" {
-			forwardField = EnvForward
-			for _, f := range strings.Split(env, ",") {
-				if f = strings.TrimSpace(f); f != "" {
-					forwards = append(forwards, f)
-				}
-			}
-		}
+	if o.Forwards, err = parseForwards(f.forwards, getenv); err != nil {
+		return nil, err
 	}
-	if len(forwards) == 0 {
-		return nil, usageErr("--forward", "missing: give at least one LISTEN=TARGET, e.g. --forward 127.0.0.2:80=myapp.flycast:80 (or set %s)", EnvForward)
+	if err := o.parseListenAddrs(f, pick); err != nil {
+		return nil, err
 	}
-	seen := map[netip.AddrPort]string{}
-	for _, s := range forwards {
-		f, err := target.ParseForward(s)
-		if err != nil {
-			return nil, usageErr(forwardField, "%s", err.Error())
-		}
-		if prev, ok := seen[f.Listen]; ok {
-			return nil, usageErr(forwardField, "duplicate listen address %s (in %q and %q): give each forward its own LISTEN address or port", f.Listen, prev, s)
-		}
-		for other, prev := range seen {
-			if other.Port() == f.Listen.Port() && (other.Addr().IsUnspecified() || f.Listen.Addr().IsUnspecified()) {
-				return nil, usageErr(forwardField, "listen addresses %q and %q overlap (a wildcard address takes the port on every address): use different ports", prev, s)
-			}
-		}
-		seen[f.Listen] = s
-		o.Forwards = append(o.Forwards, f)
+	if err := o.parseLimits(f, pick); err != nil {
+		return nil, err
 	}
 
-	field, v = pick("health-addr", *healthAddr, EnvHealthAddr)
-	if v == "" {
-		v = DefaultHealthAddr
-	}
-	ap, err := target.ParseListenAddr(v)
-	if err != nil {
-		return nil, usageErr(field, "%s", err.Error())
-	}
-	if _, clash := seen[ap]; clash {
-		return nil, usageErr(field, "%s is also a forward's listen address: pick another port for health", ap)
-	}
-	o.HealthAddr = ap
-
-	field, v = pick("metrics-addr", *metrics, EnvMetricsAddr)
-	if v != "" {
-		ap, err := target.ParseListenAddr(v)
-		if err != nil {
-			return nil, usageErr(field, "%s", err.Error())
-		}
-		if _, clash := seen[ap]; clash || ap == o.HealthAddr {
-			return nil, usageErr(field, "%s is also a forward's or the health listen address: pick another port for metrics", ap)
-		}
-		o.MetricsAddr = ap
-	}
-
-	field, v = pick("mtu", *mtu, EnvMTU)
-	o.MTU = DefaultMTU
-	if v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < MinMTU || n > MaxMTU {
-			return nil, usageErr(field, "%q is not a valid MTU: give a number from %d to %d (default %d; use 1280 if the path is tunnelled again)", v, MinMTU, MaxMTU, DefaultMTU)
-		}
-		o.MTU = n
-	}
-
-	field, v = pick("shutdown-grace", *grace, EnvShutdownGrace)
-	o.ShutdownGrace = DefaultShutdownGrace
-	if v != "" {
-		d, err := time.ParseDuration(v)
-		if err != nil || d < 0 || d > time.Hour {
-			return nil, usageErr(field, "%q is not a valid duration: give e.g. 25s or 2m (0s to close connections at once, at most 1h)", v)
-		}
-		o.ShutdownGrace = d
-	}
-
-	field, v = pick("log-level", *logLevel, EnvLogLevel)
-	switch strings.ToLower(v) {
-	case "":
-		o.LogLevel = "info"
-	case "debug", "info", "error":
-		o.LogLevel = strings.ToLower(v)
-	default:
-		return nil, usageErr(field, "%q is not a log level: use debug, info or error", v)
-	}
-	field, v = pick("transport", *transport, EnvTransport)
+	field, v := pick("transport", f.transport, EnvTransport)
 	if o.Transport, err = parseTransport(v); err != nil {
 		return nil, usageErr(field, "%v", err)
 	}
@@ -224,6 +128,152 @@ func ParseOptions(args []string, getenv func(string) string) (*Options, error) {
 		o.Tuning = t
 	}
 	return o, nil
+}
+
+// flagValues are the command line's values as given; empty means the
+// flag was not given, so its environment variable or default applies.
+type flagValues struct {
+	wgConfig, healthAddr, metricsAddr, mtu, grace, logLevel, transport string
+	forwards                                                           []string
+}
+
+// pickFunc returns the field (flag or environment variable) a setting
+// came from and its value: the flag's if given, else the variable's.
+type pickFunc func(flagName, flagVal, env string) (field, val string)
+
+func parseFlags(args []string) (*flagValues, error) {
+	fs := flag.NewFlagSet("glaceon-sidecar", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	f := &flagValues{}
+	fs.StringVar(&f.wgConfig, "wg-config", "", "path of the wg-quick file (env "+EnvWGConfig+")")
+	fs.StringVar(&f.healthAddr, "health-addr", "", "address for /healthz and /readyz; [::] is every address family the pod has (default "+DefaultHealthAddr+"; env "+EnvHealthAddr+")")
+	fs.StringVar(&f.metricsAddr, "metrics-addr", "", "address for /metrics (default: not served; env "+EnvMetricsAddr+")")
+	fs.StringVar(&f.mtu, "mtu", "", "tunnel MTU (default 1420; env "+EnvMTU+")")
+	fs.StringVar(&f.grace, "shutdown-grace", "", "how long open connections may finish after SIGTERM (default 25s; env "+EnvShutdownGrace+")")
+	fs.StringVar(&f.logLevel, "log-level", "", "debug, info or error (default info; env "+EnvLogLevel+")")
+	fs.StringVar(&f.transport, "transport", "", "auto, udp or websocket (default auto; env "+EnvTransport+")")
+	fs.Func("forward", "LISTEN=TARGET, repeatable, e.g. 127.0.0.2:80=myapp.flycast:80 (env "+EnvForward+", comma-separated)", func(s string) error {
+		f.forwards = append(f.forwards, s)
+		return nil
+	})
+	if err := fs.Parse(args); err != nil {
+		return nil, flagError(err)
+	}
+	if fs.NArg() > 0 {
+		return nil, usageErr("arguments", "unexpected argument %q: every setting is a flag, e.g. --forward 127.0.0.2:80=myapp.flycast:80", fs.Arg(0))
+	}
+	return f, nil
+}
+
+// parseForwards parses the --forward flags or, when none is given,
+// $GLACEON_FORWARD; no two may listen on the same address and port.
+func parseForwards(forwards []string, getenv func(string) string) ([]Forward, error) {
+	field := "--forward"
+	if len(forwards) == 0 {
+		if env := strings.TrimSpace(getenv(EnvForward)); env != "" {
+			field = EnvForward
+			for _, f := range strings.Split(env, ",") {
+				if f = strings.TrimSpace(f); f != "" {
+					forwards = append(forwards, f)
+				}
+			}
+		}
+	}
+	if len(forwards) == 0 {
+		return nil, usageErr("--forward", "missing: give at least one LISTEN=TARGET, e.g. --forward 127.0.0.2:80=myapp.flycast:80 (or set %s)", EnvForward)
+	}
+	var out []Forward
+	seen := map[netip.AddrPort]string{}
+	for _, s := range forwards {
+		f, err := target.ParseForward(s)
+		if err != nil {
+			return nil, usageErr(field, "%s", err.Error())
+		}
+		if prev, ok := seen[f.Listen]; ok {
+			return nil, usageErr(field, "duplicate listen address %s (in %q and %q): give each forward its own LISTEN address or port", f.Listen, prev, s)
+		}
+		for other, prev := range seen {
+			if other.Port() == f.Listen.Port() && (other.Addr().IsUnspecified() || f.Listen.Addr().IsUnspecified()) {
+				return nil, usageErr(field, "listen addresses %q and %q overlap (a wildcard address takes the port on every address): use different ports", prev, s)
+			}
+		}
+		seen[f.Listen] = s
+		out = append(out, f)
+	}
+	return out, nil
+}
+
+// parseListenAddrs sets the health and metrics addresses, which must not
+// be a forward's listen address (o.Forwards is parsed) nor each other.
+func (o *Options) parseListenAddrs(f *flagValues, pick pickFunc) error {
+	forwarded := func(ap netip.AddrPort) bool {
+		for _, fw := range o.Forwards {
+			if fw.Listen == ap {
+				return true
+			}
+		}
+		return false
+	}
+	field, v := pick("health-addr", f.healthAddr, EnvHealthAddr)
+	if v == "" {
+		v = DefaultHealthAddr
+	}
+	ap, err := target.ParseListenAddr(v)
+	if err != nil {
+		return usageErr(field, "%s", err.Error())
+	}
+	if forwarded(ap) {
+		return usageErr(field, "%s is also a forward's listen address: pick another port for health", ap)
+	}
+	o.HealthAddr = ap
+
+	field, v = pick("metrics-addr", f.metricsAddr, EnvMetricsAddr)
+	if v != "" {
+		ap, err := target.ParseListenAddr(v)
+		if err != nil {
+			return usageErr(field, "%s", err.Error())
+		}
+		if forwarded(ap) || ap == o.HealthAddr {
+			return usageErr(field, "%s is also a forward's or the health listen address: pick another port for metrics", ap)
+		}
+		o.MetricsAddr = ap
+	}
+	return nil
+}
+
+// parseLimits sets the MTU, the shutdown grace and the log level, each
+// from its flag, its environment variable or its default.
+func (o *Options) parseLimits(f *flagValues, pick pickFunc) error {
+	field, v := pick("mtu", f.mtu, EnvMTU)
+	o.MTU = DefaultMTU
+	if v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < MinMTU || n > MaxMTU {
+			return usageErr(field, "%q is not a valid MTU: give a number from %d to %d (default %d; use 1280 if the path is tunnelled again)", v, MinMTU, MaxMTU, DefaultMTU)
+		}
+		o.MTU = n
+	}
+
+	field, v = pick("shutdown-grace", f.grace, EnvShutdownGrace)
+	o.ShutdownGrace = DefaultShutdownGrace
+	if v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d < 0 || d > time.Hour {
+			return usageErr(field, "%q is not a valid duration: give e.g. 25s or 2m (0s to close connections at once, at most 1h)", v)
+		}
+		o.ShutdownGrace = d
+	}
+
+	field, v = pick("log-level", f.logLevel, EnvLogLevel)
+	switch strings.ToLower(v) {
+	case "":
+		o.LogLevel = "info"
+	case "debug", "info", "error":
+		o.LogLevel = strings.ToLower(v)
+	default:
+		return usageErr(field, "%q is not a log level: use debug, info or error", v)
+	}
+	return nil
 }
 
 func parseTuning(s string) (netStackOptions, error) {

@@ -285,83 +285,32 @@ func (s *Sidecar) setReady(ok bool, why string) {
 }
 
 // watchdog probes the tunnel, keeps readiness current and repairs the peer
-// when handshakes or DNS stop working.
+// when handshakes or DNS stop working; between probes it hands idle memory
+// back to the OS.
 func (s *Sidecar) watchdog(ctx context.Context) {
-	failures := 0
-	backoff := reconfigureBackoffMin
-	lastReconfig := time.Now()
+	mem := idleMemory{lastActivity: time.Now(), released: true}
+	rep := repairState{backoff: reconfigureBackoffMin, last: time.Now()}
 	everReady := false
-	var lastMoved uint64
-	lastActivity := time.Now()
-	released := true
 	for {
-		// After a burst of traffic, hand the memory it used back to the OS
-		// once no byte has moved for a while (idle keep-alive connections
-		// may stay open) (idle RSS matters for a
-		// sidecar in every pod; the Go scavenger alone is slow to do it).
-		if moved := s.conns.moved.Load(); moved != lastMoved {
-			lastMoved, lastActivity, released = moved, time.Now(), false
-		} else if !released && time.Since(lastActivity) >= idleRelease {
-			// Two collections: the first moves sync.Pool contents (packet
-			// buffers) to the victim cache, the second frees them.
-			runtime.GC()
-			debug.FreeOSMemory()
-			released = true
-		}
+		mem.release(s.conns.moved.Load())
 		s.heartbeat.Store(time.Now().UnixNano())
-		if hs := s.tun.lastHandshake(); !hs.IsZero() {
-			s.lastHS.Store(hs.UnixNano())
-		}
-		pctx, cancel := context.WithTimeout(ctx, probeTimeout)
-		perr := s.res.Probe(pctx, probeName)
-		cancel()
+		why := s.notReadyReasons(ctx)
 		if ctx.Err() != nil {
 			return
-		}
-		if hs := s.tun.lastHandshake(); !hs.IsZero() {
-			s.lastHS.Store(hs.UnixNano())
-		}
-		hs := s.lastHandshake()
-		var why []string
-		if hs.IsZero() {
-			why = append(why, "no WireGuard handshake yet "+s.tctl.notReadyHint())
-		} else if age := time.Since(hs); age > HandshakeStale {
-			why = append(why, fmt.Sprintf("last WireGuard handshake %s ago %s", age.Round(time.Second), s.tctl.notReadyHint()))
-		}
-		if perr != nil {
-			why = append(why, "Fly DNS not answering through the tunnel")
-		}
-		for _, fw := range s.fws {
-			if !fw.up.Load() {
-				why = append(why, "listener "+fw.f.Listen.String()+" is not accepting")
-			}
 		}
 		if len(why) == 0 {
 			s.setReady(true, "")
 			everReady = true
-			failures = 0
-			backoff = reconfigureBackoffMin
+			rep.failures, rep.backoff = 0, reconfigureBackoffMin
 		} else {
 			s.setReady(false, strings.Join(why, "; "))
-			failures++
-			if failures >= failuresBeforeReconfigure && time.Since(lastReconfig) >= backoff {
-				s.log.Info("tunnel unhealthy; re-resolving endpoint and replacing peer",
-					"reason", strings.Join(why, "; "), "failedChecks", failures, "endpoint", s.tun.endpoint())
-				// Move on to the next resolved gateway address, if any: the
-				// current one has stopped answering.
-				if err := s.tun.configure(ctx, true); err != nil {
-					s.log.Info("reconfiguration failed", "error", err.Error())
-				}
-				s.m.reconfigs.Inc()
-				lastReconfig = time.Now()
-				backoff = min(backoff*2, reconfigureBackoffMax)
-			}
+			s.repair(ctx, &rep, why)
 		}
 		interval := probeInterval
 		switch {
 		case !everReady:
 			interval = probeIntervalStarting
-		case failures > 0:
+		case rep.failures > 0:
 			interval = probeIntervalFailing
 		}
 		select {
@@ -370,6 +319,86 @@ func (s *Sidecar) watchdog(ctx context.Context) {
 		case <-time.After(interval):
 		}
 	}
+}
+
+// idleMemory hands the memory a burst of traffic used back to the OS once
+// no byte has moved for idleRelease (idle keep-alive connections may stay
+// open). Idle RSS matters for a sidecar in every pod; the Go scavenger
+// alone is slow to do it.
+type idleMemory struct {
+	lastMoved    uint64
+	lastActivity time.Time
+	released     bool
+}
+
+// release is called with the bytes moved so far on every watchdog round.
+func (m *idleMemory) release(moved uint64) {
+	if moved != m.lastMoved {
+		m.lastMoved, m.lastActivity, m.released = moved, time.Now(), false
+	} else if !m.released && time.Since(m.lastActivity) >= idleRelease {
+		// Two collections: the first moves sync.Pool contents (packet
+		// buffers) to the victim cache, the second frees them.
+		runtime.GC()
+		debug.FreeOSMemory()
+		m.released = true
+	}
+}
+
+// notReadyReasons probes the tunnel (handshake age, Fly DNS through it,
+// the listeners) and says what is wrong; none means ready.
+func (s *Sidecar) notReadyReasons(ctx context.Context) []string {
+	if hs := s.tun.lastHandshake(); !hs.IsZero() {
+		s.lastHS.Store(hs.UnixNano())
+	}
+	pctx, cancel := context.WithTimeout(ctx, probeTimeout)
+	perr := s.res.Probe(pctx, probeName)
+	cancel()
+	if hs := s.tun.lastHandshake(); !hs.IsZero() {
+		s.lastHS.Store(hs.UnixNano())
+	}
+	hs := s.lastHandshake()
+	var why []string
+	if hs.IsZero() {
+		why = append(why, "no WireGuard handshake yet "+s.tctl.notReadyHint())
+	} else if age := time.Since(hs); age > HandshakeStale {
+		why = append(why, fmt.Sprintf("last WireGuard handshake %s ago %s", age.Round(time.Second), s.tctl.notReadyHint()))
+	}
+	if perr != nil {
+		why = append(why, "Fly DNS not answering through the tunnel")
+	}
+	for _, fw := range s.fws {
+		if !fw.up.Load() {
+			why = append(why, "listener "+fw.f.Listen.String()+" is not accepting")
+		}
+	}
+	return why
+}
+
+// repairState counts the failed checks in a row and when the peer was last
+// replaced, so replacements back off.
+type repairState struct {
+	failures int
+	backoff  time.Duration
+	last     time.Time
+}
+
+// repair replaces the peer after failuresBeforeReconfigure failed checks
+// in a row, at most once per (doubling) backoff.
+func (s *Sidecar) repair(ctx context.Context, r *repairState, why []string) {
+	r.failures++
+	if r.failures < failuresBeforeReconfigure || time.Since(r.last) < r.backoff {
+		return
+	}
+	s.log.Info("tunnel unhealthy; re-resolving endpoint and replacing peer",
+		"reason", strings.Join(why, "; "), "failedChecks", r.failures, "endpoint", s.tun.endpoint())
+	// Move on to the next resolved gateway address, if any: the current
+	// one has stopped answering.
+	if err := s.tun.configure(ctx, true); err != nil {
+		s.log.Info("reconfiguration failed", "error", err.Error())
+	}
+	s.m.reconfigs.Inc()
+	r.last = time.Now()
+	r.backoff = min(r.backoff*2, reconfigureBackoffMax)
 }
 
 // healthy: the watchdog loop is alive and the netstack answers a local

@@ -21,7 +21,6 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
-	"sort"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -72,7 +71,7 @@ func main() {
 		if i == 0 {
 			nb = *blocked
 		}
-		res, err := run(*sidecar, tr, size, up, *requests, *newConns, *ready, nb, splitEnv(*extraEnv))
+		res, err := run(*sidecar, tr, size, up, *requests, *newConns, *ready, nb, benchproc.SplitList(*extraEnv))
 		if err != nil {
 			fatal("bench "+tr, err)
 		}
@@ -105,16 +104,6 @@ func main() {
 func fatal(what string, err error) {
 	fmt.Fprintf(os.Stderr, "bench-tunnel: %s: %v\n", what, err)
 	os.Exit(1)
-}
-
-func splitEnv(s string) []string {
-	var out []string
-	for _, kv := range strings.Split(s, ",") {
-		if kv = strings.TrimSpace(kv); kv != "" {
-			out = append(out, kv)
-		}
-	}
-	return out
 }
 
 func parseSize(s string) (int64, error) {
@@ -319,13 +308,6 @@ func smallRequests(client *http.Client, url string, n int) ([]time.Duration, tim
 	return lat, time.Since(start), nil
 }
 
-func pct(d []time.Duration, p float64) float64 {
-	s := append([]time.Duration(nil), d...)
-	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
-	idx := int(float64(len(s)-1) * p)
-	return float64(s[idx].Microseconds())
-}
-
 func compare(tunnel *http.Client, tunnelURL string, plain *http.Client, plainURL string, n int) (latency, error) {
 	// Warm up both.
 	if _, _, err := smallRequests(tunnel, tunnelURL, min(50, n)); err != nil {
@@ -343,7 +325,7 @@ func compare(tunnel *http.Client, tunnelURL string, plain *http.Client, plainURL
 		return latency{}, err
 	}
 	l := latency{N: n,
-		TunnelP50: pct(tl, .5), TunnelP99: pct(tl, .99), PlainP50: pct(pl, .5), PlainP99: pct(pl, .99),
+		TunnelP50: benchproc.PercentileMicros(tl, .5), TunnelP99: benchproc.PercentileMicros(tl, .99), PlainP50: benchproc.PercentileMicros(pl, .5), PlainP99: benchproc.PercentileMicros(pl, .99),
 		TunnelRPS: float64(n) / td.Seconds(), PlainRPS: float64(n) / pd.Seconds()}
 	l.RatioP50, l.RatioP99, l.RatioThrpt = l.TunnelP50/l.PlainP50, l.TunnelP99/l.PlainP99, l.TunnelRPS/l.PlainRPS
 	return l, nil

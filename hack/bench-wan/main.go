@@ -149,7 +149,7 @@ func main() {
 		os.Exit(2)
 	}
 	h := &harness{quick: *quick, dur: *dur, rate: *rateMbit * 1e6,
-		bins: []binary{{"glaceon-sidecar", *sidecar}, {"vanilla", *baseline}}, workdir: *workdir, sidecarEnv: splitEnv(*extraEnv)}
+		bins: []binary{{"glaceon-sidecar", *sidecar}, {"vanilla", *baseline}}, workdir: *workdir, sidecarEnv: benchproc.SplitList(*extraEnv)}
 	if err := h.overrides(*rttList, *lossList, *dirList, *strList); err != nil {
 		fmt.Fprintln(os.Stderr, "bench-wan:", err)
 		os.Exit(2)
@@ -239,7 +239,7 @@ func (h *harness) matrix() (rtts []time.Duration, losses []float64, dirs []strin
 
 // overrides parses the -rtts, -losses, -dirs and -streams flags.
 func (h *harness) overrides(rtts, losses, dirs, streams string) error {
-	for _, f := range splitEnv(rtts) {
+	for _, f := range benchproc.SplitList(rtts) {
 		d, err := time.ParseDuration(f)
 		if f == "0" {
 			d, err = 0, nil
@@ -249,20 +249,20 @@ func (h *harness) overrides(rtts, losses, dirs, streams string) error {
 		}
 		h.rtts = append(h.rtts, d)
 	}
-	for _, f := range splitEnv(losses) {
+	for _, f := range benchproc.SplitList(losses) {
 		l, err := strconv.ParseFloat(f, 64)
 		if err != nil || l < 0 || l > 1 {
 			return fmt.Errorf("-losses: %q is not a fraction in 0..1 (0.01 = 1 %%)", f)
 		}
 		h.losses = append(h.losses, l)
 	}
-	for _, f := range splitEnv(dirs) {
+	for _, f := range benchproc.SplitList(dirs) {
 		if f != "download" && f != "upload" {
 			return fmt.Errorf("-dirs: %q is neither download nor upload", f)
 		}
 		h.dirs = append(h.dirs, f)
 	}
-	for _, f := range splitEnv(streams) {
+	for _, f := range benchproc.SplitList(streams) {
 		n, err := strconv.Atoi(f)
 		if err != nil || n < 1 || n > maxStreams {
 			return fmt.Errorf("-streams: %q is not a count in 1..%d", f, maxStreams)
@@ -318,7 +318,7 @@ func (h *harness) run(ns, ifName string) (*Report, error) {
 		return nil, err
 	}
 	if pl, err := smallRequests(keepAliveClient(), plainURL, 500); err == nil {
-		rep.PlainP50us, rep.PlainP99us = pct(pl, .5), pct(pl, .99)
+		rep.PlainP50us, rep.PlainP99us = benchproc.PercentileMicros(pl, .5), benchproc.PercentileMicros(pl, .99)
 	} else {
 		return nil, fmt.Errorf("plain requests: %w", err)
 	}
@@ -635,7 +635,7 @@ func (h *harness) latency(b binary, rtt time.Duration) (Latency, error) {
 	if err != nil {
 		return Latency{}, err
 	}
-	return Latency{Binary: b.name, RTTms: float64(rtt) / 1e6, N: n, P50us: pct(d, .5), P99us: pct(d, .99)}, nil
+	return Latency{Binary: b.name, RTTms: float64(rtt) / 1e6, N: n, P50us: benchproc.PercentileMicros(d, .5), P99us: benchproc.PercentileMicros(d, .99)}, nil
 }
 
 func keepAliveClient() *http.Client {
@@ -660,27 +660,11 @@ func smallRequests(client *http.Client, url string, n int) ([]time.Duration, err
 	return lat, nil
 }
 
-func pct(d []time.Duration, p float64) float64 {
-	s := append([]time.Duration(nil), d...)
-	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
-	return float64(s[int(float64(len(s)-1)*p)].Microseconds())
-}
-
 func (h *harness) env(b binary) []string {
 	if b.name == h.bins[0].name {
 		return h.sidecarEnv
 	}
 	return nil
-}
-
-func splitEnv(s string) []string {
-	var out []string
-	for _, kv := range strings.Split(s, ",") {
-		if kv = strings.TrimSpace(kv); kv != "" {
-			out = append(out, kv)
-		}
-	}
-	return out
 }
 
 // --- the kernel's counters ---

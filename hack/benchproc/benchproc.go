@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"syscall"
@@ -143,3 +144,22 @@ func CPUSeconds(pid int) (float64, error) {
 
 // MiB converts KiB to MiB.
 func MiB(kib int64) float64 { return float64(kib) / 1024 }
+
+// PercentileMicros is the p-quantile (0..1, nearest rank below) of d in
+// microseconds; d is not reordered.
+func PercentileMicros(d []time.Duration, p float64) float64 {
+	s := append([]time.Duration(nil), d...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	return float64(s[int(float64(len(s)-1)*p)].Microseconds())
+}
+
+// SplitList splits a comma-separated flag value, dropping blanks.
+func SplitList(s string) []string {
+	var out []string
+	for _, kv := range strings.Split(s, ",") {
+		if kv = strings.TrimSpace(kv); kv != "" {
+			out = append(out, kv)
+		}
+	}
+	return out
+}

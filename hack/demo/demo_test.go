@@ -4,13 +4,14 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/glaceon/glaceon/flyapi/flyapitest"
+	"github.com/glaceon/glaceon/hack/testkit"
 )
+
+func TestMain(m *testing.M) { os.Exit(testkit.Run(m)) }
 
 // TestDemo runs `make demo`'s program against freshly built binaries, so a
 // change that breaks the README's first command fails make test: once with
@@ -20,14 +21,10 @@ func TestDemo(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs the whole demo")
 	}
-	bin := t.TempDir()
-	build := exec.Command("go", "build", "-o", bin+"/", "github.com/glaceon/glaceon/cmd/glaceon", "github.com/glaceon/glaceon/cmd/glaceon-sidecar")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		t.Fatalf("build: %v", err)
-	}
+	glaceonBin := testkit.Binary(t, "github.com/glaceon/glaceon/cmd/glaceon")
+	sidecarBin := testkit.SidecarBinary(t)
 	run := func(t *testing.T) {
-		d := demo{glaceonBin: filepath.Join(bin, "glaceon"), sidecarBin: filepath.Join(bin, "glaceon-sidecar")}
+		d := demo{glaceonBin: glaceonBin, sidecarBin: sidecarBin}
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 		defer cancel()
 		if err := d.run(ctx); err != nil {
@@ -42,7 +39,7 @@ func TestDemo(t *testing.T) {
 	t.Run("UDP blocked", func(t *testing.T) {
 		t.Setenv("FLY_API_BASE_URL", "")
 		t.Setenv("FLY_API_TOKEN", "")
-		d := demo{glaceonBin: filepath.Join(bin, "glaceon"), sidecarBin: filepath.Join(bin, "glaceon-sidecar"), blockUDP: true}
+		d := demo{glaceonBin: glaceonBin, sidecarBin: sidecarBin, blockUDP: true}
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 		defer cancel()
 		if err := d.run(ctx); err != nil {

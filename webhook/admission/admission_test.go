@@ -7,8 +7,6 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -29,6 +27,7 @@ import (
 	"github.com/glaceon/glaceon/flyapi/flyapitest"
 	"github.com/glaceon/glaceon/flyapi/wgquick"
 	"github.com/glaceon/glaceon/hack/localpod"
+	"github.com/glaceon/glaceon/hack/testkit"
 	glaceonadmission "github.com/glaceon/glaceon/webhook/admission"
 	glaceonv1alpha1 "github.com/glaceon/glaceon/webhook/api/v1alpha1"
 	"github.com/glaceon/glaceon/webhook/inject"
@@ -54,25 +53,7 @@ type env struct {
 	steps map[string]map[string]time.Time
 }
 
-// sidecarBin is the glaceon-sidecar binary built by TestMain.
-var sidecarBin string
-
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "glaceon-admission-test-")
-	if err != nil {
-		panic(err)
-	}
-	sidecarBin = filepath.Join(dir, "glaceon-sidecar")
-	build := exec.Command("go", "build", "-o", sidecarBin, "github.com/glaceon/glaceon/cmd/glaceon-sidecar")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintf(os.Stderr, "build glaceon-sidecar: %v\n", err)
-		os.Exit(1)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(testkit.Run(m)) }
 
 // startEnv starts the manager as `glaceon manager` wires it, with a fast
 // sweeper, and counts the admissions that reach its webhook.
@@ -127,16 +108,9 @@ func annotatedDeployment(ns, name string, annotations map[string]string) *appsv1
 			Selector: &metav1.LabelSelector{MatchLabels: labels},
 			Template: corev1.PodTemplateSpec{
 				ObjectMeta: metav1.ObjectMeta{Labels: labels, Annotations: annotations},
-				Spec:       annotatedPod(ns, name, nil).Spec,
+				Spec:       managertest.Pod(ns, name, nil).Spec,
 			},
 		},
-	}
-}
-
-func annotatedPod(ns, name string, annotations map[string]string) *corev1.Pod {
-	return &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, Annotations: annotations},
-		Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: "example.invalid/app:1"}}},
 	}
 }
 
@@ -206,7 +180,7 @@ func TestAdmission(t *testing.T) {
 		}
 
 		// The FlyPeer controller binds the FlyPeer to the pod.
-		waitFor(t, "FlyPeer bound to its pod", func() bool {
+		managertest.WaitFor(t, "FlyPeer bound to its pod", func() bool {
 			var fp glaceonv1alpha1.FlyPeer
 			if err := e.c.Get(ctx, client.ObjectKey{Name: peerName}, &fp); err != nil {
 				return false
@@ -217,7 +191,7 @@ func TestAdmission(t *testing.T) {
 
 		// Run the injected sidecar from the pod's spec and the Secret, and
 		// fetch the app through it as the app would.
-		proc := localpod.StartForTest(t, sidecarBin, pod, &s)
+		proc := localpod.StartForTest(t, testkit.SidecarBinary(t), pod, &s)
 		resp, err := (&http.Client{Timeout: 10 * time.Second}).Get("http://" + proc.Forwards["127.0.0.2:80"] + "/")
 		if err != nil {
 			t.Fatalf("GET through the pod's sidecar: %v", err)
@@ -233,7 +207,7 @@ func TestAdmission(t *testing.T) {
 		if err := e.c.Delete(ctx, deploy); err != nil {
 			t.Fatal(err)
 		}
-		waitFor(t, "peer and secret gone after the pod", func() bool {
+		managertest.WaitFor(t, "peer and secret gone after the pod", func() bool {
 			return len(e.fly.Peers("personal")) == 0 && len(e.secrets(t, ns)) == 0 && len(e.FlyPeers(t)) == 0
 		})
 	})
@@ -242,12 +216,12 @@ func TestAdmission(t *testing.T) {
 		ns := e.namespace(t, "rejected")
 		// Mutating webhooks run before validation: an empty image passes
 		// the webhook and fails the API server's own checks.
-		pod := annotatedPod(ns, "rejected", map[string]string{inject.AnnotationTarget: "twi-ollama"})
+		pod := managertest.Pod(ns, "rejected", map[string]string{inject.AnnotationTarget: "twi-ollama"})
 		pod.Spec.Containers[0].Image = ""
 		if err := e.c.Create(ctx, pod); err == nil {
 			t.Fatal("invalid pod was created")
 		}
-		waitFor(t, "orphaned peer and secret swept", func() bool {
+		managertest.WaitFor(t, "orphaned peer and secret swept", func() bool {
 			return len(e.fly.Peers("personal")) == 0 && len(e.secrets(t, ns)) == 0
 		})
 	})
@@ -255,7 +229,7 @@ func TestAdmission(t *testing.T) {
 	t.Run("manager dies before answering: the sweeper removes peer and secret", func(t *testing.T) {
 		ns := e.namespace(t, "crash")
 		e.dropResponse.Store(true)
-		err := e.c.Create(ctx, annotatedPod(ns, "crash", map[string]string{inject.AnnotationTarget: "twi-ollama"}))
+		err := e.c.Create(ctx, managertest.Pod(ns, "crash", map[string]string{inject.AnnotationTarget: "twi-ollama"}))
 		e.dropResponse.Store(false)
 		if err == nil {
 			t.Fatal("pod was created although the webhook failed")
@@ -263,7 +237,7 @@ func TestAdmission(t *testing.T) {
 		if len(e.secrets(t, ns)) != 1 {
 			t.Fatalf("want the half-made secret to exist before the sweep")
 		}
-		waitFor(t, "orphaned peer and secret swept", func() bool {
+		managertest.WaitFor(t, "orphaned peer and secret swept", func() bool {
 			return len(e.fly.Peers("personal")) == 0 && len(e.secrets(t, ns)) == 0
 		})
 	})
@@ -273,9 +247,9 @@ func TestAdmission(t *testing.T) {
 		e.CreateFlyOrg(t, "acme", "acme", []string{"team-*"}, false)
 		defer e.c.Delete(ctx, &glaceonv1alpha1.FlyOrg{ObjectMeta: metav1.ObjectMeta{Name: "acme"}})
 		e.WaitFlyOrgReady(t, "acme")
-		pod := annotatedPod(ns, "acme-user", map[string]string{inject.AnnotationTarget: "twi-ollama", inject.AnnotationOrg: "acme"})
+		pod := managertest.Pod(ns, "acme-user", map[string]string{inject.AnnotationTarget: "twi-ollama", inject.AnnotationOrg: "acme"})
 		// The webhook's cache sees the FlyOrg's status within moments.
-		waitFor(t, "pod admitted with the new FlyOrg", func() bool { return e.c.Create(ctx, pod.DeepCopy()) == nil })
+		managertest.WaitFor(t, "pod admitted with the new FlyOrg", func() bool { return e.c.Create(ctx, pod.DeepCopy()) == nil })
 		if n := len(e.fly.Peers("acme")); n != 1 {
 			t.Errorf("acme has %d peers, want 1", n)
 		}
@@ -284,17 +258,17 @@ func TestAdmission(t *testing.T) {
 		if err := e.c.Delete(ctx, &glaceonv1alpha1.FlyOrg{ObjectMeta: metav1.ObjectMeta{Name: "acme"}}); err != nil {
 			t.Fatal(err)
 		}
-		waitFor(t, "acme waiting for its FlyPeer", func() bool {
+		managertest.WaitFor(t, "acme waiting for its FlyPeer", func() bool {
 			c := e.FlyOrgReady(t, "acme")
 			return c != nil && c.Reason == "WaitingForFlyPeers"
 		})
-		if err := e.c.Create(ctx, annotatedPod(ns, "too-late", map[string]string{inject.AnnotationTarget: "twi-ollama", inject.AnnotationOrg: "acme"})); err == nil || !strings.Contains(err.Error(), `FlyOrg "acme" is being deleted`) {
+		if err := e.c.Create(ctx, managertest.Pod(ns, "too-late", map[string]string{inject.AnnotationTarget: "twi-ollama", inject.AnnotationOrg: "acme"})); err == nil || !strings.Contains(err.Error(), `FlyOrg "acme" is being deleted`) {
 			t.Errorf("a pod for a deleted FlyOrg: %v", err)
 		}
 		if err := e.c.Delete(ctx, pod); err != nil {
 			t.Fatal(err)
 		}
-		waitFor(t, "acme peer removed with its pod, then the FlyOrg gone", func() bool {
+		managertest.WaitFor(t, "acme peer removed with its pod, then the FlyOrg gone", func() bool {
 			var org glaceonv1alpha1.FlyOrg
 			return len(e.fly.Peers("acme")) == 0 && apierrors.IsNotFound(e.c.Get(ctx, client.ObjectKey{Name: "acme"}, &org))
 		})
@@ -303,7 +277,7 @@ func TestAdmission(t *testing.T) {
 	t.Run("pods without the annotation never reach the webhook", func(t *testing.T) {
 		ns := e.namespace(t, "plain")
 		before := e.calls.Load()
-		pod := annotatedPod(ns, "plain", map[string]string{"other": "x"})
+		pod := managertest.Pod(ns, "plain", map[string]string{"other": "x"})
 		if err := e.c.Create(ctx, pod); err != nil {
 			t.Fatal(err)
 		}
@@ -317,7 +291,7 @@ func TestAdmission(t *testing.T) {
 
 	t.Run("dry run creates nothing and has the same shape", func(t *testing.T) {
 		ns := e.namespace(t, "dryrun")
-		pod := annotatedPod(ns, "dry", map[string]string{inject.AnnotationTarget: "http://twi-ollama.flycast"})
+		pod := managertest.Pod(ns, "dry", map[string]string{inject.AnnotationTarget: "http://twi-ollama.flycast"})
 		if err := e.c.Create(ctx, pod, client.DryRunAll); err != nil {
 			t.Fatal(err)
 		}
@@ -340,7 +314,7 @@ func TestAdmission(t *testing.T) {
 		}
 		// Users look at `kubectl describe` of the ReplicaSet when pods do
 		// not appear: the reason must be there.
-		waitFor(t, "a GlaceonInjectionDenied event on the ReplicaSet", func() bool {
+		managertest.WaitFor(t, "a GlaceonInjectionDenied event on the ReplicaSet", func() bool {
 			var events eventsv1.EventList
 			if err := e.c.List(ctx, &events, client.InNamespace(ns)); err != nil {
 				return false
@@ -406,7 +380,7 @@ func TestAdmission(t *testing.T) {
 			e.fly.Faults().Set(tt.faults...)
 			defer e.fly.Faults().Clear()
 			// A fresh org lookup each time, so faults on it are seen.
-			pod := annotatedPod(ns, "denied", tt.annotations)
+			pod := managertest.Pod(ns, "denied", tt.annotations)
 			if tt.mutate != nil {
 				tt.mutate(pod)
 			}
@@ -424,7 +398,7 @@ func TestAdmission(t *testing.T) {
 			}
 			e.fly.Faults().Clear()
 			// A rolled-back peer is removed by its FlyPeer's finalizer.
-			waitFor(t, "nothing left", func() bool {
+			managertest.WaitFor(t, "nothing left", func() bool {
 				return len(e.fly.Peers("personal")) == peersBefore && len(e.secrets(t, ns)) == 0 && len(e.FlyPeers(t)) == peersBefore
 			})
 		})
@@ -446,17 +420,6 @@ func waitForPod(t *testing.T, c client.Client, ns string) *corev1.Pod {
 	return &pods.Items[0]
 }
 
-// waitFor polls cond for up to a minute.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	err := wait.PollUntilContextTimeout(context.Background(), 100*time.Millisecond, time.Minute, true, func(context.Context) (bool, error) {
-		return cond(), nil
-	})
-	if err != nil {
-		t.Fatalf("waiting for %s: %v", what, err)
-	}
-}
-
 // BenchmarkAdmission50Concurrent creates 50 annotated pods at once through
 // the real API server, webhook and Fly double, and reports the latency of
 // each create (admission included) as percentiles.
@@ -473,7 +436,7 @@ func BenchmarkAdmission50Concurrent(b *testing.B) {
 		for j := 0; j < pods; j++ {
 			go func() {
 				start := time.Now()
-				err := e.c.Create(ctx, annotatedPod(ns, fmt.Sprintf("p-%d", j), map[string]string{inject.AnnotationTarget: "twi-ollama"}))
+				err := e.c.Create(ctx, managertest.Pod(ns, fmt.Sprintf("p-%d", j), map[string]string{inject.AnnotationTarget: "twi-ollama"}))
 				results <- time.Since(start)
 				errs <- err
 			}()

@@ -21,40 +21,35 @@ import (
 	"gomodules.xyz/jsonpatch/v2"
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
-	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/rest"
-	"k8s.io/utils/ptr"
-	ctrl "sigs.k8s.io/controller-runtime"
+	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/config"
-	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
-	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
-	"sigs.k8s.io/controller-runtime/pkg/webhook"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
-	"github.com/glaceon/glaceon/hack/controlplane"
+	glaceonadmission "github.com/glaceon/glaceon/webhook/admission"
 	"github.com/glaceon/glaceon/webhook/certs"
+	"github.com/glaceon/glaceon/webhook/manager"
+	"github.com/glaceon/glaceon/webhook/manager/managertest"
 )
 
 const (
-	namespace   = "glaceon-system"
-	service     = "glaceon-webhook"
-	secretName  = "glaceon-webhook-tls"
-	mwcName     = "glaceon"
-	raceSecret  = "race-certs"
-	raceMWC     = "race"
+	namespace   = managertest.Namespace
+	service     = "glaceon-webhook"     // managertest's WebhookService
+	secretName  = "glaceon-webhook-tls" // managertest's CertSecret, the one deploy/rbac lets the manager update
+	mwcName     = "glaceon"             // deploy/webhook's configuration, the one deploy/rbac lets the manager patch
 	testNS      = "webhook-test"
 	mutatedKey  = "certs.glaceon.fly/mutated"
 	serviceHost = service + "." + namespace + ".svc"
 )
 
-// TestWithControlPlane runs the Manager as a least-privilege user against a
-// real kube-apiserver, which calls the webhook over TLS with the caBundle
-// the Manager publishes.
+// TestWithControlPlane runs glaceon's manager (managertest: manager.New,
+// as its ServiceAccount under deploy/rbac) against a real kube-apiserver,
+// which calls the webhook over TLS with the caBundle the certificate
+// manager publishes. A ConfigMap webhook added to glaceon's configuration,
+// served by the manager's webhook server, shows every admission.
 func TestWithControlPlane(t *testing.T) {
 	if testing.Short() {
 		t.Skip("needs the control plane from hack/control-plane.sh")
@@ -64,84 +59,73 @@ func TestWithControlPlane(t *testing.T) {
 	} else {
 		logf.SetLogger(logr.Discard())
 	}
-	cp := controlplane.StartForTest(t, controlplane.Options{NoControllerManager: true})
-	admin, err := client.New(cp.Config, client.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	for _, ns := range []*corev1.Namespace{
-		{ObjectMeta: metav1.ObjectMeta{Name: namespace}},
-		{ObjectMeta: metav1.ObjectMeta{Name: testNS, Labels: map[string]string{"certs-test": "on"}}},
-	} {
-		mustCreate(ctx, t, admin, ns)
-	}
-	restricted := leastPrivilegeUser(ctx, t, cp, admin)
+	e := managertest.StartWith(t, managertest.Options{
+		AsServiceAccount: true,
+		Configure: func(cfg *manager.Config) {
+			cfg.Log = testr.NewWithOptions(t, testr.Options{LogTimestamp: true})
+			cfg.AdmissionMiddleware = labelConfigMaps
+		},
+	})
+	mustCreate(ctx, t, e.Client, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: testNS, Labels: map[string]string{"certs-test": "on"}}})
+	checkLeastPrivilege(ctx, t, e)
 
-	t.Run("serve, publish and recover", func(t *testing.T) { testServe(ctx, t, admin, restricted) })
-	t.Run("two replicas racing", func(t *testing.T) { testRace(ctx, t, admin, restricted) })
+	t.Run("serve, publish and recover", func(t *testing.T) { testServe(ctx, t, e) })
+	t.Run("two replicas racing", func(t *testing.T) { testRace(ctx, t, e) })
 
 	if leaks := waitNoLeaks(10 * time.Second); len(leaks) > 0 {
 		t.Errorf("%d goroutines left after the managers stopped:\n%s", len(leaks), strings.Join(leaks, "\n\n"))
 	}
 }
 
-// leastPrivilegeUser grants a new user exactly the RBAC documented in doc.go
-// and returns its client configuration.
-func leastPrivilegeUser(ctx context.Context, t *testing.T, cp *controlplane.ControlPlane, admin client.Client) *rest.Config {
-	t.Helper()
-	user, err := cp.Env.AddUser(envtest.User{Name: "glaceon-certs"}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	subjects := []rbacv1.Subject{{Kind: rbacv1.UserKind, APIGroup: rbacv1.GroupName, Name: "glaceon-certs"}}
-	mustCreate(ctx, t, admin, &rbacv1.Role{
-		ObjectMeta: metav1.ObjectMeta{Namespace: namespace, Name: "webhook-certs"},
-		Rules: []rbacv1.PolicyRule{
-			{APIGroups: []string{""}, Resources: []string{"secrets"}, Verbs: []string{"create"}},
-			{APIGroups: []string{""}, Resources: []string{"secrets"}, ResourceNames: []string{secretName, raceSecret},
-				Verbs: []string{"get", "list", "watch", "update"}},
-		},
+// labelConfigMaps answers ConfigMap admissions with a label and passes
+// everything else to the pod webhook.
+func labelConfigMaps(next admission.Handler) admission.Handler {
+	return admission.HandlerFunc(func(ctx context.Context, req admission.Request) admission.Response {
+		if req.Kind.Kind != "ConfigMap" {
+			return next.Handle(ctx, req)
+		}
+		return admission.Patched("", jsonpatch.JsonPatchOperation{
+			Operation: "add", Path: "/metadata/labels", Value: map[string]string{mutatedKey: "true"},
+		})
 	})
-	mustCreate(ctx, t, admin, &rbacv1.RoleBinding{
-		ObjectMeta: metav1.ObjectMeta{Namespace: namespace, Name: "webhook-certs"},
-		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: "webhook-certs"},
-		Subjects:   subjects,
-	})
-	mustCreate(ctx, t, admin, &rbacv1.ClusterRole{
-		ObjectMeta: metav1.ObjectMeta{Name: "webhook-certs"},
-		Rules: []rbacv1.PolicyRule{{
-			APIGroups: []string{admissionregistrationv1.GroupName}, Resources: []string{"mutatingwebhookconfigurations"},
-			ResourceNames: []string{mwcName, raceMWC}, Verbs: []string{"get", "list", "watch", "patch"},
-		}},
-	})
-	mustCreate(ctx, t, admin, &rbacv1.ClusterRoleBinding{
-		ObjectMeta: metav1.ObjectMeta{Name: "webhook-certs"},
-		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: "webhook-certs"},
-		Subjects:   subjects,
-	})
-	// The grant is as narrow as intended: listing all Secrets is forbidden.
-	c, err := client.New(user.Config(), client.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := c.List(ctx, &corev1.SecretList{}, client.InNamespace(namespace)); !apierrors.IsForbidden(err) {
-		t.Fatalf("the restricted user may list Secrets (err %v)", err)
-	}
-	return user.Config()
 }
 
-func testServe(ctx context.Context, t *testing.T, admin client.Client, restricted *rest.Config) {
-	port := freePort(t)
-	mustCreate(ctx, t, admin, webhookConfig(mwcName, fmt.Sprintf("https://127.0.0.1:%d/mutate", port), map[string]string{"certs-test": "on"}))
+// checkLeastPrivilege shows the manager's grant is as narrow as intended:
+// it may not list Secrets outside its namespace, nor update a Secret other
+// than its certificate's, nor patch another webhook configuration.
+func checkLeastPrivilege(ctx context.Context, t *testing.T, e *managertest.Env) {
+	t.Helper()
+	c, err := client.New(e.ManagerRESTConfig, client.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.List(ctx, &corev1.SecretList{}, client.InNamespace(testNS)); !apierrors.IsForbidden(err) {
+		t.Fatalf("the manager may list Secrets in %s (err %v)", testNS, err)
+	}
+	token := &corev1.Secret{}
+	if err := e.Client.Get(ctx, client.ObjectKey{Namespace: namespace, Name: managertest.TokenSecret}, token); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Update(ctx, token); !apierrors.IsForbidden(err) {
+		t.Fatalf("the manager may update Secret %s (err %v)", managertest.TokenSecret, err)
+	}
+	other := webhookConfig("other", "https://127.0.0.1:1/never", map[string]string{"certs-test": "never"})
+	mustCreate(ctx, t, e.Client, other)
+	patch := client.RawPatch(types.MergePatchType, []byte(`{"metadata":{"labels":{"patched":"yes"}}}`))
+	if err := c.Patch(ctx, other, patch); !apierrors.IsForbidden(err) {
+		t.Fatalf("the manager may patch another webhook configuration (err %v)", err)
+	}
+	if err := e.Client.Delete(ctx, other); err != nil {
+		t.Fatal(err)
+	}
+}
 
-	m, stop := startManager(t, restricted, certs.Options{
-		SecretNamespace: namespace, SecretName: secretName, ServiceName: service,
-		ExtraIPs:              []net.IP{net.ParseIP("127.0.0.1")},
-		WebhookConfigurations: []string{mwcName},
-	}, port)
-	defer stop()
+func testServe(ctx context.Context, t *testing.T, e *managertest.Env) {
+	admin, m, port := e.Client, e.Manager.Certs, e.Config.WebhookPort
+	defer e.Stop()
+	addConfigMapWebhook(ctx, t, admin, fmt.Sprintf("https://127.0.0.1:%d%s", port, glaceonadmission.Path))
 	waitReady(ctx, t, m)
 
 	secret := getSecret(ctx, t, admin, secretName)
@@ -250,101 +234,59 @@ func testServe(ctx context.Context, t *testing.T, admin client.Client, restricte
 	})
 }
 
-func testRace(ctx context.Context, t *testing.T, admin client.Client, restricted *rest.Config) {
-	// The configuration matches no namespace: it only receives the bundle.
-	mustCreate(ctx, t, admin, webhookConfig(raceMWC, "https://127.0.0.1:1/never", map[string]string{"certs-test": "never"}))
-	opts := certs.Options{
-		SecretNamespace: namespace, SecretName: raceSecret, ServiceName: service,
-		WebhookConfigurations: []string{raceMWC},
+// testRace starts two managers at once with no certificate Secret yet, as
+// a Deployment's replicas rolled out together do.
+func testRace(ctx context.Context, t *testing.T, first *managertest.Env) {
+	admin := first.Client
+	if err := admin.Delete(ctx, getSecret(ctx, t, admin, secretName)); err != nil {
+		t.Fatal(err)
 	}
-	var (
-		wg       sync.WaitGroup
-		managers [2]*certs.Manager
-	)
-	for i := range managers {
-		m, stop := startManager(t, restricted, opts, 0)
-		defer stop()
-		managers[i] = m
-		wg.Go(func() { waitReady(ctx, t, m) })
+	e := managertest.StartWith(t, managertest.Options{
+		ControlPlane: first.ControlPlane, Fly: first.Fly, AsServiceAccount: true, Replicas: 2,
+		Configure: func(cfg *manager.Config) {
+			cfg.Log = testr.NewWithOptions(t, testr.Options{LogTimestamp: true})
+		},
+	})
+	defer e.Stop()
+	var wg sync.WaitGroup
+	for _, m := range e.Replicas {
+		wg.Go(func() { waitReady(ctx, t, m.Certs) })
 	}
 	wg.Wait()
 	if t.Failed() {
 		return
 	}
-	secret := getSecret(ctx, t, admin, raceSecret)
+	secret := getSecret(ctx, t, admin, secretName)
 	want := firstCert(t, secret.Data[certs.TLSCertKey])
-	for i, m := range managers {
-		if !bytes.Equal(m.CABundle(), secret.Data[certs.CACertKey]) {
+	for i, m := range e.Replicas {
+		if !bytes.Equal(m.Certs.CABundle(), secret.Data[certs.CACertKey]) {
 			t.Errorf("replica %d publishes a CA bundle that is not the Secret's", i)
 		}
-		c, err := m.GetCertificate(nil)
+		c, err := m.Certs.GetCertificate(nil)
 		if err != nil || !c.Leaf.Equal(want) {
 			t.Errorf("replica %d does not serve the Secret's certificate (%v)", i, err)
 		}
 	}
-	waitCABundle(ctx, t, admin, raceMWC, secret.Data[certs.CACertKey])
+	waitCABundle(ctx, t, admin, mwcName, secret.Data[certs.CACertKey])
 	// Settled: nobody rewrites the Secret afterwards.
 	time.Sleep(2 * time.Second)
-	if s := getSecret(ctx, t, admin, raceSecret); s.ResourceVersion != secret.ResourceVersion {
+	if s := getSecret(ctx, t, admin, secretName); s.ResourceVersion != secret.ResourceVersion {
 		t.Errorf("the Secret was rewritten after both replicas were ready (rv %s → %s)", secret.ResourceVersion, s.ResourceVersion)
 	}
 }
 
-// startManager runs a controller-runtime manager with a certs.Manager and,
-// if port > 0, a webhook server on 127.0.0.1:port that labels ConfigMaps.
-func startManager(t *testing.T, cfg *rest.Config, opts certs.Options, port int) (*certs.Manager, func()) {
+// addConfigMapWebhook adds to glaceon's webhook configuration one that
+// sends ConfigMaps created in testNS to url; the manager re-patches its
+// caBundle.
+func addConfigMapWebhook(ctx context.Context, t *testing.T, c client.Client, url string) {
 	t.Helper()
-	m, err := certs.New(opts)
-	if err != nil {
+	mwc := &admissionregistrationv1.MutatingWebhookConfiguration{}
+	if err := c.Get(ctx, client.ObjectKey{Name: mwcName}, mwc); err != nil {
 		t.Fatal(err)
 	}
-	mopts := ctrl.Options{
-		Logger:                 testr.NewWithOptions(t, testr.Options{LogTimestamp: true}),
-		Metrics:                metricsserver.Options{BindAddress: "0"},
-		HealthProbeBindAddress: "0",
-		// Several managers share this process.
-		Controller:              config.Controller{SkipNameValidation: ptr.To(true)},
-		GracefulShutdownTimeout: ptr.To(10 * time.Second),
-	}
-	if port > 0 {
-		mopts.WebhookServer = webhook.NewServer(webhook.Options{
-			Host: "127.0.0.1", Port: port, TLSOpts: []func(*tls.Config){m.TLSOpts},
-		})
-	}
-	mgr, err := ctrl.NewManager(cfg, mopts)
-	if err != nil {
+	mwc.Webhooks = append(mwc.Webhooks, webhookConfig(mwcName, url, map[string]string{"certs-test": "on"}).Webhooks...)
+	if err := c.Update(ctx, mwc); err != nil {
 		t.Fatal(err)
-	}
-	if err := m.SetupWithManager(mgr); err != nil {
-		t.Fatal(err)
-	}
-	if err := mgr.AddReadyzCheck("webhook-certs", m.ReadyzCheck); err != nil {
-		t.Fatal(err)
-	}
-	if port > 0 {
-		mgr.GetWebhookServer().Register("/mutate", &webhook.Admission{Handler: admission.HandlerFunc(
-			func(context.Context, admission.Request) admission.Response {
-				return admission.Patched("", jsonpatch.JsonPatchOperation{
-					Operation: "add", Path: "/metadata/labels", Value: map[string]string{mutatedKey: "true"},
-				})
-			})})
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- mgr.Start(ctx) }()
-	var once sync.Once
-	return m, func() {
-		once.Do(func() {
-			cancel()
-			select {
-			case err := <-done:
-				if err != nil {
-					t.Errorf("manager: %v", err)
-				}
-			case <-time.After(30 * time.Second):
-				t.Error("manager did not stop within 30s")
-			}
-		})
 	}
 }
 
@@ -480,16 +422,6 @@ func mustCreate(ctx context.Context, t *testing.T, c client.Client, obj client.O
 	if err := c.Create(ctx, obj); err != nil {
 		t.Fatalf("create %T %s: %v", obj, obj.GetName(), err)
 	}
-}
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
 }
 
 // leakMarkers identify goroutines a stopped manager must not leave behind.

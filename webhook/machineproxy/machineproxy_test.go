@@ -129,18 +129,6 @@ func (e *env) markReady(t *testing.T, pod *corev1.Pod) {
 	}
 }
 
-// waitFor polls cond until it holds or a minute passes (the controllers
-// involved are several, on two shared cores).
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	err := wait.PollUntilContextTimeout(context.Background(), 100*time.Millisecond, time.Minute, true, func(context.Context) (bool, error) {
-		return cond(), nil
-	})
-	if err != nil {
-		t.Fatalf("timed out waiting for %s", what)
-	}
-}
-
 // peersAtFly are the names of the Fly peers of org personal.
 func (e *env) peersAtFly() map[string]bool {
 	names := map[string]bool{}
@@ -193,6 +181,7 @@ func TestMachineProxy(t *testing.T) {
 	if testing.Short() {
 		t.Skip("needs a control plane")
 	}
+	t.Parallel() // its own control plane; TestSchemaValidation has another
 	e := startEnv(t)
 	ctx := context.Background()
 	const ns, name = "flycast", "twi-ollama"
@@ -209,7 +198,7 @@ func TestMachineProxy(t *testing.T) {
 			t.Errorf("defaulted replicas = %d, want 2", got)
 		}
 		key := client.ObjectKey{Namespace: ns, Name: name}
-		waitFor(t, "ServiceAccount, Deployment, Service and PDB", func() bool {
+		managertest.WaitFor(t, "ServiceAccount, Deployment, Service and PDB", func() bool {
 			return e.c.Get(ctx, key, &appsv1.Deployment{}) == nil && e.c.Get(ctx, key, &corev1.Service{}) == nil &&
 				e.c.Get(ctx, key, &policyv1.PodDisruptionBudget{}) == nil && e.c.Get(ctx, key, &corev1.ServiceAccount{}) == nil
 		})
@@ -228,7 +217,7 @@ func TestMachineProxy(t *testing.T) {
 		}
 
 		var lastErr error
-		waitFor(t, "two admitted pods with a peer each", func() bool {
+		managertest.WaitFor(t, "two admitted pods with a peer each", func() bool {
 			lastErr = e.podsHaveOwnPeers(e.pods(t, ns, name), e.peerSecrets(t, ns))
 			return lastErr == nil
 		})
@@ -238,7 +227,7 @@ func TestMachineProxy(t *testing.T) {
 			}
 		}
 
-		waitFor(t, "status: progressing, not ready, with the reason", func() bool {
+		managertest.WaitFor(t, "status: progressing, not ready, with the reason", func() bool {
 			mp := e.get(t, ns, name)
 			ready, progressing := condition(mp, glaceonv1alpha1.ConditionReady), condition(mp, glaceonv1alpha1.ConditionProgressing)
 			return mp.Status.ObservedGeneration == mp.Generation && mp.Status.Replicas == 2 &&
@@ -259,7 +248,7 @@ func TestMachineProxy(t *testing.T) {
 
 	t.Run("a ready pod makes the proxy Ready", func(t *testing.T) {
 		e.markReady(t, &e.pods(t, ns, name)[0])
-		waitFor(t, "Ready=True with 1/2", func() bool {
+		managertest.WaitFor(t, "Ready=True with 1/2", func() bool {
 			mp := e.get(t, ns, name)
 			c := condition(mp, glaceonv1alpha1.ConditionReady)
 			return c.Status == metav1.ConditionTrue && mp.Status.ReadyReplicas == 1 && strings.HasPrefix(c.Message, "1/2 replicas ready")
@@ -313,14 +302,14 @@ func TestMachineProxy(t *testing.T) {
 			t.Fatal(err)
 		}
 		var lastErr error
-		waitFor(t, "three pods with a peer each", func() bool {
+		managertest.WaitFor(t, "three pods with a peer each", func() bool {
 			pods := e.pods(t, ns, name)
 			lastErr = e.podsHaveOwnPeers(pods, e.peerSecrets(t, ns))
 			return len(pods) == 3 && lastErr == nil
 		})
 
 		e.update(t, ns, name, func(mp *glaceonv1alpha1.MachineProxy) { mp.Spec.Replicas = ptr.To[int32](1) })
-		waitFor(t, "one pod, one peer, one Secret", func() bool {
+		managertest.WaitFor(t, "one pod, one peer, one Secret", func() bool {
 			pods := e.pods(t, ns, name)
 			lastErr = e.podsHaveOwnPeers(pods, e.peerSecrets(t, ns))
 			return len(pods) == 1 && lastErr == nil
@@ -332,7 +321,7 @@ func TestMachineProxy(t *testing.T) {
 		if got.Spec.Replicas != 1 || got.Status.Selector == "" {
 			t.Errorf("scale = %+v, want 1 replica and the pods' selector", got)
 		}
-		waitFor(t, "no PDB at one replica", func() bool {
+		managertest.WaitFor(t, "no PDB at one replica", func() bool {
 			err := e.c.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, &policyv1.PodDisruptionBudget{})
 			return apierrors.IsNotFound(err)
 		})
@@ -344,7 +333,7 @@ func TestMachineProxy(t *testing.T) {
 			mp.Spec.Target, mp.Spec.Port = "echo.flycast:7", nil
 		})
 		var fresh corev1.Pod
-		waitFor(t, "a pod of the new revision", func() bool {
+		managertest.WaitFor(t, "a pod of the new revision", func() bool {
 			for _, p := range e.pods(t, ns, name) {
 				if p.Annotations[inject.AnnotationTarget] == "echo.flycast:7" {
 					fresh = p
@@ -355,12 +344,12 @@ func TestMachineProxy(t *testing.T) {
 		})
 		// maxUnavailable 0: the old pod goes once the new one is ready.
 		e.markReady(t, &fresh)
-		waitFor(t, "old pod and its peer gone", func() bool {
+		managertest.WaitFor(t, "old pod and its peer gone", func() bool {
 			pods := e.pods(t, ns, name)
 			return len(pods) == 1 && pods[0].UID == fresh.UID && !e.peersAtFly()[old.Annotations[inject.AnnotationPeer]] &&
 				e.podsHaveOwnPeers(pods, e.peerSecrets(t, ns)) == nil
 		})
-		waitFor(t, "rollout complete", func() bool {
+		managertest.WaitFor(t, "rollout complete", func() bool {
 			mp := e.get(t, ns, name)
 			c := condition(mp, glaceonv1alpha1.ConditionProgressing)
 			return c.Reason == ReasonRolloutComplete && c.ObservedGeneration == mp.Generation &&
@@ -374,7 +363,7 @@ func TestMachineProxy(t *testing.T) {
 			t.Fatal(err)
 		}
 		e.update(t, ns, name, func(mp *glaceonv1alpha1.MachineProxy) { mp.Spec.Target = "twi-ollama.flycast,echo.flycast:80" })
-		waitFor(t, "Ready=False InvalidSpec", func() bool {
+		managertest.WaitFor(t, "Ready=False InvalidSpec", func() bool {
 			mp := e.get(t, ns, name)
 			c := condition(mp, glaceonv1alpha1.ConditionReady)
 			return c.Reason == ReasonInvalidSpec && c.ObservedGeneration == mp.Generation &&
@@ -388,7 +377,7 @@ func TestMachineProxy(t *testing.T) {
 			t.Errorf("Deployment changed (generation %d → %d) for an invalid spec", dep.Generation, after.Generation)
 		}
 		var events eventsList
-		waitFor(t, "a Warning Event", func() bool {
+		managertest.WaitFor(t, "a Warning Event", func() bool {
 			events = e.events(t, ns, ReasonInvalidSpec)
 			return len(events) > 0
 		})
@@ -400,7 +389,7 @@ func TestMachineProxy(t *testing.T) {
 			t.Fatal(err)
 		}
 		key := client.ObjectKey{Namespace: ns, Name: name}
-		waitFor(t, "children, pods, Secrets and peers gone", func() bool {
+		managertest.WaitFor(t, "children, pods, Secrets and peers gone", func() bool {
 			return apierrors.IsNotFound(e.c.Get(ctx, key, &appsv1.Deployment{})) &&
 				apierrors.IsNotFound(e.c.Get(ctx, key, &corev1.Service{})) &&
 				apierrors.IsNotFound(e.c.Get(ctx, key, &policyv1.PodDisruptionBudget{})) &&
@@ -424,7 +413,7 @@ func TestMachineProxy(t *testing.T) {
 		if err := e.c.Create(ctx, mp); err != nil {
 			t.Fatal(err)
 		}
-		waitFor(t, "Degraded=True NameConflict", func() bool {
+		managertest.WaitFor(t, "Degraded=True NameConflict", func() bool {
 			c := condition(e.get(t, ns, legacy), glaceonv1alpha1.ConditionDegraded)
 			return c.Reason == ReasonNameConflict && strings.Contains(c.Message, "Service legacy already exists")
 		})
@@ -439,7 +428,7 @@ func TestMachineProxy(t *testing.T) {
 		if err := e.c.Delete(ctx, foreign); err != nil {
 			t.Fatal(err)
 		}
-		waitFor(t, "the proxy's own Service, Degraded=False", func() bool {
+		managertest.WaitFor(t, "the proxy's own Service, Degraded=False", func() bool {
 			err := e.c.Get(ctx, client.ObjectKeyFromObject(foreign), svc)
 			c := condition(e.get(t, ns, legacy), glaceonv1alpha1.ConditionDegraded)
 			return err == nil && metav1.GetControllerOf(svc) != nil && c.Status == metav1.ConditionFalse
@@ -448,7 +437,7 @@ func TestMachineProxy(t *testing.T) {
 		if err := e.c.Delete(ctx, e.get(t, ns, legacy)); err != nil {
 			t.Fatal(err)
 		}
-		waitFor(t, "its pods and peers gone", func() bool {
+		managertest.WaitFor(t, "its pods and peers gone", func() bool {
 			return len(e.pods(t, ns, legacy)) == 0 && len(e.peersAtFly()) == 0
 		})
 	})

@@ -32,6 +32,7 @@ func TestSchemaValidation(t *testing.T) {
 	if testing.Short() {
 		t.Skip("needs a control plane")
 	}
+	t.Parallel() // its own control plane; TestMachineProxy has another
 	cp := controlplane.StartForTest(t, controlplane.Options{
 		CRDDirectoryPaths:   []string{crdDir(), filepath.Join("testdata", "legacy-crd")},
 		NoControllerManager: true,

@@ -161,7 +161,47 @@ func New(restCfg *rest.Config, cfg Config) (*Manager, error) {
 	if err := flyapi.RegisterMetrics(ctrlmetrics.Registry, nil); err != nil {
 		return nil, fmt.Errorf("register Fly API metrics: %w", err)
 	}
-	certOpts := certs.Options{
+	certManager, err := certs.New(certOptions(cfg))
+	if err != nil {
+		return nil, err
+	}
+	scheme, err := newScheme()
+	if err != nil {
+		return nil, err
+	}
+	mgr, err := newControllerManager(restCfg, cfg, scheme, certManager)
+	if err != nil {
+		return nil, err
+	}
+	if err := certManager.SetupWithManager(mgr); err != nil {
+		return nil, err
+	}
+	namer, err := newNamer(mgr, cfg)
+	if err != nil {
+		return nil, err
+	}
+	flyOpts := cfg.Fly
+	flyOpts.GatewayPort = cfg.GatewayPort
+	orgs, err := flyorg.SetupWithManager(mgr, flyorg.Options{Namespace: cfg.Namespace, Fly: flyOpts, RecheckInterval: cfg.FlyOrgRecheck})
+	if err != nil {
+		return nil, err
+	}
+	if err := registerAdmission(mgr, cfg, scheme, orgs, namer); err != nil {
+		return nil, err
+	}
+	if err := setupControllers(mgr, cfg, orgs, namer); err != nil {
+		return nil, err
+	}
+	if err := addHealthChecks(mgr, certManager); err != nil {
+		return nil, err
+	}
+	return &Manager{Manager: mgr, Certs: certManager}, nil
+}
+
+// certOptions is the webhook serving certificate's configuration; each
+// extra SAN is an IP address if it parses as one, a DNS name otherwise.
+func certOptions(cfg Config) certs.Options {
+	opts := certs.Options{
 		SecretNamespace:       cfg.Namespace,
 		SecretName:            cfg.CertSecret,
 		ServiceName:           cfg.WebhookService,
@@ -169,22 +209,28 @@ func New(restCfg *rest.Config, cfg Config) (*Manager, error) {
 	}
 	for _, san := range cfg.WebhookExtraSANs {
 		if ip := net.ParseIP(san); ip != nil {
-			certOpts.ExtraIPs = append(certOpts.ExtraIPs, ip)
+			opts.ExtraIPs = append(opts.ExtraIPs, ip)
 		} else {
-			certOpts.ExtraDNSNames = append(certOpts.ExtraDNSNames, san)
+			opts.ExtraDNSNames = append(opts.ExtraDNSNames, san)
 		}
 	}
-	certManager, err := certs.New(certOpts)
-	if err != nil {
-		return nil, err
-	}
+	return opts
+}
 
+// newScheme knows the built-in kinds and glaceon's own.
+func newScheme() (*runtime.Scheme, error) {
 	scheme := runtime.NewScheme()
 	for _, add := range []func(*runtime.Scheme) error{clientgoscheme.AddToScheme, glaceonv1alpha1.AddToScheme} {
 		if err := add(scheme); err != nil {
 			return nil, err
 		}
 	}
+	return scheme, nil
+}
+
+// newControllerManager is the controller-runtime manager: metrics, probes,
+// leader election, and the webhook server serving certManager's certificate.
+func newControllerManager(restCfg *rest.Config, cfg Config, scheme *runtime.Scheme, certManager *certs.Manager) (ctrl.Manager, error) {
 	// Every admission creates a Secret: client-go's default of 20 requests
 	// per second would queue a burst of pods behind each other.
 	restCfg = rest.CopyConfig(restCfg)
@@ -212,27 +258,24 @@ func New(restCfg *rest.Config, cfg Config) (*Manager, error) {
 	if err != nil {
 		return nil, fmt.Errorf("create manager: %w", err)
 	}
-	if err := certManager.SetupWithManager(mgr); err != nil {
-		return nil, err
-	}
+	return mgr, nil
+}
 
+// newNamer names this cluster's peers, discovering the cluster's identity
+// when cfg.ClusterName is empty.
+func newNamer(mgr ctrl.Manager, cfg Config) (*peers.Namer, error) {
 	clusterName := cfg.ClusterName
 	if clusterName == "" {
+		var err error
 		if clusterName, err = peers.DiscoverClusterHash(context.Background(), mgr.GetAPIReader()); err != nil {
 			return nil, err
 		}
 	}
-	namer, err := peers.NewNamer(cfg.PeerPrefix, clusterName)
-	if err != nil {
-		return nil, err
-	}
-	flyOpts := cfg.Fly
-	flyOpts.GatewayPort = cfg.GatewayPort
-	orgs, err := flyorg.SetupWithManager(mgr, flyorg.Options{Namespace: cfg.Namespace, Fly: flyOpts, RecheckInterval: cfg.FlyOrgRecheck})
-	if err != nil {
-		return nil, err
-	}
+	return peers.NewNamer(cfg.PeerPrefix, clusterName)
+}
 
+// registerAdmission serves the pod webhook at admission.Path.
+func registerAdmission(mgr ctrl.Manager, cfg Config, scheme *runtime.Scheme, orgs *flyorg.Registry, namer *peers.Namer) error {
 	handler, err := admission.NewHandler(scheme, admission.Options{
 		Inject:      cfg.Inject,
 		Orgs:        orgs,
@@ -248,14 +291,18 @@ func New(restCfg *rest.Config, cfg Config) (*Manager, error) {
 		TestHook:    cfg.AdmissionTestHook,
 	})
 	if err != nil {
-		return nil, err
+		return err
 	}
 	var h ctrladmission.Handler = handler
 	if cfg.AdmissionMiddleware != nil {
 		h = cfg.AdmissionMiddleware(h)
 	}
 	mgr.GetWebhookServer().Register(admission.Path, &webhook.Admission{Handler: h})
+	return nil
+}
 
+// setupControllers adds the peer lifecycle and MachineProxy controllers.
+func setupControllers(mgr ctrl.Manager, cfg Config, orgs *flyorg.Registry, namer *peers.Namer) error {
 	peerOpts := peers.Options{
 		Orgs:            orgs,
 		Namer:           namer,
@@ -268,27 +315,24 @@ func New(restCfg *rest.Config, cfg Config) (*Manager, error) {
 		cfg.PeerOptions(&peerOpts)
 	}
 	if err := peers.SetupWithManager(mgr, peerOpts); err != nil {
-		return nil, err
+		return err
 	}
-	if err := machineproxy.SetupWithManager(mgr, machineproxy.Options{
+	return machineproxy.SetupWithManager(mgr, machineproxy.Options{
 		Inject:                cfg.Inject,
 		ExcludedNamespaces:    ExcludedNamespaces(cfg.Namespace),
 		AllowedTolerationKeys: cfg.MachineProxyTolerations,
-	}); err != nil {
-		return nil, err
-	}
+	})
+}
 
+// addHealthChecks makes the manager ready once the serving certificate is
+// loaded and the caBundle is patched, and the webhook server listens:
+// before that the API server would fail pods closed.
+func addHealthChecks(mgr ctrl.Manager, certManager *certs.Manager) error {
 	if err := mgr.AddHealthzCheck("ping", healthz.Ping); err != nil {
-		return nil, err
+		return err
 	}
-	// Ready once the serving certificate is loaded and the caBundle is
-	// patched, and the webhook server listens: before that the API server
-	// would fail pods closed.
 	if err := mgr.AddReadyzCheck("certificate", certManager.ReadyzCheck); err != nil {
-		return nil, err
+		return err
 	}
-	if err := mgr.AddReadyzCheck("webhook", mgr.GetWebhookServer().StartedChecker()); err != nil {
-		return nil, err
-	}
-	return &Manager{Manager: mgr, Certs: certManager}, nil
+	return mgr.AddReadyzCheck("webhook", mgr.GetWebhookServer().StartedChecker())
 }

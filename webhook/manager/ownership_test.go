@@ -16,7 +16,6 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
@@ -43,20 +42,7 @@ func pod(ns, name string, annotations map[string]string) *corev1.Pod {
 	if annotations == nil {
 		annotations = map[string]string{inject.AnnotationTarget: "twi-ollama"}
 	}
-	return &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, Annotations: annotations},
-		Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: "example.invalid/app:1"}}},
-	}
-}
-
-func waitFor(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	err := wait.PollUntilContextTimeout(context.Background(), 100*time.Millisecond, time.Minute, true, func(context.Context) (bool, error) {
-		return cond(), nil
-	})
-	if err != nil {
-		t.Fatalf("waiting for %s: %v", what, err)
-	}
+	return managertest.Pod(ns, name, annotations)
 }
 
 // admit creates an annotated pod and waits for its FlyPeer to be bound.
@@ -66,7 +52,7 @@ func admit(t testing.TB, e *managertest.Env, c client.Client, p *corev1.Pod) (*c
 		t.Fatalf("create pod %s/%s: %v", p.Namespace, p.Name, err)
 	}
 	name := p.Annotations[inject.AnnotationPeer]
-	waitFor(t, "FlyPeer "+name+" bound", func() bool {
+	managertest.WaitFor(t, "FlyPeer "+name+" bound", func() bool {
 		var fp glaceonv1alpha1.FlyPeer
 		return e.Client.Get(context.Background(), client.ObjectKey{Name: name}, &fp) == nil && fp.Spec.Pod.UID == p.UID && fp.Status.Phase == glaceonv1alpha1.FlyPeerBound
 	})
@@ -86,6 +72,7 @@ func hasPeer(fly *flyapitest.Server, org, name string) bool {
 // deploy/rbac, and a tenant holding the stock edit role in one namespace
 // tries what a hostile tenant would (issue 10, defects 2, 3, 5, 6, 8).
 func TestOwnership(t *testing.T) {
+	t.Parallel() // each has its own control plane and Fly double
 	fly := flyapitest.Start(t, flyapitest.Options{})
 	e := managertest.StartWith(t, managertest.Options{AsServiceAccount: true, Fly: fly, Configure: fastSweeps})
 	ctx := context.Background()
@@ -97,7 +84,7 @@ func TestOwnership(t *testing.T) {
 	// lifecycle works under it.
 	victim, victimPeer := admit(t, e, e.Client, pod(victimNS, "victim", nil))
 	own, ownPeer := admit(t, e, tenant, pod(tenantNS, "own", nil))
-	waitFor(t, "the FlyOrg counting its 2 FlyPeers", func() bool {
+	managertest.WaitFor(t, "the FlyOrg counting its 2 FlyPeers", func() bool {
 		var org glaceonv1alpha1.FlyOrg
 		return e.Client.Get(ctx, client.ObjectKey{Name: managertest.DefaultFlyOrg}, &org) == nil && org.Status.Peers == 2
 	})
@@ -193,7 +180,7 @@ func TestOwnership(t *testing.T) {
 		if err := e.Client.Delete(ctx, cp); err != nil {
 			t.Fatal(err)
 		}
-		waitFor(t, "the copy's peer removed, the original's kept", func() bool {
+		managertest.WaitFor(t, "the copy's peer removed, the original's kept", func() bool {
 			return !hasPeer(fly, "personal", copyPeer) && hasPeer(fly, "personal", victimPeer)
 		})
 	})
@@ -212,7 +199,7 @@ func TestOwnership(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), "store the WireGuard config of peer") || !strings.Contains(err.Error(), "retrying is safe") {
 			t.Fatalf("create = %v, want the Secret denial", err)
 		}
-		waitFor(t, "the rolled-back peer and FlyPeer gone", func() bool {
+		managertest.WaitFor(t, "the rolled-back peer and FlyPeer gone", func() bool {
 			for _, fp := range e.FlyPeers(t) {
 				if fp.Spec.Pod.Namespace == ns {
 					return false
@@ -244,7 +231,7 @@ func TestOwnership(t *testing.T) {
 	t.Run("token rotation through the Secret, and a wrong token, with no restart", func(t *testing.T) {
 		ns := e.Namespace(t, "rotation")
 		e.SetToken(t, "FlyV1 fm2_wrong_token")
-		waitFor(t, "Ready=False Unauthorized", func() bool {
+		managertest.WaitFor(t, "Ready=False Unauthorized", func() bool {
 			c := e.FlyOrgReady(t, managertest.DefaultFlyOrg)
 			return c != nil && c.Status == metav1.ConditionFalse && c.Reason == "Unauthorized"
 		})
@@ -265,7 +252,7 @@ func TestOwnership(t *testing.T) {
 		if err := e.Client.Delete(ctx, p); err != nil {
 			t.Fatal(err)
 		}
-		waitFor(t, "peer removed", func() bool { return !hasPeer(fly, "personal", name) })
+		managertest.WaitFor(t, "peer removed", func() bool { return !hasPeer(fly, "personal", name) })
 		e.SetToken(t, fly.Token())
 		e.WaitFlyOrgReady(t, managertest.DefaultFlyOrg)
 	})
@@ -276,7 +263,7 @@ func TestOwnership(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		waitFor(t, "nothing left", func() bool {
+		managertest.WaitFor(t, "nothing left", func() bool {
 			return len(e.FlyPeers(t)) == 0 && len(fly.Peers("personal")) == 0
 		})
 		var list corev1.SecretList
@@ -315,6 +302,7 @@ func clusterWatches(t *testing.T, cfg *rest.Config, resourceName string) int {
 // process dying there: no clean-up runs) leaves nothing once the grace
 // period is over: no Fly peer, no FlyPeer, no Secret.
 func TestManagerKilledAtEachStep(t *testing.T) {
+	t.Parallel() // each has its own control plane and Fly double
 	fly := flyapitest.Start(t, flyapitest.Options{})
 	var crashAt struct {
 		sync.Mutex
@@ -389,7 +377,7 @@ func TestManagerKilledAtEachStep(t *testing.T) {
 
 func nothingLeft(t *testing.T, e *managertest.Env, fly *flyapitest.Server, ns string) {
 	t.Helper()
-	waitFor(t, "nothing left after the grace period", func() bool {
+	managertest.WaitFor(t, "nothing left after the grace period", func() bool {
 		var secrets corev1.SecretList
 		if err := e.Client.List(context.Background(), &secrets, client.InNamespace(ns)); err != nil {
 			return false
@@ -403,6 +391,7 @@ func nothingLeft(t *testing.T, e *managertest.Env, fly *flyapitest.Server, ns st
 // (defect 7). Counted at the double, with the sweeper's interval long
 // enough to stay out of the count.
 func TestFlyRequestsPerPod(t *testing.T) {
+	t.Parallel() // each has its own control plane and Fly double
 	fly := flyapitest.Start(t, flyapitest.Options{})
 	for i := range 2000 {
 		keys, err := wgquick.GenerateKeyPair()
@@ -420,7 +409,7 @@ func TestFlyRequestsPerPod(t *testing.T) {
 	ns := e.Namespace(t, "count")
 	// Let the first sweep (which lists the org) finish.
 	stable := fly.Requests()
-	waitFor(t, "the first sweep done", func() bool {
+	managertest.WaitFor(t, "the first sweep done", func() bool {
 		time.Sleep(500 * time.Millisecond)
 		n := fly.Requests()
 		done := n == stable
@@ -432,7 +421,7 @@ func TestFlyRequestsPerPod(t *testing.T) {
 	if err := e.Client.Delete(ctx, p); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "peer removed", func() bool { return !hasPeer(fly, "personal", name) && len(e.FlyPeers(t)) == 0 })
+	managertest.WaitFor(t, "peer removed", func() bool { return !hasPeer(fly, "personal", name) && len(e.FlyPeers(t)) == 0 })
 	if n := fly.Requests() - before; n > 3 {
 		t.Errorf("one pod's life took %d Fly requests (%v since the start), want at most 3", n, fly.RequestCounts())
 	}
@@ -447,6 +436,7 @@ func TestFlyRequestsPerPod(t *testing.T) {
 // orphans are gone and every other peer is still there (defects 1 and 4:
 // the second FlyOrg's org is swept too).
 func TestTwoClustersShareAnOrg(t *testing.T) {
+	t.Parallel() // each has its own control plane and Fly double
 	fly := flyapitest.Start(t, flyapitest.Options{})
 	a := managertest.StartWith(t, managertest.Options{AsServiceAccount: true, Fly: fly, Configure: fastSweeps})
 	b := managertest.StartWith(t, managertest.Options{AsServiceAccount: true, Fly: fly, Configure: fastSweeps})
@@ -494,7 +484,7 @@ func TestTwoClustersShareAnOrg(t *testing.T) {
 	}
 	orphanA, orphanAcme, orphanB := orphan(na, "personal"), orphan(na, "acme"), orphan(nb, "personal")
 
-	waitFor(t, "each cluster's orphans swept", func() bool {
+	managertest.WaitFor(t, "each cluster's orphans swept", func() bool {
 		return !hasPeer(fly, "personal", orphanA) && !hasPeer(fly, "acme", orphanAcme) && !hasPeer(fly, "personal", orphanB)
 	})
 	// Many more sweeps, well past the grace period.

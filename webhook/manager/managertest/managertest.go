@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -60,6 +61,9 @@ type Env struct {
 	// Client is a cluster admin reading from the API server (no cache).
 	Client  client.Client
 	Manager *manager.Manager
+	// Replicas are all the managers StartWith ran (Options.Replicas);
+	// Manager is the first.
+	Replicas []*manager.Manager
 	// Config is the manager's config as started.
 	Config manager.Config
 	// ManagerRESTConfig is what the manager talks to the API server with:
@@ -84,6 +88,12 @@ type Options struct {
 	ControlPlane *controlplane.ControlPlane
 	// Fly, if set, is the Fly double to use (several clusters, one org).
 	Fly *flyapitest.Server
+	// Replicas is how many managers run on the cluster at once (0: one),
+	// as a Deployment's replicas do: each has its own webhook port, and
+	// all are built before any starts, so they race for the serving
+	// certificate as replicas rolled out together do. The webhook
+	// configuration points at the first.
+	Replicas int
 }
 
 // RepoRoot is the repository's root directory.
@@ -143,10 +153,15 @@ func StartWith(tb testing.TB, opts Options) *Env {
 		e.CreateFlyOrg(tb, DefaultFlyOrg, "personal", []string{"*"}, true)
 	}
 
-	port, err := controlplane.FreePort()
-	if err != nil {
-		tb.Fatal(err)
+	ports := make([]int, max(opts.Replicas, 1))
+	for i := range ports {
+		for ports[i] == 0 || slices.Contains(ports[:i], ports[i]) {
+			if ports[i], err = controlplane.FreePort(); err != nil {
+				tb.Fatal(err)
+			}
+		}
 	}
+	port := ports[0]
 	mwc, err := WebhookConfiguration(fmt.Sprintf("https://127.0.0.1:%d", port))
 	if err != nil {
 		tb.Fatal(err)
@@ -155,13 +170,18 @@ func StartWith(tb testing.TB, opts Options) *Env {
 		if !apierrors.IsAlreadyExists(err) {
 			tb.Fatalf("register the webhook: %v", err)
 		}
-		// A second manager on this cluster: point the webhook at it.
+		// A second manager on this cluster: point the webhook at it (and
+		// leave alone any webhook a test added to the configuration).
 		var cur admissionv1.MutatingWebhookConfiguration
 		if err := e.Client.Get(ctx, client.ObjectKeyFromObject(mwc), &cur); err != nil {
 			tb.Fatal(err)
 		}
 		for i := range cur.Webhooks {
-			cur.Webhooks[i].ClientConfig.URL = mwc.Webhooks[i].ClientConfig.URL
+			for _, w := range mwc.Webhooks {
+				if w.Name == cur.Webhooks[i].Name {
+					cur.Webhooks[i].ClientConfig.URL = w.ClientConfig.URL
+				}
+			}
 		}
 		if err := e.Client.Update(ctx, &cur); err != nil {
 			tb.Fatal(err)
@@ -191,12 +211,23 @@ func StartWith(tb testing.TB, opts Options) *Env {
 		opts.Configure(&cfg)
 	}
 	e.Config = cfg
-	if e.Manager, err = manager.New(e.ManagerRESTConfig, cfg); err != nil {
-		tb.Fatal(err)
+	for i, p := range ports {
+		replicaCfg := cfg
+		if i > 0 {
+			replicaCfg.WebhookPort = p
+		}
+		m, err := manager.New(e.ManagerRESTConfig, replicaCfg)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		e.Replicas = append(e.Replicas, m)
 	}
+	e.Manager = e.Replicas[0]
 	runCtx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- e.Manager.Start(runCtx) }()
+	done := make(chan error, len(e.Replicas))
+	for _, m := range e.Replicas {
+		go func() { done <- m.Start(runCtx) }()
+	}
 	stopped := false
 	e.stop = func() {
 		if stopped {
@@ -204,15 +235,22 @@ func StartWith(tb testing.TB, opts Options) *Env {
 		}
 		stopped = true
 		cancel()
-		if err := <-done; err != nil {
-			tb.Errorf("manager: %v", err)
+		for range e.Replicas {
+			if err := <-done; err != nil {
+				tb.Errorf("manager: %v", err)
+			}
 		}
 	}
 	tb.Cleanup(e.Stop)
 	// Ready as the kubelet would see it: certificate issued, caBundle
 	// patched, webhook server listening.
 	err = wait.PollUntilContextTimeout(runCtx, 50*time.Millisecond, time.Minute, true, func(context.Context) (bool, error) {
-		return e.Manager.Certs.Ready() && e.Manager.GetWebhookServer().StartedChecker()(nil) == nil, nil
+		for _, m := range e.Replicas {
+			if !m.Certs.Ready() || m.GetWebhookServer().StartedChecker()(nil) != nil {
+				return false, nil
+			}
+		}
+		return true, nil
 	})
 	if err != nil {
 		tb.Fatalf("manager not ready: %v", err)
@@ -430,5 +468,26 @@ func (e *Env) WaitManagerAvailable(t testing.TB) {
 	})
 	if err != nil {
 		t.Fatalf("manager Deployment not available: %v (status %+v)", err, dep.Status)
+	}
+}
+
+// Pod is the tests' application pod: one container, an image no node
+// pulls, and annotations as given (nil: none).
+func Pod(namespace, name string, annotations map[string]string) *corev1.Pod {
+	return &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: namespace, Annotations: annotations},
+		Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: "example.invalid/app:1"}}},
+	}
+}
+
+// WaitFor polls cond every 100ms until it holds, and fails tb after a
+// minute (the controllers involved are several, on shared cores).
+func WaitFor(tb testing.TB, what string, cond func() bool) {
+	tb.Helper()
+	err := wait.PollUntilContextTimeout(context.Background(), 100*time.Millisecond, time.Minute, true, func(context.Context) (bool, error) {
+		return cond(), nil
+	})
+	if err != nil {
+		tb.Fatalf("waiting for %s: %v", what, err)
 	}
 }

@@ -7,7 +7,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	admissionv1 "k8s.io/api/admissionregistration/v1"
 	appsv1 "k8s.io/api/apps/v1"
@@ -16,7 +15,6 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -49,14 +47,14 @@ func TestSecureMode(t *testing.T) {
 		t.Fatal(err)
 	}
 	key := client.ObjectKeyFromObject(mp)
-	waitFor(t, "the MachineProxy's children", func() bool {
+	managertest.WaitFor(t, "the MachineProxy's children", func() bool {
 		return e.Client.Get(ctx, key, &appsv1.Deployment{}) == nil && e.Client.Get(ctx, key, &corev1.Service{}) == nil &&
 			e.Client.Get(ctx, key, &corev1.ServiceAccount{}) == nil && e.Client.Get(ctx, key, &policyv1.PodDisruptionBudget{}) == nil
 	})
 	if err := e.Client.Patch(ctx, mp, client.RawPatch(types.MergePatchType, []byte(`{"spec":{"replicas":1}}`))); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the PDB deleted and the status patched", func() bool {
+	managertest.WaitFor(t, "the PDB deleted and the status patched", func() bool {
 		got := &glaceonv1alpha1.MachineProxy{}
 		return apierrors.IsNotFound(e.Client.Get(ctx, key, &policyv1.PodDisruptionBudget{})) &&
 			e.Client.Get(ctx, key, got) == nil && got.Status.ObservedGeneration == got.Generation
@@ -65,7 +63,7 @@ func TestSecureMode(t *testing.T) {
 	// A tenant with the stock edit role (aggregated by the
 	// kube-controller-manager) works in its namespace and nowhere else.
 	tenant := e.TenantClient(t, "tenant-a", "team-a")
-	waitFor(t, "edit aggregated for the tenant", func() bool {
+	managertest.WaitFor(t, "edit aggregated for the tenant", func() bool {
 		return tenant.List(ctx, &corev1.PodList{}, client.InNamespace("team-a")) == nil
 	})
 	forbidden := map[string]error{
@@ -78,16 +76,6 @@ func TestSecureMode(t *testing.T) {
 		if !apierrors.IsForbidden(err) {
 			t.Errorf("tenant could %s: err = %v, want Forbidden", what, err)
 		}
-	}
-}
-
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	err := wait.PollUntilContextTimeout(context.Background(), 100*time.Millisecond, time.Minute, true, func(context.Context) (bool, error) {
-		return cond(), nil
-	})
-	if err != nil {
-		t.Fatalf("waiting for %s: %v", what, err)
 	}
 }
 
