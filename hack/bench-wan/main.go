@@ -564,6 +564,9 @@ func (h *harness) cell(b binary, sp spec, seed int64) (Cell, error) {
 	return c, nil
 }
 
+// downloadBytes is what each download stream asks for.
+const downloadBytes = 4 << 30
+
 // stream runs one download or upload until ctx ends, counting the bytes it
 // read (download) or handed to the connection (upload).
 func stream(ctx context.Context, dir, url string, i int, n *atomic.Int64) error {
@@ -571,7 +574,8 @@ func stream(ctx context.Context, dir, url string, i int, n *atomic.Int64) error 
 		ReadBufferSize: 256 << 10, WriteBufferSize: 256 << 10}}
 	var req *http.Request
 	if dir == "download" {
-		req, _ = http.NewRequestWithContext(ctx, http.MethodGet, url+"/bytes?n="+strconv.FormatInt(1<<40, 10), nil)
+		// More than any cell moves, within the sample app's 8 GiB bound.
+		req, _ = http.NewRequestWithContext(ctx, http.MethodGet, url+"/bytes?n="+strconv.FormatInt(downloadBytes, 10), nil)
 	} else {
 		req, _ = http.NewRequestWithContext(ctx, http.MethodPost, url+"/discard", &endless{ctx: ctx, n: n})
 		req.Header.Set("X-Bench-Stream", strconv.Itoa(i))
@@ -581,6 +585,10 @@ func stream(ctx context.Context, dir, url string, i int, n *atomic.Int64) error 
 		return err
 	}
 	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		// A refused request would otherwise look like a stalled stream.
+		return fmt.Errorf("stream %d: %s %s: status %s", i, req.Method, req.URL.Path, resp.Status)
+	}
 	if dir == "upload" {
 		_, err = io.Copy(io.Discard, resp.Body)
 		return err
