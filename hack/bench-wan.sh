@@ -8,6 +8,8 @@
 #   hack/bench-wan.sh [-quick] [-json out.json] [-svg docs/bench-wan.svg] [-duration 6s] [-rate 200]
 #   QUICK=1 hack/bench-wan.sh          # the same as -quick
 #   BENCH_SIDECAR=/path/to/glaceon-sidecar hack/bench-wan.sh ...   # A/B a build of a local change
+#   BENCH_BEFORE=main hack/bench-wan.sh ...   # also measure the sidecar of a git ref (or a binary's path)
+#                                             # in every cell: before/after ratios from one run
 #
 # Everything it makes — the namespace glaceon-wan-<pid>, the TUN interface
 # glwan<pid>, the proxies it starts — is removed on exit, whatever the exit;
@@ -63,10 +65,21 @@ if [[ -n "${BENCH_SIDECAR:-}" ]]; then
 else
   go build -trimpath -o "$out/glaceon-sidecar" ./cmd/glaceon-sidecar
 fi
+before=()
+if [[ -n "${BENCH_BEFORE:-}" ]]; then
+  if [[ -f "$BENCH_BEFORE" ]]; then
+    cp "$BENCH_BEFORE" "$out/sidecar-before"
+  else
+    mkdir "$out/before-src"
+    git archive "$BENCH_BEFORE" | tar -x -C "$out/before-src"
+    (cd "$out/before-src" && go build -trimpath -o "$out/sidecar-before" ./cmd/glaceon-sidecar)
+  fi
+  before=(-before "$out/sidecar-before")
+fi
 go build -trimpath -o "$out/vanilla" ./hack/bench-tunnel/vanilla
 go build -trimpath -o "$out/bench-wan" ./hack/bench-wan
 ip netns add "$ns"
 echo "# $(date -u +%FT%TZ) $(uname -sr) $(nproc) CPUs; load: $(cut -d' ' -f1-3 /proc/loadavg)"
-"$out/bench-wan" -sidecar "$out/glaceon-sidecar" -baseline "$out/vanilla" -netns "$ns" -ifname "$dev" -workdir "$out" "${args[@]}" &
+"$out/bench-wan" -sidecar "$out/glaceon-sidecar" -baseline "$out/vanilla" -netns "$ns" -ifname "$dev" -workdir "$out" "${before[@]}" "${args[@]}" &
 harness_pid=$!
 wait "$harness_pid"

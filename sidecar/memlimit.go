@@ -14,7 +14,8 @@ import (
 // load; at 48 MiB, 100 parallel downloads made the GC thrash (16 CPU s/GiB),
 // the UDP socket overflowed and the test gateway's TCP stalled. At 96 MiB a
 // single 1 GiB download peaks at about 50 MiB RSS and 100 streams at about
-// 90 MiB. See docs/benchmarks.md.
+// 90 MiB. A quarter of the limit is the TCP buffer budget (bufferBudget).
+// See docs/benchmarks.md.
 const DefaultMemoryLimit = 96 << 20
 
 // cgroup memory limit files, v2 then v1.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -40,15 +41,23 @@ const (
 	// packets being dropped and retransmitted, as channel.Endpoint does.
 	outQueueLen = 256
 
-	// TCP buffer ranges. Receive max bounds how much a single download can
-	// have in flight towards us, which in turn bounds how many wireguard-go
-	// message buffers are alive at once: this is the main memory knob.
-	tcpRecvBufMin = 4 << 10
-	tcpRecvBufDef = 256 << 10
-	tcpRecvBufMax = 1 << 20
-	tcpSendBufMin = 4 << 10
-	tcpSendBufDef = 256 << 10
-	tcpSendBufMax = 1 << 20
+	// TCP buffer ranges. Both buffers start at the default and gVisor's
+	// auto-tuning grows them with what the path needs (receive: what the
+	// application read in the last RTT; send: the congestion window), up to
+	// a maximum that is not fixed but shared out of a budget (see
+	// bufferBudget): at 96 MiB, one stream may grow to the ceiling, 8 MiB,
+	// which a 200 Mbit/s path needs at 100 ms RTT (gVisor advertises half
+	// its receive buffer as window); 100 streams get the floor each.
+	tcpRecvBufMin     = 4 << 10
+	tcpRecvBufDef     = 256 << 10
+	tcpSendBufMin     = 4 << 10
+	tcpSendBufDef     = 256 << 10
+	tcpBufMaxCeiling  = 8 << 20
+	tcpBufMaxFloor    = 256 << 10
+	tcpBudgetFraction = 4 // of the Go memory limit
+	// budgetRetune is how often the shares follow connections that closed
+	// (a dial recomputes them at once).
+	budgetRetune = time.Second
 )
 
 // netTun is a wireguard-go tun.Device backed by a gVisor stack through a
@@ -65,6 +74,16 @@ type netTun struct {
 	closed    chan struct{}
 	closeOnce sync.Once
 
+	// budget is what all TCP buffers may grow to together; 0 when both
+	// maxima are fixed (netStackOptions.RecvBufMax/SendBufMax, which
+	// rcvFixed and sndFixed keep).
+	budget             int64
+	rcvFixed, sndFixed int
+	bufMax             atomic.Int64 // the shared per-connection maximum in force
+	retuneM            sync.Mutex
+
+	gate, outGate *packetGate // nil: no bound on the packets in flight in wireguard-go
+
 	mu         sync.Mutex // serialises inbound delivery (GRO is single-threaded)
 	gro        gro.GRO
 	dispatcher stack.NetworkDispatcher
@@ -76,11 +95,19 @@ type netTun struct {
 
 // netStackOptions tunes the stack; exposed so benchmarks can compare variants.
 type netStackOptions struct {
-	MTU         int
-	Local       netip.Addr
-	DisableGRO  bool
-	RecvBufMax  int
-	SendBufMax  int
+	MTU        int
+	Local      netip.Addr
+	DisableGRO bool
+	// RecvBufMax and SendBufMax fix the per-connection maxima (0: shared
+	// out of BufferBudget).
+	RecvBufMax int
+	SendBufMax int
+	// BufferBudget is what the TCP buffers of all connections may grow to
+	// together (0: a quarter of the Go memory limit, see bufferBudget).
+	BufferBudget int64
+	// InFlight bounds the received packets wireguard-go may hold before the
+	// netstack takes them (packetGate; 0: from the budget, -1: no bound).
+	InFlight    int
 	Congestion  string // "cubic" or "reno"
 	DisableSACK bool
 	// KeepaliveIdle: see keepalive.go (0: tcpKeepaliveIdle).
@@ -91,11 +118,20 @@ func newNetTun(o netStackOptions) (*netTun, error) {
 	if !o.Local.IsValid() {
 		return nil, errors.New("netstack: no local address")
 	}
-	if o.RecvBufMax == 0 {
-		o.RecvBufMax = tcpRecvBufMax
-	}
-	if o.SendBufMax == 0 {
-		o.SendBufMax = tcpSendBufMax
+	var budget int64
+	rcvMax, sndMax := o.RecvBufMax, o.SendBufMax
+	if rcvMax == 0 || sndMax == 0 {
+		budget = o.BufferBudget
+		if budget <= 0 {
+			budget = bufferBudget(debug.SetMemoryLimit(-1))
+		}
+		share := bufShare(budget, 1)
+		if rcvMax == 0 {
+			rcvMax = share
+		}
+		if sndMax == 0 {
+			sndMax = share
+		}
 	}
 	if o.Congestion == "" {
 		o.Congestion = "cubic"
@@ -112,12 +148,19 @@ func newNetTun(o netStackOptions) (*netTun, error) {
 		events: make(chan tun.Event, 4),
 		out:    make(chan *stack.PacketBuffer, outQueueLen),
 		closed: make(chan struct{}),
+		budget: budget,
+	}
+	if budget > 0 {
+		t.rcvFixed, t.sndFixed = o.RecvBufMax, o.SendBufMax
+	}
+	t.bufMax.Store(int64(bufShare(budget, 1)))
+	if n := inFlight(o.InFlight, budget); n > 0 {
+		t.gate, t.outGate = newPacketGate(n, t.closed), newPacketGate(n, t.closed)
 	}
 	t.gro.Init(!o.DisableGRO)
 
 	sack := tcpip.TCPSACKEnabled(!o.DisableSACK)
-	rcv := tcpip.TCPReceiveBufferSizeRangeOption{Min: tcpRecvBufMin, Default: min(tcpRecvBufDef, o.RecvBufMax), Max: o.RecvBufMax}
-	snd := tcpip.TCPSendBufferSizeRangeOption{Min: tcpSendBufMin, Default: min(tcpSendBufDef, o.SendBufMax), Max: o.SendBufMax}
+	rcv, snd := bufRanges(rcvMax, sndMax)
 	cc := tcpip.CongestionControlOption(o.Congestion)
 	moderate := tcpip.TCPModerateReceiveBufferOption(true)
 	// A short TIME-WAIT keeps closed connections from holding memory long.
@@ -151,6 +194,9 @@ func newNetTun(o netStackOptions) (*netTun, error) {
 		{Destination: header.IPv4EmptySubnet, NIC: nicID},
 	})
 	t.events <- tun.EventUp
+	if budget > 0 {
+		go t.retuneLoop()
+	}
 	return t, nil
 }
 
@@ -165,6 +211,9 @@ func (t *netTun) BatchSize() int           { return tunBatchSize }
 // Read hands packets that gVisor wants to send to wireguard-go. It blocks for
 // the first packet and then takes whatever else is queued, up to len(bufs).
 func (t *netTun) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
+	if t.outGate != nil {
+		t.outGate.wait()
+	}
 	var pkt *stack.PacketBuffer
 	select {
 	case pkt = <-t.out:
@@ -187,6 +236,9 @@ func (t *netTun) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 		break
 	}
 	t.outPackets.Add(uint64(n))
+	if t.outGate != nil {
+		t.outGate.take(n)
+	}
 	return n, nil
 }
 
@@ -204,6 +256,9 @@ func (t *netTun) Write(bufs [][]byte, offset int) (int, error) {
 	case <-t.closed:
 		return 0, os.ErrClosed
 	default:
+	}
+	if t.gate != nil {
+		defer t.gate.written(len(bufs))
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -322,6 +377,9 @@ func (t *netTun) dialTCP(ctx context.Context, addr netip.AddrPort) (*gonet.TCPCo
 	if err := setKeepalive(ep, t.keep); err != nil {
 		ep.Close()
 		return nil, &dialError{reason: DialReasonOther, err: err}
+	}
+	if t.budget > 0 {
+		t.retune(t.established() + 1)
 	}
 	we, ch := waiter.NewChannelEntry(waiter.WritableEvents)
 	wq.EventRegister(&we)

@@ -42,7 +42,7 @@ type Options struct {
 	// $FLY_WG_WEBSOCKET_PORT for tests against a local double.
 	WebSocketPort int
 	// Tuning overrides netstack defaults, for benchmarks and debugging only
-	// (env GLACEON_TUNING, e.g. "gro=0,rcvbuf=4194304,sndbuf=1048576,cc=reno,sack=0,keepalive=30s").
+	// (env GLACEON_TUNING, e.g. "gro=0,rcvbuf=4194304,sndbuf=1048576,cc=reno,sack=0,keepalive=30s,inflight=off").
 	Tuning netStackOptions
 }
 
@@ -304,6 +304,15 @@ func parseTuning(s string) (netStackOptions, error) {
 			} else {
 				t.SendBufMax = n
 			}
+		case "inflight":
+			n, err := strconv.Atoi(v)
+			if v == "off" {
+				n, err = -1, nil
+			}
+			if err != nil || n == 0 || n < -1 || n > 65536 {
+				return t, fmt.Errorf("inflight=%q must be off or a packet count from 1 to 65536", v)
+			}
+			t.InFlight = n
 		case "keepalive":
 			d, err := time.ParseDuration(v)
 			if err != nil || d < 100*time.Millisecond || d > time.Hour {

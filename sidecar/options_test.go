@@ -93,6 +93,7 @@ func TestParseOptionsErrors(t *testing.T) {
 		{"metrics on health", append(fw("127.0.0.2:80=a.flycast:80"), "--health-addr", "127.0.0.1:9901", "--metrics-addr", "127.0.0.1:9901"), nil, "--metrics-addr", "health"},
 		{"metrics on a forward", append(fw("127.0.0.2:80=a.flycast:80"), "--metrics-addr", "127.0.0.2:80"), nil, "--metrics-addr", "forward"},
 		{"keepalive tuning", fw("127.0.0.2:80=a.flycast:80"), map[string]string{EnvTuning: "keepalive=1ms"}, EnvTuning, "100ms to 1h"},
+		{"inflight tuning", fw("127.0.0.2:80=a.flycast:80"), map[string]string{EnvTuning: "inflight=0"}, EnvTuning, "off or a packet count"},
 		{"grace", append(fw("127.0.0.2:80=a.flycast:80"), "--shutdown-grace", "soon"), nil, "--shutdown-grace", "duration"},
 		{"log level", append(fw("127.0.0.2:80=a.flycast:80"), "--log-level", "loud"), nil, "--log-level", "debug, info or error"},
 		{"unknown flag", append(base, "--nope"), nil, "--nope", "unknown flag"},

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
+	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/device"
 
 	"github.com/glaceon/glaceon/flyapi/wgquick"
@@ -61,7 +62,11 @@ func newTunnel(cfg *wgquick.Config, opts *Options, log logr.Logger, m *metrics) 
 			wlog.Info("wireguard-go error", "detail", fmt.Sprintf(format, args...))
 		},
 	}
-	dev := device.NewDevice(t, bind, logger)
+	var b conn.Bind = bind
+	if t.gate != nil {
+		b = &gatedBind{Bind: bind, gate: t.gate, out: t.outGate}
+	}
+	dev := device.NewDevice(t, b, logger)
 	mode := opts.Transport
 	if mode == "" {
 		mode = TransportAuto

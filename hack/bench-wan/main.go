@@ -111,6 +111,7 @@ func main() {
 	var (
 		sidecar  = flag.String("sidecar", "", "path of the glaceon-sidecar binary (required)")
 		baseline = flag.String("baseline", "", "path of hack/bench-tunnel/vanilla (required)")
+		before   = flag.String("before", "", "optional: a second glaceon-sidecar (e.g. main's) measured in every cell too, for before/after ratios in one run")
 		netns    = flag.String("netns", "", "network namespace (under /run/netns) for the gateway's interface (required)")
 		ifName   = flag.String("ifname", "glwan0", "name of the gateway's TUN interface")
 		quick    = flag.Bool("quick", false, "a reduced matrix (RTT 0 and 50 ms, loss 0 and 1 %, short cells)")
@@ -149,7 +150,10 @@ func main() {
 		os.Exit(2)
 	}
 	h := &harness{quick: *quick, dur: *dur, rate: *rateMbit * 1e6,
-		bins: []binary{{"glaceon-sidecar", *sidecar}, {"vanilla", *baseline}}, workdir: *workdir, sidecarEnv: benchproc.SplitList(*extraEnv)}
+		bins: []binary{{side, *sidecar}, {base, *baseline}}, workdir: *workdir, sidecarEnv: benchproc.SplitList(*extraEnv)}
+	if *before != "" {
+		h.bins = append(h.bins, binary{prev, *before})
+	}
 	if err := h.overrides(*rttList, *lossList, *dirList, *strList); err != nil {
 		fmt.Fprintln(os.Stderr, "bench-wan:", err)
 		os.Exit(2)
@@ -335,10 +339,9 @@ func (h *harness) run(ns, ifName string) (*Report, error) {
 				for _, n := range streams {
 					seed++
 					sp := spec{RTT: rtt, Loss: loss, Dir: dir, Streams: n, Rate: rate}
-					order := h.bins
-					if seed%2 == 1 { // alternate who goes first, against drift in the machine's load
-						order = []binary{h.bins[1], h.bins[0]}
-					}
+					// Rotate who goes first, against drift in the machine's load.
+					r := int(seed) % len(h.bins)
+					order := append(append([]binary(nil), h.bins[r:]...), h.bins[:r]...)
 					for _, b := range order {
 						c, err := h.cell(b, sp, seed)
 						if err != nil {
@@ -564,6 +567,9 @@ func (h *harness) cell(b binary, sp spec, seed int64) (Cell, error) {
 	return c, nil
 }
 
+// downloadBytes is what each download stream asks for.
+const downloadBytes = 4 << 30
+
 // stream runs one download or upload until ctx ends, counting the bytes it
 // read (download) or handed to the connection (upload).
 func stream(ctx context.Context, dir, url string, i int, n *atomic.Int64) error {
@@ -571,7 +577,8 @@ func stream(ctx context.Context, dir, url string, i int, n *atomic.Int64) error 
 		ReadBufferSize: 256 << 10, WriteBufferSize: 256 << 10}}
 	var req *http.Request
 	if dir == "download" {
-		req, _ = http.NewRequestWithContext(ctx, http.MethodGet, url+"/bytes?n="+strconv.FormatInt(1<<40, 10), nil)
+		// More than any cell moves, within the sample app's 8 GiB bound.
+		req, _ = http.NewRequestWithContext(ctx, http.MethodGet, url+"/bytes?n="+strconv.FormatInt(downloadBytes, 10), nil)
 	} else {
 		req, _ = http.NewRequestWithContext(ctx, http.MethodPost, url+"/discard", &endless{ctx: ctx, n: n})
 		req.Header.Set("X-Bench-Stream", strconv.Itoa(i))
@@ -581,6 +588,10 @@ func stream(ctx context.Context, dir, url string, i int, n *atomic.Int64) error 
 		return err
 	}
 	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		// A refused request would otherwise look like a stalled stream.
+		return fmt.Errorf("stream %d: %s %s: status %s", i, req.Method, req.URL.Path, resp.Status)
+	}
 	if dir == "upload" {
 		_, err = io.Copy(io.Discard, resp.Body)
 		return err

@@ -20,6 +20,8 @@ func netipLoopback(port int) netip.AddrPort {
 const (
 	side = "glaceon-sidecar"
 	base = "vanilla"
+	// prev is the optional second sidecar (-before), e.g. main's build.
+	prev = "sidecar-before"
 )
 
 type cellKey struct {
@@ -92,6 +94,19 @@ func printReport(w io.Writer, rep *Report) {
 			s.WindowBytes>>10, v.WindowBytes>>10, s.Stalled, v.Stalled, s.PathDrops, v.PathDrops, s.RcvbufErrors, v.RcvbufErrors)
 	}
 	fmt.Fprintln(w)
+	if hasBinary(rep, prev) {
+		fmt.Fprintln(w, "Against the sidecar before the change (-before), same run:")
+		fmt.Fprintln(w)
+		fmt.Fprintln(w, "| RTT | loss | dir | streams | after Mbit/s | before Mbit/s | after ÷ before | after ÷ stock | before ÷ stock | CPU s/GiB after / before | peak RSS MiB after / before | window KiB after / before | stalled after / before |")
+		fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+		for _, k := range keys {
+			s, p, v := m[k][side], m[k][prev], m[k][base]
+			fmt.Fprintf(w, "| %s | %s | %s | %d | %.1f | %.1f | %s | %s | %s | %.2f / %.2f | %.1f / %.1f | %d / %d | %d / %d |\n",
+				rttName(k.rtt), lossName(k.loss), k.dir, k.streams, s.Mbps, p.Mbps, ratio(s.Mbps, p.Mbps), ratio(s.Mbps, v.Mbps), ratio(p.Mbps, v.Mbps),
+				s.CPUPerGiB, p.CPUPerGiB, s.PeakRSSMiB, p.PeakRSSMiB, s.WindowBytes>>10, p.WindowBytes>>10, s.Stalled, p.Stalled)
+		}
+		fmt.Fprintln(w)
+	}
 	fmt.Fprintf(w, "Small requests (one keep-alive connection, GET /, no loss); plain loopback TCP: p50 %.0f µs, p99 %.0f µs\n\n", rep.PlainP50us, rep.PlainP99us)
 	fmt.Fprintln(w, "| RTT | sidecar p50 / p99 | stock p50 / p99 | sidecar p50 − RTT | stock p50 − RTT | Linux min RTT (TCP_INFO) | RTT check |")
 	fmt.Fprintln(w, "|---|---|---|---|---|---|---|")
@@ -127,7 +142,30 @@ func printReport(w io.Writer, rep *Report) {
 			s.P50us-r*1000, v.P50us-r*1000, mr, check)
 	}
 	fmt.Fprintln(w)
-	printTargets(w, rep, keys, m, lat)
+	if hasBinary(rep, prev) {
+		fmt.Fprint(w, "Sidecar before the change (-before), p50 / p99:")
+		for _, r := range rtts {
+			p := lat[r][prev]
+			fmt.Fprintf(w, " %s %.0f / %.0f µs;", rttName(r), p.P50us, p.P99us)
+		}
+		fmt.Fprintln(w)
+		fmt.Fprintln(w)
+	}
+	printTargets(w, rep, keys, m, lat, side)
+	if hasBinary(rep, prev) {
+		fmt.Fprintln(w)
+		printTargets(w, rep, keys, m, lat, prev)
+	}
+	printChecks(w, rep)
+}
+
+func hasBinary(rep *Report, name string) bool {
+	for _, c := range rep.Cells {
+		if c.Binary == name {
+			return true
+		}
+	}
+	return false
 }
 
 // baseRTT is the smallest RTT Linux measured on loopback cells without
@@ -142,14 +180,16 @@ func baseRTT(rep *Report) float64 {
 	return b
 }
 
-func printTargets(w io.Writer, rep *Report, keys []cellKey, m map[cellKey]map[string]Cell, lat map[float64]map[string]Latency) {
+// printTargets checks issue 17's targets for the sidecar binary side (the
+// build under test or, with -before, the one before the change).
+func printTargets(w io.Writer, rep *Report, keys []cellKey, m map[cellKey]map[string]Cell, lat map[float64]map[string]Latency, side string) {
 	verdict := func(ok bool) string {
 		if ok {
 			return "met"
 		}
 		return "NOT met"
 	}
-	fmt.Fprintln(w, "Targets (issue 17 part 4), as measured in this run:")
+	fmt.Fprintf(w, "Targets (issue 17 part 4) for %s, as measured in this run:\n", side)
 	fmt.Fprintln(w)
 	// 1: loss-free, RTT > 0, one stream, at ≥ 80 % of the cap.
 	worst, worstAt := math.Inf(1), ""
@@ -216,6 +256,11 @@ func printTargets(w io.Writer, rep *Report, keys []cellKey, m map[cellKey]map[st
 				s.PeakRSSMiB, s.Stalled, v.PeakRSSMiB, v.Stalled, s.Mbps, v.Mbps, verdict(s.PeakRSSMiB <= 64 && s.Stalled == 0))
 		}
 	}
+}
+
+// printChecks prints the harness's own checks: drops, emulator lateness,
+// measured loss.
+func printChecks(w io.Writer, rep *Report) {
 	var errs, over, drops int64
 	var late time.Duration
 	lossBy := map[float64][2]int64{}
