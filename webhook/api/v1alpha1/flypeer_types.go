@@ -43,7 +43,7 @@ const AnnotationClaimedAt = "glaceon.fly/claimed-at"
 
 // FlyPeerPod is the pod a FlyPeer was made for.
 //
-// +kubebuilder:validation:XValidation:rule="oldSelf.namespace == '' || self.namespace == oldSelf.namespace",message="spec.pod.namespace cannot change once set: a claimed peer never returns to the pool"
+// +kubebuilder:validation:XValidation:rule="size(oldSelf.namespace) == 0 || self.namespace == oldSelf.namespace",message="spec.pod.namespace cannot change once set: a claimed peer never returns to the pool"
 type FlyPeerPod struct {
 	// Namespace of the pod (and of its wg-quick Secret, named after the
 	// FlyPeer). Empty while the peer waits in the pool.
