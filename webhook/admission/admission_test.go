@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -33,6 +34,7 @@ import (
 	"github.com/glaceon/glaceon/webhook/inject"
 	"github.com/glaceon/glaceon/webhook/manager"
 	"github.com/glaceon/glaceon/webhook/manager/managertest"
+	"github.com/glaceon/glaceon/webhook/pool"
 )
 
 // env is one control plane + Fly double + the whole manager, shared by the
@@ -63,6 +65,8 @@ func startEnv(t testing.TB, flyTimeout time.Duration) *env {
 	e.Env = managertest.Start(t, func(cfg *manager.Config) {
 		cfg.FlyTimeout = flyTimeout
 		cfg.SweepGrace, cfg.SweepInterval, cfg.AllowShortGrace = 2*time.Second, 500*time.Millisecond, true
+		// The benchmark refills a pool of 50 between bursts.
+		cfg.PoolOptions = func(o *pool.Options) { o.Rate, o.Burst, o.Workers = 200, 50, 8 }
 		cfg.AdmissionTestHook = func(step, pod string) error {
 			now := time.Now()
 			e.mu.Lock()
@@ -422,15 +426,69 @@ func waitForPod(t *testing.T, c client.Client, ns string) *corev1.Pod {
 
 // BenchmarkAdmission50Concurrent creates 50 annotated pods at once through
 // the real API server, webhook and Fly double, and reports the latency of
-// each create (admission included) as percentiles.
+// each create (admission included) as percentiles: without and with the
+// warm pool (FlyOrg spec.pool.size 50, refilled between bursts), with the
+// double adding 0 and 150 ms to every Fly request.
 func BenchmarkAdmission50Concurrent(b *testing.B) {
-	const pods = 50
 	e := startEnv(b, 10*time.Second)
+	for _, pooled := range []bool{false, true} {
+		for _, latency := range []time.Duration{0, 150 * time.Millisecond} {
+			name := fmt.Sprintf("pool=%v/fly=%dms", map[bool]string{false: "off", true: "on"}[pooled], latency.Milliseconds())
+			b.Run(name, func(b *testing.B) { benchmarkAdmissionBurst(b, e, pooled, latency) })
+		}
+	}
+}
+
+func benchmarkAdmissionBurst(b *testing.B, e *env, pooled bool, latency time.Duration) {
+	const pods = 50
 	ctx := context.Background()
+	size := int32(0)
+	if pooled {
+		size = pods
+	}
+	var org glaceonv1alpha1.FlyOrg
+	if err := e.c.Get(ctx, client.ObjectKey{Name: managertest.DefaultFlyOrg}, &org); err != nil {
+		b.Fatal(err)
+	}
+	orig := org.DeepCopy()
+	org.Spec.Pool = &glaceonv1alpha1.FlyOrgPool{Size: size}
+	if err := e.c.Patch(ctx, &org, client.MergeFrom(orig)); err != nil {
+		b.Fatal(err)
+	}
+	// Between bursts: the pool full (or gone), and no Fly latency for the
+	// refill, which is not what is measured.
+	settle := func() {
+		e.fly.Faults().Clear()
+		err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
+			var fo glaceonv1alpha1.FlyOrg
+			if err := e.c.Get(ctx, client.ObjectKey{Name: managertest.DefaultFlyOrg}, &fo); err != nil {
+				return false, err
+			}
+			if !pooled {
+				return fo.Status.Pool == nil, nil
+			}
+			return fo.Status.Pool != nil && fo.Status.Pool.Available == size, nil
+		})
+		if err != nil {
+			b.Fatalf("pool not settled: %v", err)
+		}
+		if latency > 0 {
+			e.fly.Faults().Set(flyapitest.Fault{Kind: flyapitest.FaultSlow, Delay: latency})
+		}
+	}
+	defer e.fly.Faults().Clear()
 	var latencies []time.Duration
-	e.handling = nil
-	for i := 0; b.Loop(); i++ {
-		ns := e.namespace(b, fmt.Sprintf("bench-%d", i))
+	var cpu time.Duration
+	e.mu.Lock()
+	e.handling, e.steps = nil, nil
+	e.mu.Unlock()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		settle()
+		ns := e.namespace(b, fmt.Sprintf("bench-%s-%d", strings.NewReplacer("/", "-", "=", "-").Replace(strings.ToLower(b.Name()[len("BenchmarkAdmission50Concurrent/"):])), i))
+		b.StartTimer()
+		cpuBefore := processCPU()
 		results := make(chan time.Duration, pods)
 		errs := make(chan error, pods)
 		for j := 0; j < pods; j++ {
@@ -447,7 +505,9 @@ func BenchmarkAdmission50Concurrent(b *testing.B) {
 				b.Fatal(err)
 			}
 		}
+		cpu += processCPU() - cpuBefore
 	}
+	b.StopTimer()
 	pct := func(d []time.Duration, p float64) float64 {
 		slices.Sort(d)
 		return float64(d[int(p*float64(len(d)-1))].Microseconds()) / 1000
@@ -456,12 +516,16 @@ func BenchmarkAdmission50Concurrent(b *testing.B) {
 	// time spent in our handler, Fly call and Secret included.
 	b.ReportMetric(pct(latencies, 0.50), "create-p50-ms")
 	b.ReportMetric(pct(latencies, 0.99), "create-p99-ms")
+	// CPU of this process (manager, webhook, Fly double, test client) per
+	// pod; the rest of an admission is waiting, mostly on the API server.
+	b.ReportMetric(float64(cpu.Microseconds())/1000/float64(len(latencies)), "proc-cpu-ms/pod")
 	e.mu.Lock()
+	defer e.mu.Unlock()
 	b.ReportMetric(pct(e.handling, 0.50), "webhook-p50-ms")
 	b.ReportMetric(pct(e.handling, 0.99), "webhook-p99-ms")
-	// The cost of each step of one admission, from the test hook: the
-	// FlyPeer written before the Fly call, the Fly call, the Secret, and
-	// the FlyPeer's status (with the patch built).
+	// The cost of each step of one admission, from the test hook. Without
+	// the pool: the FlyPeer written before the Fly call, the Fly call, the
+	// Secret, the FlyPeer's status. With it: the Secret after the claim.
 	between := func(from, to string) []time.Duration {
 		var d []time.Duration
 		for _, st := range e.steps {
@@ -477,11 +541,20 @@ func BenchmarkAdmission50Concurrent(b *testing.B) {
 		{"flypeer-create", glaceonadmission.StepBeforeFlyPeer, glaceonadmission.StepAfterFlyPeer},
 		{"fly-add", glaceonadmission.StepAfterFlyPeer, glaceonadmission.StepAfterFly},
 		{"secret-create", glaceonadmission.StepAfterFly, glaceonadmission.StepAfterSecret},
+		{"pooled-secret-create", glaceonadmission.StepAfterClaim, glaceonadmission.StepAfterSecret},
 		{"flypeer-status", glaceonadmission.StepAfterSecret, glaceonadmission.StepBeforeResponse},
 	} {
 		if d := between(m.from, m.to); len(d) > 0 {
 			b.ReportMetric(pct(d, 0.50), m.name+"-p50-ms")
 		}
 	}
-	e.mu.Unlock()
+}
+
+// processCPU is the user and system CPU time this process used so far.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"time"
 
+	"k8s.io/utils/clock"
+
 	"github.com/glaceon/glaceon/webhook/flyorg"
 	"github.com/glaceon/glaceon/webhook/peers"
 )
@@ -68,6 +70,9 @@ type Options struct {
 	RetryBaseDelay, RetryMaxDelay time.Duration
 	// FlyTimeout bounds one addWireGuardPeer. Default 30s.
 	FlyTimeout time.Duration
+	// Clock measures pooled peers' ages; default the real clock (tests
+	// move it forward to see rotation).
+	Clock clock.PassiveClock
 	// AllowShortMaxAge lifts the MinMaxAge floor (tests only).
 	AllowShortMaxAge bool
 	// TestHook, when set, is called after each refill step (Step*) with
@@ -104,6 +109,9 @@ func (o *Options) setDefaults() {
 	}
 	if o.FlyTimeout <= 0 {
 		o.FlyTimeout = peers.DefaultFlyCallTimeout
+	}
+	if o.Clock == nil {
+		o.Clock = clock.RealClock{}
 	}
 }
 

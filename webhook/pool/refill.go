@@ -146,7 +146,7 @@ func (r *refiller) count(ctx context.Context, org *glaceonv1alpha1.FlyOrg, regio
 	for _, region := range regions {
 		pools[region] = &regionPool{}
 	}
-	now := time.Now()
+	now := r.opts.Clock.Now()
 	var drop []*glaceonv1alpha1.FlyPeer
 	for i := range list.Items {
 		fp := &list.Items[i]
@@ -362,7 +362,7 @@ func (r *refiller) deleteAll(ctx context.Context, fps []*glaceonv1alpha1.FlyPeer
 // (0 if none).
 func (r *refiller) nextExpiry(pools map[string]*regionPool) time.Duration {
 	var next time.Duration
-	now := time.Now()
+	now := r.opts.Clock.Now()
 	for _, p := range pools {
 		for _, fp := range p.fresh {
 			d := fp.CreationTimestamp.Add(r.opts.MaxAge).Sub(now) + time.Second

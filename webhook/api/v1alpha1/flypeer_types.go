@@ -42,14 +42,13 @@ const LabelPool = "glaceon.fly/pool"
 const AnnotationClaimedAt = "glaceon.fly/claimed-at"
 
 // FlyPeerPod is the pod a FlyPeer was made for.
-//
-// +kubebuilder:validation:XValidation:rule="size(oldSelf.namespace) == 0 || self.namespace == oldSelf.namespace",message="spec.pod.namespace cannot change once set: a claimed peer never returns to the pool"
 type FlyPeerPod struct {
 	// Namespace of the pod (and of its wg-quick Secret, named after the
 	// FlyPeer). Empty while the peer waits in the pool.
 	//
 	// +optional
 	// +kubebuilder:validation:MaxLength=63
+	// +kubebuilder:validation:XValidation:rule="size(oldSelf) == 0 || self == oldSelf",message="spec.pod.namespace cannot change once set: a claimed peer never returns to the pool"
 	Namespace string `json:"namespace"`
 	// Name of the pod, once the pod exists (pods from controllers have no
 	// name at admission).
