@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"slices"
+	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -31,7 +32,17 @@ type Claimer struct {
 	namespace string
 	recorder  events.EventRecorder
 	now       func() time.Time
+
+	// reserved holds the peers this replica is claiming or has claimed,
+	// until its cache has surely seen the claim: concurrent admissions on
+	// one replica then never race each other for a peer.
+	mu       sync.Mutex
+	reserved map[string]time.Time
 }
+
+// reservation is how long a claimed peer stays reserved: far above the
+// cache's lag.
+const reservation = time.Minute
 
 // Claimed is a pooled peer claimed for a pod.
 type Claimed struct {
@@ -97,22 +108,34 @@ func (c *Claimer) Claim(ctx context.Context, org *glaceonv1alpha1.FlyOrg, region
 // pick chooses one Available pooled peer at random from the cache (so
 // that concurrent claims, on one replica or several, rarely race for the
 // same one), skipping tried.
+// It reserves the one it returns.
 func (c *Claimer) pick(ctx context.Context, org, region string, tried map[string]bool) (*glaceonv1alpha1.FlyPeer, error) {
 	var list glaceonv1alpha1.FlyPeerList
-	if err := c.reader.List(ctx, &list, client.MatchingLabels{glaceonv1alpha1.LabelPool: org}); err != nil {
+	// Read-only view of the cache; the chosen one is copied.
+	if err := c.reader.List(ctx, &list, client.MatchingFields{indexClaimable: claimKey(org, region)}, client.UnsafeDisableDeepCopy); err != nil {
 		return nil, fmt.Errorf("list pooled FlyPeers of FlyOrg %s: %w", org, err)
+	}
+	now := c.now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for name, at := range c.reserved {
+		if now.Sub(at) > reservation {
+			delete(c.reserved, name)
+		}
 	}
 	var free []*glaceonv1alpha1.FlyPeer
 	for i := range list.Items {
 		fp := &list.Items[i]
-		if claimable(fp) && fp.Spec.Region == region && !tried[fp.Name] {
+		if _, taken := c.reserved[fp.Name]; !taken && claimable(fp) && !tried[fp.Name] {
 			free = append(free, fp)
 		}
 	}
 	if len(free) == 0 {
 		return nil, nil
 	}
-	return free[rand.IntN(len(free))].DeepCopy(), nil
+	fp := free[rand.IntN(len(free))].DeepCopy()
+	c.reserved[fp.Name] = now
+	return fp, nil
 }
 
 // claimable reports whether fp can be claimed.

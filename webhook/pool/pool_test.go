@@ -392,6 +392,23 @@ func TestPool(t *testing.T) {
 		p.waitConsistent(t)
 	})
 
+	t.Run("a dry run claims nothing", func(t *testing.T) {
+		ns := p.a.Namespace(t, "dryrun")
+		before, _ := p.inPool(t)
+		if err := p.c.Create(ctx, pod(ns, "dry"), client.DryRunAll); err != nil {
+			t.Fatal(err)
+		}
+		after, _ := p.inPool(t)
+		if len(after) != len(before) {
+			t.Errorf("%d pooled peers Available after a dry run, %d before", len(after), len(before))
+		}
+		for _, fp := range p.a.FlyPeers(t) {
+			if fp.Spec.Pod.Namespace == ns {
+				t.Errorf("FlyPeer %s claimed by a dry run", fp.Name)
+			}
+		}
+	})
+
 	t.Run("a claimed peer whose pod is rejected later is removed after the grace", func(t *testing.T) {
 		ns := p.a.Namespace(t, "rejected")
 		bad := pod(ns, "rejected")

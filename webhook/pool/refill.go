@@ -139,7 +139,7 @@ func (r *refiller) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result
 // Claimed ones are pods' peers and not the pool's any more.
 func (r *refiller) count(ctx context.Context, org *glaceonv1alpha1.FlyOrg, regions []string, size int32) (map[string]*regionPool, []*glaceonv1alpha1.FlyPeer, error) {
 	var list glaceonv1alpha1.FlyPeerList
-	if err := r.client.List(ctx, &list, client.MatchingLabels{glaceonv1alpha1.LabelPool: org.Name}); err != nil {
+	if err := r.client.List(ctx, &list, client.MatchingFields{indexInPool: org.Name}); err != nil {
 		return nil, nil, fmt.Errorf("list pooled FlyPeers: %w", err)
 	}
 	pools := map[string]*regionPool{}

@@ -13,7 +13,16 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	glaceonv1alpha1 "github.com/glaceon/glaceon/webhook/api/v1alpha1"
+	"github.com/glaceon/glaceon/webhook/peers"
 )
+
+// Cache indexes of FlyPeers.
+const (
+	indexInPool    = "glaceon.fly/pool-org"
+	indexClaimable = "glaceon.fly/pool-claimable"
+)
+
+func claimKey(org, region string) string { return org + "/" + region }
 
 // SetupWithManager adds the refill controller (leader only) to mgr and
 // returns the Claimer for admission (every replica).
@@ -21,6 +30,26 @@ func SetupWithManager(mgr ctrl.Manager, opts Options) (*Claimer, error) {
 	opts.setDefaults()
 	if err := opts.validate(); err != nil {
 		return nil, err
+	}
+	// The pool's FlyPeers by FlyOrg, and the claimable ones by FlyOrg and
+	// region: claimed peers keep their label for good, and a claim or a
+	// refill must not copy every one of them out of the cache.
+	ctx := context.Background()
+	if err := mgr.GetFieldIndexer().IndexField(ctx, &glaceonv1alpha1.FlyPeer{}, indexInPool, func(o client.Object) []string {
+		if fp := o.(*glaceonv1alpha1.FlyPeer); peers.InPool(fp) {
+			return []string{fp.Spec.Org}
+		}
+		return nil
+	}); err != nil {
+		return nil, fmt.Errorf("pool: index pooled FlyPeers: %w", err)
+	}
+	if err := mgr.GetFieldIndexer().IndexField(ctx, &glaceonv1alpha1.FlyPeer{}, indexClaimable, func(o client.Object) []string {
+		if fp := o.(*glaceonv1alpha1.FlyPeer); claimable(fp) {
+			return []string{claimKey(fp.Spec.Org, fp.Spec.Region)}
+		}
+		return nil
+	}); err != nil {
+		return nil, fmt.Errorf("pool: index claimable FlyPeers: %w", err)
 	}
 	r := &refiller{
 		client:    mgr.GetClient(),
@@ -54,5 +83,6 @@ func SetupWithManager(mgr ctrl.Manager, opts Options) (*Claimer, error) {
 		namespace: opts.Orgs.Namespace(),
 		recorder:  mgr.GetEventRecorder("glaceon-webhook"),
 		now:       time.Now,
+		reserved:  map[string]time.Time{},
 	}, nil
 }
