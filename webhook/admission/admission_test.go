@@ -550,6 +550,7 @@ func benchmarkAdmissionBurst(b *testing.B, e *env, pooled bool, latency time.Dur
 		{"flypeer-create", glaceonadmission.StepBeforeFlyPeer, glaceonadmission.StepAfterFlyPeer},
 		{"fly-add", glaceonadmission.StepAfterFlyPeer, glaceonadmission.StepAfterFly},
 		{"secret-create", glaceonadmission.StepAfterFly, glaceonadmission.StepAfterSecret},
+		{"claim", glaceonadmission.StepBeforeClaim, glaceonadmission.StepAfterClaim},
 		{"pooled-secret-create", glaceonadmission.StepAfterClaim, glaceonadmission.StepAfterSecret},
 		{"flypeer-status", glaceonadmission.StepAfterSecret, glaceonadmission.StepBeforeResponse},
 	} {

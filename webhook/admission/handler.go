@@ -42,6 +42,7 @@ const (
 const (
 	StepBeforeFlyPeer  = "before-flypeer"
 	StepAfterFlyPeer   = "after-flypeer"
+	StepBeforeClaim    = "before-claim"
 	StepAfterClaim     = "after-claim"
 	StepAfterFly       = "after-fly"
 	StepAfterSecret    = "after-secret"

@@ -10,6 +10,7 @@ import (
 	glaceonv1alpha1 "github.com/glaceon/glaceon/webhook/api/v1alpha1"
 	"github.com/glaceon/glaceon/webhook/inject"
 	"github.com/glaceon/glaceon/webhook/peers"
+	"github.com/glaceon/glaceon/webhook/pool"
 )
 
 // claim gives the pod a pooled peer, without a Fly call: the claim (a
@@ -17,8 +18,11 @@ import (
 // peer's wg-quick file. A nil FlyPeer and no error: no pool, or nothing
 // left in it; the caller makes a peer at Fly.
 func (h *Handler) claim(ctx context.Context, log logr.Logger, org *glaceonv1alpha1.FlyOrg, pod *corev1.Pod, namespace string, req inject.Request) (inject.Peer, *glaceonv1alpha1.FlyPeer, error) {
-	if h.opts.Pool == nil {
+	if h.opts.Pool == nil || !pool.Pooled(org, req.Region) {
 		return inject.Peer{}, nil, nil
+	}
+	if err := h.step(StepBeforeClaim, pod); err != nil {
+		return inject.Peer{}, nil, err
 	}
 	claimed, err := h.opts.Pool.Claim(ctx, org, req.Region, namespace)
 	if err != nil {

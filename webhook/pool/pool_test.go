@@ -333,14 +333,29 @@ func TestPool(t *testing.T) {
 		if len(pods.Items) != 50 || len(seen) != 50 {
 			t.Fatalf("%d pods with %d distinct peers, want 50 and 50", len(pods.Items), len(seen))
 		}
+		var unbound []string
+		defer func() {
+			if t.Failed() {
+				t.Logf("not bound: %v", unbound)
+			}
+		}()
 		managertest.WaitFor(t, patient, "every FlyPeer bound to its one pod", func() bool {
-			bound := 0
+			unbound = nil
+			found := 0
 			for _, fp := range p.a.FlyPeers(t) {
-				if pd, ok := seen[fp.Name]; ok && peers.IsPooled(&fp) && fp.Spec.Pod.Namespace == ns && fp.Spec.Pod.Name == pd && fp.Status.Phase == glaceonv1alpha1.FlyPeerBound {
-					bound++
+				pd, ok := seen[fp.Name]
+				if !ok {
+					continue
+				}
+				found++
+				if !(peers.IsPooled(&fp) && fp.Spec.Pod.Namespace == ns && fp.Spec.Pod.Name == pd && fp.Status.Phase == glaceonv1alpha1.FlyPeerBound) {
+					unbound = append(unbound, fmt.Sprintf("%s(pod %q, phase %s)", fp.Name, fp.Spec.Pod.Name, fp.Status.Phase))
 				}
 			}
-			return bound == 50
+			if found != len(seen) {
+				unbound = append(unbound, fmt.Sprintf("%d of the pods' FlyPeers are gone", len(seen)-found))
+			}
+			return len(unbound) == 0
 		})
 		p.waitPool(t, 60)
 		p.waitConsistent(t)
