@@ -23,6 +23,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
 	"github.com/glaceon/glaceon/flyapi/flyapitest"
@@ -34,6 +35,7 @@ import (
 	"github.com/glaceon/glaceon/webhook/inject"
 	"github.com/glaceon/glaceon/webhook/manager"
 	"github.com/glaceon/glaceon/webhook/manager/managertest"
+	"github.com/glaceon/glaceon/webhook/pool"
 )
 
 // env is one control plane + Fly double + the whole manager, shared by the
@@ -491,11 +493,14 @@ func benchmarkAdmissionBurst(b *testing.B, e *env, pooled bool, latency time.Dur
 	e.mu.Lock()
 	e.handling, e.steps = nil, nil
 	e.mu.Unlock()
+	retriesBefore := claimResults(b, pool.ResultConflictRetry)
+	fallbacksBefore := claimResults(b, pool.ResultFallback)
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		b.StopTimer()
 		settle()
-		ns := e.namespace(b, fmt.Sprintf("bench-%d", benchBursts.Add(1)))
+		burst := benchBursts.Add(1)
+		ns := e.namespace(b, fmt.Sprintf("bench-%d", burst))
 		b.StartTimer()
 		cpuBefore := processCPU()
 		results := make(chan time.Duration, pods)
@@ -503,7 +508,8 @@ func benchmarkAdmissionBurst(b *testing.B, e *env, pooled bool, latency time.Dur
 		for j := 0; j < pods; j++ {
 			go func() {
 				start := time.Now()
-				err := e.c.Create(ctx, managertest.Pod(ns, fmt.Sprintf("p-%d", j), map[string]string{inject.AnnotationTarget: "twi-ollama"}))
+				// Unique names: the steps are recorded by pod name.
+				err := e.c.Create(ctx, managertest.Pod(ns, fmt.Sprintf("p-%d-%d", burst, j), map[string]string{inject.AnnotationTarget: "twi-ollama"}))
 				results <- time.Since(start)
 				errs <- err
 			}()
@@ -528,6 +534,12 @@ func benchmarkAdmissionBurst(b *testing.B, e *env, pooled bool, latency time.Dur
 	// CPU of this process (manager, webhook, Fly double, test client) per
 	// pod; the rest of an admission is waiting, mostly on the API server.
 	b.ReportMetric(float64(cpu.Microseconds())/1000/float64(len(latencies)), "proc-cpu-ms/pod")
+	if pooled {
+		// Claims that lost a compare-and-swap and tried again, and pods
+		// that found the pool empty, per pod.
+		b.ReportMetric((claimResults(b, pool.ResultConflictRetry)-retriesBefore)/float64(len(latencies)), "cas-retries/pod")
+		b.ReportMetric((claimResults(b, pool.ResultFallback)-fallbacksBefore)/float64(len(latencies)), "fallbacks/pod")
+	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	b.ReportMetric(pct(e.handling, 0.50), "webhook-p50-ms")
@@ -558,6 +570,28 @@ func benchmarkAdmissionBurst(b *testing.B, e *env, pooled bool, latency time.Dur
 			b.ReportMetric(pct(d, 0.50), m.name+"-p50-ms")
 		}
 	}
+}
+
+// claimResults sums glaceon_pool_claims_total{result} over FlyOrgs.
+func claimResults(b *testing.B, result string) float64 {
+	families, err := ctrlmetrics.Registry.Gather()
+	if err != nil {
+		b.Fatal(err)
+	}
+	var n float64
+	for _, f := range families {
+		if f.GetName() != pool.MetricClaims {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "result" && l.GetValue() == result {
+					n += m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return n
 }
 
 // benchBursts numbers the benchmark's bursts, one namespace each (the

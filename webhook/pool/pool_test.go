@@ -40,10 +40,7 @@ import (
 
 func TestMain(m *testing.M) { os.Exit(testkit.Run(m)) }
 
-const (
-	org     = managertest.DefaultFlyOrg
-	patient = 90 * time.Second
-)
+const org = managertest.DefaultFlyOrg
 
 // pair is one control plane and Fly double with two manager replicas
 // (leader election on, as deployed) behind a round-robin TCP balancer
@@ -207,7 +204,7 @@ func (p *pair) inPool(t *testing.T) (available, other []glaceonv1alpha1.FlyPeer)
 // the pool, and the FlyOrg's status saying so.
 func (p *pair) waitPool(t *testing.T, n int) {
 	t.Helper()
-	managertest.WaitFor(t, patient, fmt.Sprintf("a full pool of %d", n), func() bool {
+	managertest.WaitFor(t, fmt.Sprintf("a full pool of %d", n), func() bool {
 		avail, other := p.inPool(t)
 		st := p.flyOrg(t).Status.Pool
 		return len(avail) == n && len(other) == 0 && st != nil && st.Available == int32(n) && st.Target == int32(n)
@@ -252,14 +249,14 @@ func (p *pair) waitConsistent(t *testing.T) {
 			t.Logf("last inconsistency: %v", last)
 		}
 	}()
-	managertest.WaitFor(t, patient, "no leaked Fly peer, FlyPeer or Secret", func() bool {
+	managertest.WaitFor(t, "no leaked Fly peer, FlyPeer or Secret", func() bool {
 		last = p.consistent(t)
 		return last == nil
 	})
 }
 
 func pod(ns, name string) *corev1.Pod {
-	return managertest.AnnotatedPod(ns, name, map[string]string{inject.AnnotationTarget: "twi-ollama.flycast:80"})
+	return managertest.Pod(ns, name, map[string]string{inject.AnnotationTarget: "twi-ollama.flycast:80"})
 }
 
 func TestPool(t *testing.T) {
@@ -339,7 +336,7 @@ func TestPool(t *testing.T) {
 				t.Logf("not bound: %v", unbound)
 			}
 		}()
-		managertest.WaitFor(t, patient, "every FlyPeer bound to its one pod", func() bool {
+		managertest.WaitFor(t, "every FlyPeer bound to its one pod", func() bool {
 			unbound = nil
 			found := 0
 			for _, fp := range p.a.FlyPeers(t) {
@@ -376,7 +373,7 @@ func TestPool(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), "Fly API") || !strings.Contains(err.Error(), "retrying is safe") {
 			t.Errorf("6th pod during the outage: %v; want the Fly outage denial", err)
 		}
-		managertest.WaitFor(t, patient, "PoolReady=False Depleted", func() bool {
+		managertest.WaitFor(t, "PoolReady=False Depleted", func() bool {
 			c := meta.FindStatusCondition(p.flyOrg(t).Status.Conditions, glaceonv1alpha1.ConditionPoolReady)
 			return c != nil && c.Status == metav1.ConditionFalse && c.Reason == pool.ReasonDepleted
 		})
@@ -440,7 +437,7 @@ func TestPool(t *testing.T) {
 		if claimed != 1 {
 			t.Errorf("%d pooled FlyPeers claimed for namespace %s right after the rejection, want 1", claimed, ns)
 		}
-		managertest.WaitFor(t, patient, "the claim swept with its Secret", func() bool {
+		managertest.WaitFor(t, "the claim swept with its Secret", func() bool {
 			var secrets corev1.SecretList
 			if err := p.c.List(ctx, &secrets, client.InNamespace(ns)); err != nil {
 				t.Fatal(err)
@@ -491,7 +488,7 @@ func TestPool(t *testing.T) {
 		if next.Annotations[inject.AnnotationPeer] == orig.Name {
 			t.Errorf("the dead admission's peer %s was claimed again", orig.Name)
 		}
-		managertest.WaitFor(t, patient, "the dead claim swept", func() bool {
+		managertest.WaitFor(t, "the dead claim swept", func() bool {
 			err := p.c.Get(ctx, client.ObjectKey{Name: orig.Name}, &glaceonv1alpha1.FlyPeer{})
 			return apierrors.IsNotFound(err)
 		})
@@ -507,7 +504,7 @@ func TestPool(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		managertest.WaitFor(t, patient, "three refills killed after their Fly call", func() bool { return p.stopRefills.Load() <= 0 })
+		managertest.WaitFor(t, "three refills killed after their Fly call", func() bool { return p.stopRefills.Load() <= 0 })
 		p.waitPool(t, 5)
 		p.waitConsistent(t)
 	})
@@ -530,7 +527,7 @@ func TestPool(t *testing.T) {
 		if err := p.c.Patch(ctx, fo, client.MergeFrom(orig)); err != nil {
 			t.Fatal(err)
 		}
-		managertest.WaitFor(t, patient, "every old pooled peer replaced", func() bool {
+		managertest.WaitFor(t, "every old pooled peer replaced", func() bool {
 			for _, fp := range old {
 				if err := p.c.Get(ctx, client.ObjectKey{Name: fp.Name}, &glaceonv1alpha1.FlyPeer{}); !apierrors.IsNotFound(err) {
 					return false
@@ -551,7 +548,7 @@ func TestPool(t *testing.T) {
 
 	t.Run("pool off: pooled peers removed; pods gone: nothing left", func(t *testing.T) {
 		p.setPool(t, 0)
-		managertest.WaitFor(t, patient, "pool emptied and its status gone", func() bool {
+		managertest.WaitFor(t, "pool emptied and its status gone", func() bool {
 			avail, other := p.inPool(t)
 			fo := p.flyOrg(t)
 			return len(avail)+len(other) == 0 && fo.Status.Pool == nil && meta.FindStatusCondition(fo.Status.Conditions, glaceonv1alpha1.ConditionPoolReady) == nil
@@ -561,7 +558,7 @@ func TestPool(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		managertest.WaitFor(t, patient, "no FlyPeer, Fly peer or pooled Secret left", func() bool {
+		managertest.WaitFor(t, "no FlyPeer, Fly peer or pooled Secret left", func() bool {
 			var secrets corev1.SecretList
 			if err := p.c.List(ctx, &secrets, client.InNamespace(managertest.Namespace), client.HasLabels{glaceonv1alpha1.LabelPool}); err != nil {
 				t.Fatal(err)
