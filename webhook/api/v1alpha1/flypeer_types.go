@@ -19,7 +19,8 @@ const (
 	// FlyPeerAvailable: a pooled peer (LabelPool): the Fly peer exists and
 	// its wg-quick file is in a Secret in glaceon's namespace; no pod has
 	// it (spec.pod.namespace empty). Admission claims it by setting
-	// spec.pod.namespace; it never returns to the pool.
+	// spec.pod.namespace (the phase stays until the FlyPeer controller binds
+	// it to its pod: Bound); it never returns to the pool.
 	FlyPeerAvailable FlyPeerPhase = "Available"
 	// FlyPeerReady: the Fly peer exists and the pod's Secret holds its
 	// wg-quick file; the pod is not created yet.
