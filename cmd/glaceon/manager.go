@@ -20,6 +20,7 @@ import (
 	"github.com/glaceon/glaceon/webhook/inject"
 	"github.com/glaceon/glaceon/webhook/manager"
 	"github.com/glaceon/glaceon/webhook/peers"
+	"github.com/glaceon/glaceon/webhook/pool"
 )
 
 func runManager(env *cliEnv, args []string) error {
@@ -75,6 +76,7 @@ func parseManagerFlags(env *cliEnv, args []string) (manager.Config, zap.Options,
 	fs.DurationVar(&cfg.SweepGrace, "sweep-grace", peers.DefaultGrace, "how long a FlyPeer may stay unclaimed by a pod before the sweeper removes it (at least 1m; measured on the API server's clock)")
 	fs.DurationVar(&cfg.SweepInterval, "sweep-interval", peers.DefaultSweepInterval, "time between two sweeps")
 	fs.DurationVar(&cfg.FlyOrgRecheck, "flyorg-recheck", flyorg.DefaultRecheckInterval, "how often each FlyOrg's token and org are checked again")
+	fs.DurationVar(&cfg.PoolMaxAge, "pool-max-age", pool.DefaultMaxAge, "how long a pooled peer (FlyOrg spec.pool) may wait unclaimed before it is replaced by a fresh one (at least 1h)")
 	fs.DurationVar(&cfg.RemovalDeadline, "removal-deadline", peers.DefaultRemovalDeadline, "how long a deleted FlyPeer waits for a failing Fly API before the sweeper takes over")
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(fs)

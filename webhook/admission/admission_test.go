@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -22,6 +23,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
 	"github.com/glaceon/glaceon/flyapi/flyapitest"
@@ -33,6 +35,7 @@ import (
 	"github.com/glaceon/glaceon/webhook/inject"
 	"github.com/glaceon/glaceon/webhook/manager"
 	"github.com/glaceon/glaceon/webhook/manager/managertest"
+	"github.com/glaceon/glaceon/webhook/pool"
 )
 
 // env is one control plane + Fly double + the whole manager, shared by the
@@ -422,21 +425,91 @@ func waitForPod(t *testing.T, c client.Client, ns string) *corev1.Pod {
 
 // BenchmarkAdmission50Concurrent creates 50 annotated pods at once through
 // the real API server, webhook and Fly double, and reports the latency of
-// each create (admission included) as percentiles.
+// each create (admission included) as percentiles: without and with the
+// warm pool (FlyOrg spec.pool.size 50, refilled between bursts), with the
+// double adding 0 and 150 ms to every Fly request.
 func BenchmarkAdmission50Concurrent(b *testing.B) {
-	const pods = 50
 	e := startEnv(b, 10*time.Second)
+	for _, pooled := range []bool{false, true} {
+		for _, latency := range []time.Duration{0, 150 * time.Millisecond} {
+			name := fmt.Sprintf("pool=%v/fly=%dms", map[bool]string{false: "off", true: "on"}[pooled], latency.Milliseconds())
+			b.Run(name, func(b *testing.B) { benchmarkAdmissionBurst(b, e, pooled, latency) })
+		}
+	}
+}
+
+func benchmarkAdmissionBurst(b *testing.B, e *env, pooled bool, latency time.Duration) {
+	const pods = 50
 	ctx := context.Background()
+	size := int32(0)
+	if pooled {
+		size = pods
+	}
+	var org glaceonv1alpha1.FlyOrg
+	if err := e.c.Get(ctx, client.ObjectKey{Name: managertest.DefaultFlyOrg}, &org); err != nil {
+		b.Fatal(err)
+	}
+	orig := org.DeepCopy()
+	org.Spec.Pool = &glaceonv1alpha1.FlyOrgPool{Size: size}
+	if err := e.c.Patch(ctx, &org, client.MergeFrom(orig)); err != nil {
+		b.Fatal(err)
+	}
+	// Between bursts: the pool full (or gone), and no Fly latency for the
+	// refill, which is not what is measured.
+	settle := func() {
+		e.fly.Faults().Clear()
+		err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
+			var fo glaceonv1alpha1.FlyOrg
+			if err := e.c.Get(ctx, client.ObjectKey{Name: managertest.DefaultFlyOrg}, &fo); err != nil {
+				return false, err
+			}
+			if !pooled {
+				return fo.Status.Pool == nil, nil
+			}
+			// Counted, not read from the status: that may still show the
+			// pool before the last burst.
+			var fps glaceonv1alpha1.FlyPeerList
+			if err := e.c.List(ctx, &fps, client.HasLabels{glaceonv1alpha1.LabelPool}); err != nil {
+				return false, err
+			}
+			ready := int32(0)
+			for _, fp := range fps.Items {
+				if fp.Spec.Pod.Namespace == "" && fp.Status.Phase == glaceonv1alpha1.FlyPeerAvailable && fp.DeletionTimestamp.IsZero() {
+					ready++
+				}
+			}
+			return ready == size, nil
+		})
+		if err != nil {
+			b.Fatalf("pool not settled: %v", err)
+		}
+		if latency > 0 {
+			e.fly.Faults().Set(flyapitest.Fault{Kind: flyapitest.FaultSlow, Delay: latency})
+		}
+	}
+	defer e.fly.Faults().Clear()
 	var latencies []time.Duration
-	e.handling = nil
-	for i := 0; b.Loop(); i++ {
-		ns := e.namespace(b, fmt.Sprintf("bench-%d", i))
+	var cpu time.Duration
+	e.mu.Lock()
+	e.handling, e.steps = nil, nil
+	e.mu.Unlock()
+	retriesBefore := claimResults(b, pool.ResultConflictRetry)
+	fallbacksBefore := claimResults(b, pool.ResultFallback)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		settle()
+		burst := benchBursts.Add(1)
+		ns := e.namespace(b, fmt.Sprintf("bench-%d", burst))
+		b.StartTimer()
+		cpuBefore := processCPU()
 		results := make(chan time.Duration, pods)
 		errs := make(chan error, pods)
 		for j := 0; j < pods; j++ {
 			go func() {
 				start := time.Now()
-				err := e.c.Create(ctx, managertest.Pod(ns, fmt.Sprintf("p-%d", j), map[string]string{inject.AnnotationTarget: "twi-ollama"}))
+				// Unique names: the steps are recorded by pod name.
+				err := e.c.Create(ctx, managertest.Pod(ns, fmt.Sprintf("p-%d-%d", burst, j), map[string]string{inject.AnnotationTarget: "twi-ollama"}))
 				results <- time.Since(start)
 				errs <- err
 			}()
@@ -447,7 +520,9 @@ func BenchmarkAdmission50Concurrent(b *testing.B) {
 				b.Fatal(err)
 			}
 		}
+		cpu += processCPU() - cpuBefore
 	}
+	b.StopTimer()
 	pct := func(d []time.Duration, p float64) float64 {
 		slices.Sort(d)
 		return float64(d[int(p*float64(len(d)-1))].Microseconds()) / 1000
@@ -456,12 +531,22 @@ func BenchmarkAdmission50Concurrent(b *testing.B) {
 	// time spent in our handler, Fly call and Secret included.
 	b.ReportMetric(pct(latencies, 0.50), "create-p50-ms")
 	b.ReportMetric(pct(latencies, 0.99), "create-p99-ms")
+	// CPU of this process (manager, webhook, Fly double, test client) per
+	// pod; the rest of an admission is waiting, mostly on the API server.
+	b.ReportMetric(float64(cpu.Microseconds())/1000/float64(len(latencies)), "proc-cpu-ms/pod")
+	if pooled {
+		// Claims that lost a compare-and-swap and tried again, and pods
+		// that found the pool empty, per pod.
+		b.ReportMetric((claimResults(b, pool.ResultConflictRetry)-retriesBefore)/float64(len(latencies)), "cas-retries/pod")
+		b.ReportMetric((claimResults(b, pool.ResultFallback)-fallbacksBefore)/float64(len(latencies)), "fallbacks/pod")
+	}
 	e.mu.Lock()
+	defer e.mu.Unlock()
 	b.ReportMetric(pct(e.handling, 0.50), "webhook-p50-ms")
 	b.ReportMetric(pct(e.handling, 0.99), "webhook-p99-ms")
-	// The cost of each step of one admission, from the test hook: the
-	// FlyPeer written before the Fly call, the Fly call, the Secret, and
-	// the FlyPeer's status (with the patch built).
+	// The cost of each step of one admission, from the test hook. Without
+	// the pool: the FlyPeer written before the Fly call, the Fly call, the
+	// Secret, the FlyPeer's status. With it: the Secret after the claim.
 	between := func(from, to string) []time.Duration {
 		var d []time.Duration
 		for _, st := range e.steps {
@@ -477,11 +562,47 @@ func BenchmarkAdmission50Concurrent(b *testing.B) {
 		{"flypeer-create", glaceonadmission.StepBeforeFlyPeer, glaceonadmission.StepAfterFlyPeer},
 		{"fly-add", glaceonadmission.StepAfterFlyPeer, glaceonadmission.StepAfterFly},
 		{"secret-create", glaceonadmission.StepAfterFly, glaceonadmission.StepAfterSecret},
+		{"claim", glaceonadmission.StepBeforeClaim, glaceonadmission.StepAfterClaim},
+		{"pooled-secret-create", glaceonadmission.StepAfterClaim, glaceonadmission.StepAfterSecret},
 		{"flypeer-status", glaceonadmission.StepAfterSecret, glaceonadmission.StepBeforeResponse},
 	} {
 		if d := between(m.from, m.to); len(d) > 0 {
 			b.ReportMetric(pct(d, 0.50), m.name+"-p50-ms")
 		}
 	}
-	e.mu.Unlock()
+}
+
+// claimResults sums glaceon_pool_claims_total{result} over FlyOrgs.
+func claimResults(b *testing.B, result string) float64 {
+	families, err := ctrlmetrics.Registry.Gather()
+	if err != nil {
+		b.Fatal(err)
+	}
+	var n float64
+	for _, f := range families {
+		if f.GetName() != pool.MetricClaims {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "result" && l.GetValue() == result {
+					n += m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return n
+}
+
+// benchBursts numbers the benchmark's bursts, one namespace each (the
+// framework runs a sub-benchmark more than once).
+var benchBursts atomic.Int64
+
+// processCPU is the user and system CPU time this process used so far.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

@@ -1,6 +1,7 @@
 // Package admission is glaceon's pod mutating webhook: for a pod annotated
-// glaceon.fly/target it records a FlyPeer, creates the pod's own Fly
-// WireGuard peer in the pod's FlyOrg, stores the peer's wg-quick file in a
+// glaceon.fly/target it claims a pooled peer of the pod's FlyOrg (no Fly
+// call), or records a FlyPeer and creates the pod's own Fly WireGuard peer
+// in the pod's FlyOrg, and stores the peer's wg-quick file in a
 // Secret and injects the tunnel sidecar (the pure webhook/inject function).
 // Anything it cannot do is a denial that names the cause and the fix; what
 // it started is undone within the webhook's timeout, or left to the
@@ -26,6 +27,7 @@ import (
 	"github.com/glaceon/glaceon/webhook/flyorg"
 	"github.com/glaceon/glaceon/webhook/inject"
 	"github.com/glaceon/glaceon/webhook/peers"
+	"github.com/glaceon/glaceon/webhook/pool"
 )
 
 // Path is where the handler is served.
@@ -40,6 +42,8 @@ const (
 const (
 	StepBeforeFlyPeer  = "before-flypeer"
 	StepAfterFlyPeer   = "after-flypeer"
+	StepBeforeClaim    = "before-claim"
+	StepAfterClaim     = "after-claim"
 	StepAfterFly       = "after-fly"
 	StepAfterSecret    = "after-secret"
 	StepBeforeResponse = "before-response"
@@ -57,6 +61,8 @@ type Options struct {
 	APIReader client.Reader
 	// Client writes FlyPeers and creates and deletes peer Secrets.
 	Client client.Client
+	// Pool claims pooled peers (nil: no pool, every peer is made at Fly).
+	Pool *pool.Claimer
 	// Namer makes this cluster's peer names.
 	Namer *peers.Namer
 	// Timeout bounds the whole admission, clean-up included: keep it under
@@ -175,11 +181,15 @@ func (h *Handler) handle(ctx context.Context, req admission.Request) (admission.
 		return resp, outcomeDryRun, "dry_run"
 	}
 
-	fly, err := h.opts.Orgs.Client(ctx, org)
-	if err != nil {
-		return h.deny(log, pod, namespace, "fly_token", fmt.Sprintf("FlyOrg %q cannot be used: %v", org.Name, err))
+	peer, fp, err := h.claim(ctx, log, org, pod, namespace, request)
+	pooled := fp != nil
+	if err == nil && !pooled {
+		fly, ferr := h.opts.Orgs.Client(ctx, org)
+		if ferr != nil {
+			return h.deny(log, pod, namespace, "fly_token", fmt.Sprintf("FlyOrg %q cannot be used: %v", org.Name, ferr))
+		}
+		peer, fp, err = h.provision(ctx, log, fly, org, pod, namespace, request)
 	}
-	peer, fp, err := h.provision(ctx, log, fly, org, pod, namespace, request)
 	if err != nil {
 		if errors.Is(err, errCrashed) {
 			return admission.Errored(http.StatusInternalServerError, err), outcomeErrored, "crashed"
@@ -194,7 +204,7 @@ func (h *Handler) handle(ctx context.Context, req admission.Request) (admission.
 	if err := h.step(StepBeforeResponse, pod); err != nil {
 		return admission.Errored(http.StatusInternalServerError, err), outcomeErrored, "crashed"
 	}
-	log.Info("injected glaceon sidecar", "peer", peer.Name, "flyorg", org.Name, "copy", copied, "targets", inject.FormatTargets(request.Targets))
+	log.Info("injected glaceon sidecar", "peer", peer.Name, "flyorg", org.Name, "pooled", pooled, "copy", copied, "targets", inject.FormatTargets(request.Targets))
 	return resp, outcomeInjected, "ok"
 }
 

@@ -35,6 +35,7 @@ import (
 	"github.com/glaceon/glaceon/webhook/inject"
 	"github.com/glaceon/glaceon/webhook/machineproxy"
 	"github.com/glaceon/glaceon/webhook/peers"
+	"github.com/glaceon/glaceon/webhook/pool"
 )
 
 // WebhookTimeout is the timeoutSeconds of deploy/webhook's configuration;
@@ -98,6 +99,9 @@ type Config struct {
 	FlyOrgRecheck time.Duration
 	// AllowShortGrace lifts the sweep grace floor (tests only).
 	AllowShortGrace bool
+	// PoolMaxAge is how long a pooled peer may wait before it is replaced
+	// (0: pool.DefaultMaxAge).
+	PoolMaxAge time.Duration
 
 	Log logr.Logger
 
@@ -110,6 +114,9 @@ type Config struct {
 	AdmissionMiddleware func(ctrladmission.Handler) ctrladmission.Handler
 	// AdmissionTestHook is admission.Options.TestHook (tests only).
 	AdmissionTestHook func(step, pod string) error
+	// PoolOptions, when set, adjusts the pool's options after New filled
+	// them in (tests: refill rate, short max age, refill test hook).
+	PoolOptions func(*pool.Options)
 	// PeerOptions, when set, adjusts the peer lifecycle's options after New
 	// filled them in (tests: no sweeper, fast retries).
 	PeerOptions func(*peers.Options)
@@ -135,6 +142,11 @@ func (cfg Config) Validate() error {
 	}
 	if _, err := peers.NewNamer(cfg.PeerPrefix, cluster); err != nil {
 		errs = append(errs, err)
+	}
+	if cfg.PoolMaxAge != 0 {
+		if err := pool.ValidateMaxAge(cfg.PoolMaxAge); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	if !cfg.AllowShortGrace && cfg.SweepGrace != 0 {
 		if err := peers.ValidateGrace(cfg.SweepGrace); err != nil {
@@ -274,9 +286,15 @@ func newNamer(mgr ctrl.Manager, cfg Config) (*peers.Namer, error) {
 	return peers.NewNamer(cfg.PeerPrefix, clusterName)
 }
 
-// registerAdmission serves the pod webhook at admission.Path.
+// registerAdmission serves the pod webhook at admission.Path, claiming
+// from the warm pool (whose refill it sets up).
 func registerAdmission(mgr ctrl.Manager, cfg Config, scheme *runtime.Scheme, orgs *flyorg.Registry, namer *peers.Namer) error {
+	claimer, err := setupPool(mgr, cfg, orgs, namer)
+	if err != nil {
+		return err
+	}
 	handler, err := admission.NewHandler(scheme, admission.Options{
+		Pool:        claimer,
 		Inject:      cfg.Inject,
 		Orgs:        orgs,
 		Reader:      mgr.GetClient(),
@@ -335,4 +353,13 @@ func addHealthChecks(mgr ctrl.Manager, certManager *certs.Manager) error {
 		return err
 	}
 	return mgr.AddReadyzCheck("webhook", mgr.GetWebhookServer().StartedChecker())
+}
+
+// setupPool adds the warm peer pool's refill and returns its Claimer.
+func setupPool(mgr ctrl.Manager, cfg Config, orgs *flyorg.Registry, namer *peers.Namer) (*pool.Claimer, error) {
+	opts := pool.Options{Orgs: orgs, Namer: namer, GatewayPort: cfg.GatewayPort, MaxAge: cfg.PoolMaxAge, FlyTimeout: cfg.FlyTimeout}
+	if cfg.PoolOptions != nil {
+		cfg.PoolOptions(&opts)
+	}
+	return pool.SetupWithManager(mgr, opts)
 }

@@ -61,6 +61,9 @@ func (r *reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 		}
 		return r.release(ctx, fp)
 	}
+	if InPool(fp) {
+		return ctrl.Result{}, nil // the pool's refill keeps it; the sweeper a stuck one
+	}
 	if fp.Spec.Pod.UID != "" {
 		gone, err := r.podGone(ctx, fp)
 		if err != nil {
@@ -102,6 +105,13 @@ func (r *reconciler) maybeBind(ctx context.Context, fp *glaceonv1alpha1.FlyPeer)
 		return fmt.Errorf("bind FlyPeer to pod %s/%s: %w", pod.Namespace, pod.Name, err)
 	}
 	logf.FromContext(ctx).V(1).Info("bound FlyPeer to its pod", "namespace", pod.Namespace, "pod", pod.Name)
+	if IsPooled(fp) {
+		// The pod's Secret holds the key now (admission wrote it before
+		// answering): the pool's copy has no use left.
+		if err := r.deletePoolSecret(ctx, fp); err != nil {
+			return err
+		}
+	}
 	return r.setPhase(ctx, fp, glaceonv1alpha1.FlyPeerBound)
 }
 
@@ -229,8 +239,27 @@ func (r *reconciler) markReleasing(ctx context.Context, fp *glaceonv1alpha1.FlyP
 
 // deleteSecret deletes the pod's Secret (it holds the private key of a peer
 // that no longer exists). Gone is fine.
+// A pooled peer's key Secret in glaceon's namespace goes too.
 func (r *reconciler) deleteSecret(ctx context.Context, fp *glaceonv1alpha1.FlyPeer) error {
-	s := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: fp.Spec.Pod.Namespace, Name: fp.Name}}
+	if IsPooled(fp) {
+		if err := r.deletePoolSecret(ctx, fp); err != nil {
+			return err
+		}
+	}
+	if fp.Spec.Pod.Namespace == "" {
+		return nil // never claimed: no pod's Secret
+	}
+	return r.deleteSecretIn(ctx, fp.Spec.Pod.Namespace, fp.Name)
+}
+
+// deletePoolSecret deletes the key Secret of a pooled peer, in glaceon's
+// namespace.
+func (r *reconciler) deletePoolSecret(ctx context.Context, fp *glaceonv1alpha1.FlyPeer) error {
+	return r.deleteSecretIn(ctx, r.fly.orgs.Namespace(), fp.Name)
+}
+
+func (r *reconciler) deleteSecretIn(ctx context.Context, namespace, name string) error {
+	s := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: namespace, Name: name}}
 	if err := r.client.Delete(ctx, s); err != nil && !apierrors.IsNotFound(err) {
 		return fmt.Errorf("delete secret %s/%s: %w", s.Namespace, s.Name, err)
 	}
@@ -262,10 +291,12 @@ func (r *reconciler) backoff(uid types.UID) time.Duration {
 	n := r.failures[uid]
 	r.failures[uid] = n + 1
 	r.mu.Unlock()
-	return backoffDelay(n, r.opts.RetryBaseDelay, r.opts.RetryMaxDelay)
+	return BackoffDelay(n, r.opts.RetryBaseDelay, r.opts.RetryMaxDelay)
 }
 
-func backoffDelay(failures int, base, limit time.Duration) time.Duration {
+// BackoffDelay is the delay after failures consecutive failures: base
+// doubling up to limit.
+func BackoffDelay(failures int, base, limit time.Duration) time.Duration {
 	d := base
 	for i := 0; i < failures && d < limit; i++ {
 		d *= 2

@@ -5,7 +5,12 @@
 // The truth is the FlyPeer, a cluster-scoped resource only the manager
 // writes. Admission writes it before calling Fly (phase Provisioning),
 // then the Fly peer, then the pod's Secret (the wg-quick file only), then
-// phase Ready. Two single-purpose parts run on the leader:
+// phase Ready. A pooled FlyPeer (webhook/pool, label glaceon.fly/pool) has
+// no namespace until admission claims it; this package leaves it alone
+// until then, except that the sweeper deletes one left Provisioning past
+// the grace. Once claimed it is a pod's peer like any other, and its pooled
+// key Secret in glaceon's namespace goes when it binds or is released.
+// Two single-purpose parts run on the leader:
 //
 //   - The FlyPeer controller (ControllerName) binds a FlyPeer to the pod
 //     that names it in glaceon.fly/peer in the FlyPeer's namespace (phase

@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 )
@@ -100,6 +101,16 @@ func (n *Namer) New(pod *corev1.Pod, namespace string) string {
 		body = strings.TrimRight(body[:budget], "-")
 	}
 	return n.prefix + body + suffix
+}
+
+// NewPooled returns a fresh peer name for a pooled peer of FlyOrg org in
+// region: "pool-<org>-<region>" takes the place of "<namespace>-<pod>"
+// (the pod is not known yet), so the sweeper's pattern covers it.
+func (n *Namer) NewPooled(org, region string) string {
+	if region == "" {
+		region = "any"
+	}
+	return n.New(&corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: sanitize(org) + "-" + region}}, "pool")
 }
 
 // sanitize maps s to lower-case [a-z0-9-] with no leading, trailing or

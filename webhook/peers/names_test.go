@@ -48,6 +48,36 @@ func TestNamerNew(t *testing.T) {
 	}
 }
 
+// TestNamerNewPooled: pooled peers' names are this cluster's (the
+// sweeper's pattern covers them) and say which FlyOrg and region they are
+// for.
+func TestNamerNewPooled(t *testing.T) {
+	long := strings.Repeat("o", 80)
+	tests := []struct{ name, prefix, org, region, wantPrefix string }{
+		{"region", "k8s-", "personal", "yyz", "k8s-pool-personal-yyz-abc234-"},
+		{"Fly's choice", "k8s-", "personal", "", "k8s-pool-personal-any-abc234-"},
+		{"long org", "k8s-", long, "iad", "k8s-pool-oooo"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			n, err := NewNamer(tt.prefix, "abc234")
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := n.NewPooled(tt.org, tt.region)
+			if !strings.HasPrefix(got, tt.wantPrefix) || len(got) > MaxPeerName {
+				t.Errorf("NewPooled = %q (%d chars), want prefix %q and at most %d", got, len(got), tt.wantPrefix, MaxPeerName)
+			}
+			if err := flyapi.ValidatePeerName(got); err != nil {
+				t.Errorf("NewPooled = %q is not a valid peer name: %v", got, err)
+			}
+			if !n.Ours(got) {
+				t.Errorf("Ours(%q) = false for a pooled name it made (pattern %s)", got, n.Pattern())
+			}
+		})
+	}
+}
+
 // TestNamerOursOnlyMatchesThisCluster is defect 1 at the unit level: a
 // second cluster with the same prefix, one whose prefix extends ours, a
 // person's peer and the old unmarked names are never this cluster's.

@@ -46,6 +46,32 @@ func NewFlyPeer(name, org, region string, publicKey wgquick.Key, namespace strin
 	}
 }
 
+// NewPooledFlyPeer is the FlyPeer the pool refill writes before it calls
+// Fly: like NewFlyPeer, with no pod yet and the LabelPool label naming
+// the FlyOrg.
+func NewPooledFlyPeer(name, org, region string, publicKey wgquick.Key) *glaceonv1alpha1.FlyPeer {
+	fp := NewFlyPeer(name, org, region, publicKey, "")
+	fp.Labels[glaceonv1alpha1.LabelPool] = org
+	return fp
+}
+
+// IsPooled reports whether fp was made for the pool (claimed or not).
+func IsPooled(fp *glaceonv1alpha1.FlyPeer) bool { return fp.Labels[glaceonv1alpha1.LabelPool] != "" }
+
+// InPool reports whether fp waits in the pool: made for it and not
+// claimed by a pod's namespace.
+func InPool(fp *glaceonv1alpha1.FlyPeer) bool { return IsPooled(fp) && fp.Spec.Pod.Namespace == "" }
+
+// NewPoolKeySecret is the Secret, in glaceon's namespace, that holds a
+// pooled peer's wg-quick file until admission copies it into the pod's
+// Secret. Named after the FlyPeer, like the pod's Secret.
+func NewPoolKeySecret(fp *glaceonv1alpha1.FlyPeer, namespace string, wgQuick []byte) *corev1.Secret {
+	s := NewPeerSecret(fp, wgQuick)
+	s.Namespace = namespace
+	s.Labels[glaceonv1alpha1.LabelPool] = fp.Spec.Org
+	return s
+}
+
 // NewPeerSecret is the pod's Secret: the wg-quick file and nothing else that
 // matters. Its labels are for people; nothing glaceon does depends on
 // them, and deleting or changing the Secret changes nothing at Fly.

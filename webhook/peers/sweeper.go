@@ -103,7 +103,16 @@ func (s *sweeper) sweepFlyPeers(ctx context.Context, fps []glaceonv1alpha1.FlyPe
 			errs = append(errs, err)
 			continue
 		}
-		if now.Sub(fp.CreationTimestamp.Time) < s.opts.Grace {
+		if InPool(fp) {
+			if fp.Status.Phase == glaceonv1alpha1.FlyPeerAvailable || now.Sub(fp.CreationTimestamp.Time) < s.opts.Grace {
+				continue // the pool's
+			}
+			// A refill that died between its steps: no pod can claim it.
+			logf.FromContext(ctx).Info("deleting pooled FlyPeer left in provisioning", "flypeer", fp.Name, "phase", fp.Status.Phase)
+			errs = append(errs, s.r.deleteFlyPeer(ctx, fp, false))
+			continue
+		}
+		if now.Sub(unclaimedSince(fp)) < s.opts.Grace {
 			continue
 		}
 		claimed, err := s.claimedUncached(ctx, fp)
@@ -119,6 +128,17 @@ func (s *sweeper) sweepFlyPeers(ctx context.Context, fps []glaceonv1alpha1.FlyPe
 		errs = append(errs, s.r.deleteFlyPeer(ctx, fp, true))
 	}
 	return errors.Join(errs...)
+}
+
+// unclaimedSince is when fp began to wait for its pod: its creation, or
+// for a pooled peer the claim (written with the manager's clock; MinGrace
+// leaves room for skew).
+func unclaimedSince(fp *glaceonv1alpha1.FlyPeer) time.Time {
+	since := fp.CreationTimestamp.Time
+	if at, err := time.Parse(time.RFC3339, fp.Annotations[glaceonv1alpha1.AnnotationClaimedAt]); err == nil && at.After(since) {
+		since = at
+	}
+	return since
 }
 
 // claimedUncached is the authoritative check before deleting an unbound

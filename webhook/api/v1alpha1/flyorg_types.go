@@ -12,6 +12,10 @@ const AnnotationDefaultFlyOrg = "glaceon.fly/default"
 // Condition types of a FlyOrg (Ready, shared with MachineProxy) and a
 // FlyPeer. Reasons live with the controllers that set them.
 const (
+	// ConditionPoolReady is a FlyOrg's pool condition: False with reason
+	// Depleted while a pool region has no Available peer (admissions there
+	// call Fly, and fail during an outage). Absent when the pool is off.
+	ConditionPoolReady = "PoolReady"
 	// ConditionFlyPeerRemoved is False on a FlyPeer whose Fly peer could not
 	// be removed yet; the message says why and what happens next.
 	ConditionFlyPeerRemoved = "Removed"
@@ -73,6 +77,83 @@ type FlyOrgSpec struct {
 	// +kubebuilder:validation:MaxLength=16
 	// +kubebuilder:validation:XValidation:rule="self.matches('^[a-z]{3}$')",message="defaultRegion must be a Fly region code: three lower-case letters such as iad or yyz (see `fly platform regions`)"
 	DefaultRegion string `json:"defaultRegion,omitempty"`
+
+	// Pool keeps ready Fly peers (FlyPeers in phase Available) so that
+	// pods are admitted without a Fly call, also while the Fly API is down.
+	// Off when absent or size 0.
+	//
+	// +optional
+	Pool *FlyOrgPool `json:"pool,omitempty"`
+}
+
+// FlyOrgPool is the warm peer pool of a FlyOrg. Each pooled peer is a Fly
+// peer and a Secret in glaceon's namespace; at most 500 in all.
+//
+// +kubebuilder:validation:XValidation:rule="!has(self.regions) || !has(self.size) || size(self.regions) * self.size <= 500",message="spec.pool.size times the number of spec.pool.regions must be at most 500 pooled peers; lower the size or list fewer regions"
+type FlyOrgPool struct {
+	// Size is the number of Available peers kept per region. 0 turns the
+	// pool off (pooled peers are removed). A sensible value is the number
+	// of annotated pods that start in a burst (a rollout's surge, a Job's
+	// parallelism), e.g. 10.
+	//
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=500
+	Size int32 `json:"size,omitempty"`
+	// Regions are the WireGuard gateway regions to keep peers for, as Fly
+	// region codes (yyz, iad). Only pods asking for one of them (by
+	// glaceon.fly/region, or the default region) are served from the pool.
+	// Empty: the FlyOrg's defaultRegion alone (or Fly's choice of region
+	// when that is empty too).
+	//
+	// +optional
+	// +listType=set
+	// +kubebuilder:validation:MaxItems=16
+	// +kubebuilder:validation:items:MaxLength=16
+	// +kubebuilder:validation:XValidation:rule="self.all(r, r.matches('^[a-z]{3}$'))",message="spec.pool.regions must be Fly region codes: three lower-case letters such as iad or yyz (see `fly platform regions`)"
+	Regions []string `json:"regions,omitempty"`
+}
+
+// PoolRegions is the regions the pool keeps peers for ("" being Fly's
+// choice), or nil when the pool is off.
+func (o *FlyOrg) PoolRegions() []string {
+	if o.Spec.Pool == nil || o.Spec.Pool.Size <= 0 {
+		return nil
+	}
+	if len(o.Spec.Pool.Regions) == 0 {
+		return []string{o.Spec.DefaultRegion}
+	}
+	return o.Spec.Pool.Regions
+}
+
+// PoolSize is spec.pool.size per region (0: off).
+func (o *FlyOrg) PoolSize() int32 {
+	if o.Spec.Pool == nil {
+		return 0
+	}
+	return max(o.Spec.Pool.Size, 0)
+}
+
+// FlyOrgPoolStatus is the state of the pool.
+type FlyOrgPoolStatus struct {
+	// Target is the number of Available peers wanted (size × regions).
+	Target int32 `json:"target"`
+	// Available is the number of Available peers, ready to be claimed.
+	Available int32 `json:"available"`
+	// Regions is the same per region.
+	//
+	// +optional
+	// +listType=map
+	// +listMapKey=region
+	Regions []FlyOrgPoolRegionStatus `json:"regions,omitempty"`
+}
+
+// FlyOrgPoolRegionStatus is the pool of one region.
+type FlyOrgPoolRegionStatus struct {
+	// Region code; empty for Fly's choice.
+	Region    string `json:"region"`
+	Target    int32  `json:"target"`
+	Available int32  `json:"available"`
 }
 
 // FlyOrgStatus is what the manager last found out about the org.
@@ -97,6 +178,10 @@ type FlyOrgStatus struct {
 	//
 	// +optional
 	Peers int32 `json:"peers,omitempty"`
+	// Pool is the warm peer pool, when spec.pool is on.
+	//
+	// +optional
+	Pool *FlyOrgPoolStatus `json:"pool,omitempty"`
 }
 
 // FlyOrg is a Fly.io organization this cluster may use, with its API
@@ -110,6 +195,7 @@ type FlyOrgStatus struct {
 // +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
 // +kubebuilder:printcolumn:name="Reason",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].reason`
 // +kubebuilder:printcolumn:name="Peers",type=integer,JSONPath=`.status.peers`
+// +kubebuilder:printcolumn:name="Pool",type=integer,JSONPath=`.status.pool.available`,description="Available pooled peers"
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 type FlyOrg struct {
 	metav1.TypeMeta   `json:",inline"`

@@ -7,7 +7,7 @@ import (
 
 // FlyPeerPhase is where a FlyPeer is in its life.
 //
-// +kubebuilder:validation:Enum=Provisioning;Ready;Bound;Releasing
+// +kubebuilder:validation:Enum=Provisioning;Available;Ready;Bound;Releasing
 type FlyPeerPhase string
 
 // Phases of a FlyPeer.
@@ -16,6 +16,12 @@ const (
 	// may not exist yet. A FlyPeer stuck here past the sweeper's grace
 	// period is deleted (which removes its Fly peer, if any).
 	FlyPeerProvisioning FlyPeerPhase = "Provisioning"
+	// FlyPeerAvailable: a pooled peer (LabelPool): the Fly peer exists and
+	// its wg-quick file is in a Secret in glaceon's namespace; no pod has
+	// it (spec.pod.namespace empty). Admission claims it by setting
+	// spec.pod.namespace (the phase stays until the FlyPeer controller binds
+	// it to its pod: Bound); it never returns to the pool.
+	FlyPeerAvailable FlyPeerPhase = "Available"
 	// FlyPeerReady: the Fly peer exists and the pod's Secret holds its
 	// wg-quick file; the pod is not created yet.
 	FlyPeerReady FlyPeerPhase = "Ready"
@@ -27,14 +33,23 @@ const (
 	FlyPeerReleasing FlyPeerPhase = "Releasing"
 )
 
+// LabelPool marks a FlyPeer made for the pool (and its key Secret in
+// glaceon's namespace); the value is the FlyOrg. It stays when the peer is
+// claimed, so that the pooled key Secret is removed with it.
+const LabelPool = "glaceon.fly/pool"
+
+// AnnotationClaimedAt on a pooled FlyPeer is when admission claimed it
+// (RFC 3339); the sweeper's grace for an unclaimed pod runs from there.
+const AnnotationClaimedAt = "glaceon.fly/claimed-at"
+
 // FlyPeerPod is the pod a FlyPeer was made for.
 type FlyPeerPod struct {
 	// Namespace of the pod (and of its wg-quick Secret, named after the
-	// FlyPeer).
+	// FlyPeer). Empty while the peer waits in the pool.
 	//
-	// +required
-	// +kubebuilder:validation:MinLength=1
+	// +optional
 	// +kubebuilder:validation:MaxLength=63
+	// +kubebuilder:validation:XValidation:rule="size(oldSelf) == 0 || self == oldSelf",message="spec.pod.namespace cannot change once set: a claimed peer never returns to the pool"
 	Namespace string `json:"namespace"`
 	// Name of the pod, once the pod exists (pods from controllers have no
 	// name at admission).
@@ -75,7 +90,7 @@ type FlyPeerSpec struct {
 
 // FlyPeerStatus is what the manager knows of the peer.
 type FlyPeerStatus struct {
-	// Phase: Provisioning, Ready, Bound or Releasing.
+	// Phase: Provisioning, Available (pooled), Ready, Bound or Releasing.
 	//
 	// +optional
 	Phase FlyPeerPhase `json:"phase,omitempty"`
