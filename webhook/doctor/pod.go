@@ -99,6 +99,14 @@ func (d *Doctor) checkPodFlyPeer(ctx context.Context, pod *corev1.Pod) Result {
 				where += ", region " + p.Spec.Region
 			}
 			return ok(GroupPod, CheckPodFlyPeer, "FlyPeer %s %s (%s, address %s)", p.Name, p.Status.Phase, where, p.Status.PeerIP)
+		case apiv1alpha1.FlyPeerAvailable:
+			// Claimed from the warm pool: the tenant Secret holds its key,
+			// so the sidecar works; only the binding to the pod is pending.
+			if p.Spec.Pod.Namespace == pod.Namespace {
+				return warned(GroupPod, CheckPodFlyPeer, fmt.Sprintf("FlyPeer %s claimed from the pool, not bound to the pod yet", p.Name),
+					"the peer controller binds a claimed peer when it sees the pod; it has not yet",
+					"check the manager is running (`glaceon doctor`); an unbound claim is swept after --sweep-grace")
+			}
 		}
 		return failed(GroupPod, CheckPodFlyPeer, fmt.Sprintf("FlyPeer %s is %s", p.Name, p.Status.Phase),
 			"the pod's Fly peer is not in use", fmt.Sprintf("`kubectl get flypeer %s -o yaml` (its conditions say why)", p.Name))
