@@ -102,6 +102,15 @@ func (d *demo) run(ctx context.Context) error {
 		return err
 	}
 	defer os.RemoveAll(d.work)
+	// startFly exports the double's WebSocket port for the sidecar child.
+	// Left set, the next double made in this process (the demo's test runs
+	// the demo three times) would listen on that port while the closing
+	// double may still hold it.
+	if prev, had := os.LookupEnv(flyapitest.EnvWebSocketPort); had {
+		defer os.Setenv(flyapitest.EnvWebSocketPort, prev)
+	} else {
+		defer os.Unsetenv(flyapitest.EnvWebSocketPort)
+	}
 
 	d.say("Starting a local control plane: etcd, kube-apiserver, kube-controller-manager (v%s)", controlplane.Version)
 	cp, err := controlplane.Start(ctx, controlplane.Options{CRDDirectoryPaths: []string{filepath.Join(managertest.RepoRoot(), "deploy", "crd")}})
@@ -195,7 +204,7 @@ func (d *demo) startFly(ctx context.Context) error {
 		go func() { <-ctx.Done(); fly.Close() }()
 		// The sidecar (a child process) reaches the double's WebSocket here
 		// instead of port 443.
-		if err := os.Setenv("FLY_WG_WEBSOCKET_PORT", strconv.Itoa(fly.WebSocketPort())); err != nil {
+		if err := os.Setenv(flyapitest.EnvWebSocketPort, strconv.Itoa(fly.WebSocketPort())); err != nil {
 			return err
 		}
 		if d.blockUDP {
