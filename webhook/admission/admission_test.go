@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-logr/logr"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	eventsv1 "k8s.io/api/events/v1"
@@ -23,6 +24,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	logf "sigs.k8s.io/controller-runtime/pkg/log"
 	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
@@ -56,7 +58,13 @@ type env struct {
 	steps map[string]map[string]time.Time
 }
 
-func TestMain(m *testing.M) { os.Exit(testkit.Run(m)) }
+func TestMain(m *testing.M) {
+	// The managers log through their own loggers; client-go's request
+	// logging goes to controller-runtime's global one, which would
+	// otherwise print a "SetLogger was never called" stack mid-benchmark.
+	logf.SetLogger(logr.Discard())
+	os.Exit(testkit.Run(m))
+}
 
 // startEnv starts the manager as `glaceon manager` wires it, with a fast
 // sweeper, and counts the admissions that reach its webhook.
