@@ -262,6 +262,13 @@ func (t *netTun) Write(bufs [][]byte, offset int) (int, error) {
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	// Checked again under the lock: Close waits for this lock before it
+	// shuts the stack (see there).
+	select {
+	case <-t.closed:
+		return 0, os.ErrClosed
+	default:
+	}
 	if t.dispatcher == nil {
 		return len(bufs), nil
 	}
@@ -295,6 +302,13 @@ func (t *netTun) Write(bufs [][]byte, offset int) (int, error) {
 func (t *netTun) Close() error {
 	t.closeOnce.Do(func() {
 		close(t.closed)
+		// A Write delivering into the stack holds t.mu and needs the
+		// stack's read lock; stack.Wait removes the NIC under the stack's
+		// write lock and then calls Attach, which needs t.mu. Let any such
+		// Write finish first: after this, Writes see closed and return.
+		t.mu.Lock()
+		//lint:ignore SA2001 an empty critical section is the point: a barrier
+		t.mu.Unlock()
 		t.stack.Close()
 		t.stack.Wait()
 		close(t.events)
