@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -176,6 +177,20 @@ func StartForTest(tb testing.TB, bin string, pod *corev1.Pod, secret *corev1.Sec
 		tb.Fatal(err)
 	}
 	return s
+}
+
+// GetForTest fetches path through the forward the pod spec listens on at
+// listen (as the app would), failing tb on a transport error, and returns
+// the body with surrounding space trimmed.
+func (s *Sidecar) GetForTest(tb testing.TB, listen, path string) string {
+	tb.Helper()
+	resp, err := (&http.Client{Timeout: 10 * time.Second}).Get("http://" + s.Forwards[listen] + path)
+	if err != nil {
+		tb.Fatalf("GET %s through the sidecar's forward %s: %v", path, listen, err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return strings.TrimSpace(string(body))
 }
 
 // bindable returns listen if this process may bind it, else the same host

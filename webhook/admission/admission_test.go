@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"slices"
@@ -203,13 +202,7 @@ func TestAdmission(t *testing.T) {
 		// Run the injected sidecar from the pod's spec and the Secret, and
 		// fetch the app through it as the app would.
 		proc := localpod.StartForTest(t, testkit.SidecarBinary(t), pod, &s)
-		resp, err := (&http.Client{Timeout: 10 * time.Second}).Get("http://" + proc.Forwards["127.0.0.2:80"] + "/")
-		if err != nil {
-			t.Fatalf("GET through the pod's sidecar: %v", err)
-		}
-		body, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if got := strings.TrimSpace(string(body)); got != "ok twi-ollama" {
+		if got := proc.GetForTest(t, "127.0.0.2:80", "/"); got != "ok twi-ollama" {
 			t.Errorf("answer through the tunnel = %q, want %q", got, "ok twi-ollama")
 		}
 

@@ -6,7 +6,6 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -389,13 +388,7 @@ func TestPool(t *testing.T) {
 			t.Fatal(err)
 		}
 		proc := localpod.StartForTest(t, testkit.SidecarBinary(t), &pd, &secret)
-		resp, err := (&http.Client{Timeout: 10 * time.Second}).Get("http://" + proc.Forwards["127.0.0.2:80"] + "/")
-		if err != nil {
-			t.Fatalf("GET through the pooled pod's sidecar: %v", err)
-		}
-		body, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if got := strings.TrimSpace(string(body)); got != "ok twi-ollama" {
+		if got := proc.GetForTest(t, "127.0.0.2:80", "/"); got != "ok twi-ollama" {
 			t.Errorf("answer through the tunnel = %q, want %q", got, "ok twi-ollama")
 		}
 
