@@ -170,7 +170,12 @@ func newNetTun(o netStackOptions) (*netTun, error) {
 	// segments per retransmission timeout for tens of seconds, nothing else
 	// lost (TestNetstackUploadSurvivesLossBursts, docs/stall.md).
 	rack := tcpip.TCPRecovery(0)
-	for _, opt := range []tcpip.SettableTransportProtocolOption{&sack, &rcv, &snd, &cc, &moderate, &tw, &rack} {
+	// No Nagle on the tunnel side, like Go's TCP_NODELAY on the local
+	// socket: a small write must not wait for the ACK of the previous one,
+	// a whole tunnel round trip. This is gVisor's default today; it is set
+	// here so that a change of default cannot slow small requests unseen.
+	nagle := tcpip.TCPDelayEnabled(false)
+	for _, opt := range []tcpip.SettableTransportProtocolOption{&sack, &rcv, &snd, &cc, &moderate, &tw, &rack, &nagle} {
 		if err := s.SetTransportProtocolOption(tcp.ProtocolNumber, opt); err != nil {
 			s.Close()
 			return nil, fmt.Errorf("netstack: set TCP option %T: %v", opt, err)

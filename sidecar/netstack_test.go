@@ -22,6 +22,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
+	"gvisor.dev/gvisor/pkg/waiter"
 )
 
 // checkGoroutines fails the test if goroutines started during it are still
@@ -408,5 +409,25 @@ func TestNetstackUploadSurvivesLossBursts(t *testing.T) {
 		time.Sleep(700 * time.Millisecond)
 		p.blackout.Store(false)
 		progress(fmt.Sprintf("after loss burst %d", burst))
+	}
+}
+
+// TestNetstackNagleOff: a connection through the tunnel must send a small
+// write at once, not hold it for the ACK of the previous one (a tunnel
+// round trip per request), like TCP_NODELAY on the local socket.
+func TestNetstackNagleOff(t *testing.T) {
+	n, err := newNetTun(netStackOptions{MTU: 1420, Local: netip.MustParseAddr("fdaa:0:1:a7b:1:0:a:102")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	var wq waiter.Queue
+	ep, terr := n.stack.NewEndpoint(tcp.ProtocolNumber, ipv6.ProtocolNumber, &wq)
+	if terr != nil {
+		t.Fatal(terr)
+	}
+	defer ep.Close()
+	if ep.SocketOptions().GetDelayOption() {
+		t.Fatal("new TCP endpoints have Nagle's algorithm on")
 	}
 }
