@@ -184,6 +184,12 @@ func (r *StreamRelay) acceptLoop() {
 			if r.closing.Load() || errors.Is(err, net.ErrClosed) {
 				return
 			}
+			// A transient error (EMFILE, ECONNABORTED): not in a tight loop.
+			select {
+			case <-r.done:
+				return
+			case <-time.After(10 * time.Millisecond):
+			}
 			continue
 		}
 		s, err := net.DialTCP("tcp4", nil, net.TCPAddrFromAddrPort(r.target))
