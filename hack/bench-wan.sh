@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # The tunnel across emulated WAN paths (see docs/benchmarks.md, "WAN matrix"):
 # glaceon-sidecar and the stock wireguard-go forwarder side by side, through
-# a userspace link emulator, to a wireguard-go gateway on a real TUN device
+# a userspace link emulator (a UDP relay, and a TCP relay for WireGuard over
+# WebSocket), to a wireguard-go gateway on a real TUN device
 # whose interface lives in a network namespace made here, with Linux TCP
 # behind it. Needs root (namespace, TUN, SO_RCVBUFFORCE) and iproute2.
 #
 #   hack/bench-wan.sh [-quick] [-json out.json] [-svg docs/bench-wan.svg] [-duration 6s] [-rate 200]
+#                     [-transports udp,websocket]   # the sidecar over each (default both; the stock
+#                                                   # forwarder runs over UDP only; lossy WebSocket
+#                                                   # cells are not measured: see docs/benchmarks.md)
 #   QUICK=1 hack/bench-wan.sh          # the same as -quick
 #   BENCH_SIDECAR=/path/to/glaceon-sidecar hack/bench-wan.sh ...   # A/B a build of a local change
 #   BENCH_BEFORE=main hack/bench-wan.sh ...   # also measure the sidecar of a git ref (or a binary's path)

@@ -62,7 +62,8 @@ type WebSocketStats struct {
 // self-signed certificate on a loopback TCP port; each connection is one
 // WireGuard endpoint of the gateway's bind.
 type wsGateway struct {
-	g    *gateway
+	logf func(format string, args ...any)
+	bind func() *gwBind // the running device's bind, nil while stopped
 	port int
 	cert tls.Certificate
 
@@ -93,7 +94,7 @@ func newWSGateway(g *gateway, port int) (*wsGateway, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &wsGateway{g: g, port: port, cert: cert, conns: map[*wgws.Conn]struct{}{}}, nil
+	return &wsGateway{logf: g.logf, bind: g.currentBind, port: port, cert: cert, conns: map[*wgws.Conn]struct{}{}}, nil
 }
 
 func selfSigned() (tls.Certificate, error) {
@@ -188,7 +189,7 @@ func (w *wsGateway) serve(rw http.ResponseWriter, r *http.Request) {
 	origin := r.Header.Get("Origin")
 	if u, err := url.Parse(origin); err != nil || u.Scheme != "wss" || !strings.EqualFold(u.Host, r.Host) {
 		w.rejected.Add(1)
-		w.g.logf("websocket rejected: Origin %q does not match host %q", origin, r.Host)
+		w.logf("websocket rejected: Origin %q does not match host %q", origin, r.Host)
 		http.Error(rw, "Origin must be wss://<host>/", http.StatusForbidden)
 		return
 	}
@@ -196,7 +197,7 @@ func (w *wsGateway) serve(rw http.ResponseWriter, r *http.Request) {
 	c, err := wgws.Accept(rw, r, &websocket.AcceptOptions{InsecureSkipVerify: true}, cork)
 	if err != nil {
 		w.rejected.Add(1)
-		w.g.logf("websocket rejected: %v", err)
+		w.logf("websocket rejected: %v", err)
 		return
 	}
 	w.mu.Lock()
@@ -231,12 +232,12 @@ func (w *wsGateway) serve(rw http.ResponseWriter, r *http.Request) {
 		n, err := c.ReadDatagram(buf)
 		if err != nil {
 			if !errors.Is(err, context.Canceled) {
-				w.g.logf("websocket closed: %v", err)
+				w.logf("websocket closed: %v", err)
 			}
 			return
 		}
 		w.dgIn.Add(1)
-		b := w.g.currentBind()
+		b := w.bind()
 		if b == nil {
 			continue // gateway stopped: drop
 		}
@@ -452,3 +453,44 @@ func (l corkListener) Accept() (net.Conn, error) {
 	}
 	return wgws.NewCorkConn(c), nil
 }
+
+// GatewayTransport is the double gateway's transport for a wireguard-go
+// device of one's own (hack/bench-wan's gateway on a real TUN device): the
+// loopback UDP bind and the wss listener on 127.0.0.1, with the same
+// Origin check, framing (flyapi/wgws) and corked writes as the double's
+// gateway. Give Bind to device.NewDevice; Close after the device.
+type GatewayTransport struct {
+	ws   *wsGateway
+	bind *gwBind
+}
+
+// NewGatewayTransport listens for WebSockets on an ephemeral port of
+// 127.0.0.1; the UDP port opens with the device (Bind().Open).
+func NewGatewayTransport() (*GatewayTransport, error) {
+	cert, err := selfSigned()
+	if err != nil {
+		return nil, err
+	}
+	w := &wsGateway{logf: func(string, ...any) {}, cert: cert, conns: map[*wgws.Conn]struct{}{}}
+	b := newGwBind(w)
+	w.bind = func() *gwBind { return b }
+	if err := w.start(); err != nil {
+		return nil, err
+	}
+	return &GatewayTransport{ws: w, bind: b}, nil
+}
+
+// Bind is the conn.Bind for the device.
+func (t *GatewayTransport) Bind() conn.Bind { return t.bind }
+
+// UDPPort is the bind's UDP port on 127.0.0.1 once the device is up.
+func (t *GatewayTransport) UDPPort() int { return t.bind.LocalPort() }
+
+// WebSocketPort is the wss port on 127.0.0.1.
+func (t *GatewayTransport) WebSocketPort() int { return t.ws.port }
+
+// WebSocketStats counts what the WebSocket side saw.
+func (t *GatewayTransport) WebSocketStats() WebSocketStats { return t.ws.stats() }
+
+// Close stops the listener and every WebSocket (the device closes the bind).
+func (t *GatewayTransport) Close() { t.ws.stop() }

@@ -27,7 +27,6 @@ import (
 	"golang.zx2c4.com/wireguard/tun"
 
 	"github.com/glaceon/glaceon/flyapi/flyapitest"
-	"github.com/glaceon/glaceon/flyapi/udpbind"
 )
 
 // kernelGateway is the Fly side of the benchmark: wireguard-go on a real
@@ -43,10 +42,11 @@ type kernelGateway struct {
 	ifName string
 	pub    [32]byte
 
-	tun  tun.Device
-	dev  *device.Device
-	bind *udpbind.Bind
-	port int
+	tun    tun.Device
+	dev    *device.Device
+	tr     *flyapitest.GatewayTransport // UDP bind and wss listener
+	port   int                          // UDP, 127.0.0.1
+	wsPort int                          // WireGuard over WebSocket (TLS), 127.0.0.1
 
 	apps      map[netip.Addr]string
 	names     map[string]netip.Addr // DNS: fully qualified name -> address
@@ -134,8 +134,14 @@ func newKernelGateway(ns, ifName string, srv *flyapitest.Server, org string) (g 
 		return nil, fmt.Errorf("sysctls in %s: %w", ns, err)
 	}
 
-	g.bind = udpbind.New(udpbind.Options{Loopback: true})
-	g.dev = device.NewDevice(g.tun, g.bind, &device.Logger{
+	// The double's gateway transport: the same loopback UDP bind as
+	// before, plus the WebSocket endpoint flyctl's framing reaches
+	// (flyapi/wgws), so one device serves both transports.
+	if g.tr, err = flyapitest.NewGatewayTransport(); err != nil {
+		return nil, fmt.Errorf("gateway transport: %w", err)
+	}
+	g.wsPort = g.tr.WebSocketPort()
+	g.dev = device.NewDevice(g.tun, g.tr.Bind(), &device.Logger{
 		Verbosef: device.DiscardLogf,
 		// The MTU lookups by name fail once the device is in the namespace
 		// (harmless: the MTU is set before the move).
@@ -151,7 +157,7 @@ func newKernelGateway(ns, ifName string, srv *flyapitest.Server, org string) (g 
 	if err := g.dev.Up(); err != nil {
 		return nil, fmt.Errorf("gateway up: %w", err)
 	}
-	if g.port = g.bind.LocalPort(); g.port == 0 {
+	if g.port = g.tr.UDPPort(); g.port == 0 {
 		return nil, errors.New("gateway bind did not open")
 	}
 	if err := g.startServices(dnsAddr); err != nil {
@@ -208,6 +214,9 @@ func (g *kernelGateway) close() {
 	}
 	for _, c := range g.closers {
 		c.Close()
+	}
+	if g.tr != nil {
+		g.tr.Close() // the WebSockets; the device closes the bind
 	}
 	if g.dev != nil {
 		g.dev.Close() // closes the TUN too; the interface goes with it

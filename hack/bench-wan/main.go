@@ -43,18 +43,31 @@ const org = "personal"
 
 type binary struct{ name, path string }
 
+// The transports a sidecar cell can run over.
+const (
+	udp       = "udp"
+	websocket = "websocket"
+)
+
 // spec is one cell of the matrix.
 type spec struct {
-	RTT     time.Duration
-	Loss    float64 // per direction
-	Dir     string  // "download" or "upload"
-	Streams int
-	Rate    float64 // bit/s cap, 0 = none
+	// Transport is the sidecar's: udp through the UDP link emulator, or
+	// websocket (WireGuard over WebSocket over TLS, as flyctl speaks it)
+	// through the stream relay, with the same delay and rate cap and no
+	// loss. The stock forwarder has no WebSocket mode: it runs in udp
+	// cells only.
+	Transport string
+	RTT       time.Duration
+	Loss      float64 // per direction
+	Dir       string  // "download" or "upload"
+	Streams   int
+	Rate      float64 // bit/s cap, 0 = none
 }
 
 // Cell is one binary's result in one cell.
 type Cell struct {
 	Binary     string  `json:"binary"`
+	Transport  string  `json:"transport"` // udp or websocket; "" in runs before it was measured means udp
 	RTTms      float64 `json:"rtt_ms"`
 	Loss       float64 `json:"loss"`
 	Dir        string  `json:"dir"`
@@ -68,25 +81,36 @@ type Cell struct {
 	// WindowBytes: sum over streams of the largest receive window seen by
 	// the Linux side (advertised by the proxy for downloads, by Linux for
 	// uploads); BoundMbps = min(rate cap, window ÷ RTT), 0 = unbounded.
-	WindowBytes  int64         `json:"window_bytes"`
-	BoundMbps    float64       `json:"bound_mbit_s"`
-	Retrans      int64         `json:"linux_retransmits"`
-	KernelMinRTT float64       `json:"linux_min_rtt_ms"`
-	Stalled      int           `json:"stalled_streams"`
-	RcvbufErrors int64         `json:"udp_rcvbuf_errors"` // system-wide
-	PathDrops    int64         `json:"udp_path_drops"`    // this path's sockets only
-	ReadyMs      float64       `json:"ready_ms"`
-	LinkUp       link.DirStats `json:"link_up"`
-	LinkDown     link.DirStats `json:"link_down"`
+	WindowBytes  int64   `json:"window_bytes"`
+	BoundMbps    float64 `json:"bound_mbit_s"`
+	Retrans      int64   `json:"linux_retransmits"`
+	KernelMinRTT float64 `json:"linux_min_rtt_ms"`
+	Stalled      int     `json:"stalled_streams"`
+	RcvbufErrors int64   `json:"udp_rcvbuf_errors"` // system-wide
+	PathDrops    int64   `json:"udp_path_drops"`    // this path's sockets only
+	ReadyMs      float64 `json:"ready_ms"`
+	// LinkUp, LinkDown: the emulator's counts for the path this cell
+	// used (the UDP relay, or the stream relay for websocket cells, whose
+	// "datagrams" are the chunks one read returned).
+	LinkUp   link.DirStats `json:"link_up"`
+	LinkDown link.DirStats `json:"link_down"`
+	// StreamWaits: reads of the stream relay that waited for room in the
+	// bottleneck queue (backpressure where UDP drops at the tail).
+	StreamWaits int64 `json:"stream_relay_waits,omitempty"`
+	// WSDatagrams: WireGuard datagrams the gateway received over
+	// WebSockets during the cell (0 in udp cells: the check that each cell
+	// used the transport it says).
+	WSDatagrams int64 `json:"gateway_ws_datagrams_in"`
 }
 
 // Latency is small-request latency on one keep-alive connection.
 type Latency struct {
-	Binary string  `json:"binary"`
-	RTTms  float64 `json:"rtt_ms"`
-	N      int     `json:"n"`
-	P50us  float64 `json:"p50_us"`
-	P99us  float64 `json:"p99_us"`
+	Binary    string  `json:"binary"`
+	Transport string  `json:"transport"`
+	RTTms     float64 `json:"rtt_ms"`
+	N         int     `json:"n"`
+	P50us     float64 `json:"p50_us"`
+	P99us     float64 `json:"p99_us"`
 }
 
 // Report is everything one run measured.
@@ -105,6 +129,9 @@ type Report struct {
 	Elapsed    float64   `json:"elapsed_s"`
 	Sysctls    []string  `json:"netns_sysctls"`
 	SidecarEnv []string  `json:"sidecar_env,omitempty"`
+	Transports []string  `json:"transports"`
+	// NotMeasured lists the websocket cells left out, and why.
+	NotMeasured []string `json:"not_measured,omitempty"`
 }
 
 func main() {
@@ -126,11 +153,13 @@ func main() {
 		lossList = flag.String("losses", "", "override the matrix's loss rates, comma-separated fractions per direction")
 		dirList  = flag.String("dirs", "", "override the directions: download,upload")
 		strList  = flag.String("streams", "", "override the parallel stream counts, comma-separated")
-		relayTo  = flag.String("relay-target", "", "internal: run as the link emulator process, forwarding to this address")
+		trList   = flag.String("transports", "udp,websocket", "the sidecar's transports, comma-separated: udp, websocket (lossy websocket cells are not measured: see docs/benchmarks.md)")
+		relayTo  = flag.String("relay-target", "", "internal: run as the link emulator process, forwarding UDP to this address")
+		relayWS  = flag.String("relay-ws-target", "", "internal: with -relay-target, relay TCP (the WebSocket) to this address")
 	)
 	flag.Parse()
 	if *relayTo != "" {
-		runRelay(*relayTo)
+		runRelay(*relayTo, *relayWS)
 		return
 	}
 	if *fromJSON != "" {
@@ -154,7 +183,11 @@ func main() {
 	if *before != "" {
 		h.bins = append(h.bins, binary{prev, *before})
 	}
-	if err := h.overrides(*rttList, *lossList, *dirList, *strList); err != nil {
+	err := h.overrides(*rttList, *lossList, *dirList, *strList)
+	if err == nil {
+		err = h.parseTransports(*trList)
+	}
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench-wan:", err)
 		os.Exit(2)
 	}
@@ -204,6 +237,8 @@ type harness struct {
 	losses  []float64
 	dirs    []string
 	streams []int
+
+	transports []string // udp, websocket
 
 	cfgs       map[string]string // binary -> wg-quick file
 	dir        string
@@ -276,6 +311,50 @@ func (h *harness) overrides(rtts, losses, dirs, streams string) error {
 	return nil
 }
 
+// parseTransports parses -transports.
+func (h *harness) parseTransports(list string) error {
+	h.transports = nil
+	for _, f := range benchproc.SplitList(list) {
+		if f != udp && f != websocket {
+			return fmt.Errorf("-transports: %q is neither udp nor websocket", f)
+		}
+		for _, t := range h.transports {
+			if t == f {
+				return fmt.Errorf("-transports: %s named twice", f)
+			}
+		}
+		h.transports = append(h.transports, f)
+	}
+	if len(h.transports) == 0 {
+		return fmt.Errorf("-transports: none given (udp, websocket)")
+	}
+	return nil
+}
+
+// binsFor is who runs in a cell over transport: every binary over UDP;
+// over WebSocket the sidecars only (the stock forwarder has no WebSocket
+// mode).
+func (h *harness) binsFor(transport string) []binary {
+	if transport == udp {
+		return h.bins
+	}
+	var out []binary
+	for _, b := range h.bins {
+		if b.name != base {
+			out = append(out, b)
+		}
+	}
+	return out
+}
+
+// notMeasured says why a cell is left out over transport, "" if it is not.
+func notMeasured(transport string, loss float64) string {
+	if transport == websocket && loss > 0 {
+		return "the stream relay cannot lose packets (a byte stream has none; loss on a real path is of the IP packets under the WebSocket's TCP)"
+	}
+	return ""
+}
+
 func (h *harness) warmup(rtt time.Duration) time.Duration {
 	w := max(h.dur/6, 10*rtt)
 	return min(w, h.dur/2)
@@ -287,6 +366,7 @@ func (h *harness) run(ns, ifName string) (*Report, error) {
 	rep := &Report{When: start.UTC().Format(time.RFC3339), Host: fmt.Sprintf("%s, %s, %d CPUs", host, runtime.Version(), runtime.NumCPU()),
 		LoadBefore: loadavg(), Quick: h.quick, Duration: h.dur.Seconds(), Warmup: h.warmup(0).Seconds()}
 	rep.SidecarEnv = h.sidecarEnv
+	rep.Transports = h.transports
 	for k, v := range nsSysctls {
 		rep.Sysctls = append(rep.Sysctls, k+"="+v)
 	}
@@ -303,7 +383,7 @@ func (h *harness) run(ns, ifName string) (*Report, error) {
 	}
 	defer h.gw.close()
 	gwAddr := netipLoopback(h.gw.port)
-	h.relay, err = startRelay(gwAddr)
+	h.relay, err = startRelay(gwAddr, netipLoopback(h.gw.wsPort))
 	if err != nil {
 		return nil, err
 	}
@@ -338,18 +418,27 @@ func (h *harness) run(ns, ifName string) (*Report, error) {
 			for _, dir := range dirs {
 				for _, n := range streams {
 					seed++
-					sp := spec{RTT: rtt, Loss: loss, Dir: dir, Streams: n, Rate: rate}
-					// Rotate who goes first, against drift in the machine's load.
-					r := int(seed) % len(h.bins)
-					order := append(append([]binary(nil), h.bins[r:]...), h.bins[:r]...)
-					for _, b := range order {
-						c, err := h.cell(b, sp, seed)
-						if err != nil {
-							return nil, fmt.Errorf("%s, %v RTT, loss %g, %s × %d: %w", b.name, rtt, loss, dir, n, err)
+					// The transports one after the other in the same cell:
+					// WebSocket and UDP ratios under the same load.
+					for _, tr := range h.transports {
+						sp := spec{Transport: tr, RTT: rtt, Loss: loss, Dir: dir, Streams: n, Rate: rate}
+						if why := notMeasured(tr, loss); why != "" {
+							rep.NotMeasured = append(rep.NotMeasured, fmt.Sprintf("%s, %s, loss %s, %s ×%d: %s", tr, rttName(float64(rtt)/1e6), lossName(loss), dir, n, why))
+							continue
 						}
-						fmt.Fprintf(os.Stderr, "  %-15s rtt %3.0f ms loss %5.2f%% %-8s ×%-3d %7.1f Mbit/s (bound %6.1f) cpu %5.2f s/GiB rss %5.1f MiB win %7d B stalled %d udp drops %d (system %d)\n",
-							c.Binary, c.RTTms, c.Loss*100, c.Dir, c.Streams, c.Mbps, c.BoundMbps, c.CPUPerGiB, c.PeakRSSMiB, c.WindowBytes, c.Stalled, c.PathDrops, c.RcvbufErrors)
-						rep.Cells = append(rep.Cells, c)
+						bins := h.binsFor(tr)
+						// Rotate who goes first, against drift in the machine's load.
+						r := int(seed) % len(bins)
+						order := append(append([]binary(nil), bins[r:]...), bins[:r]...)
+						for _, b := range order {
+							c, err := h.cell(b, sp, seed)
+							if err != nil {
+								return nil, fmt.Errorf("%s over %s, %v RTT, loss %g, %s × %d: %w", b.name, tr, rtt, loss, dir, n, err)
+							}
+							fmt.Fprintf(os.Stderr, "  %-15s %-9s rtt %3.0f ms loss %5.2f%% %-8s ×%-3d %7.1f Mbit/s (bound %6.1f) cpu %5.2f s/GiB rss %5.1f MiB win %7d B stalled %d udp drops %d (system %d)\n",
+								c.Binary, c.Transport, c.RTTms, c.Loss*100, c.Dir, c.Streams, c.Mbps, c.BoundMbps, c.CPUPerGiB, c.PeakRSSMiB, c.WindowBytes, c.Stalled, c.PathDrops, c.RcvbufErrors)
+							rep.Cells = append(rep.Cells, c)
+						}
 					}
 				}
 			}
@@ -358,18 +447,20 @@ func (h *harness) run(ns, ifName string) (*Report, error) {
 		if err := h.setLink(spec{RTT: rtt, Rate: rate}, 1); err != nil {
 			return nil, err
 		}
-		for _, b := range h.bins {
-			l, err := h.latency(b, rtt)
-			if err != nil {
-				return nil, fmt.Errorf("%s small requests at %v: %w", b.name, rtt, err)
+		for _, tr := range h.transports {
+			for _, b := range h.binsFor(tr) {
+				l, err := h.latency(b, tr, rtt)
+				if err != nil {
+					return nil, fmt.Errorf("%s over %s small requests at %v: %w", b.name, tr, rtt, err)
+				}
+				fmt.Fprintf(os.Stderr, "  %-15s %-9s rtt %3.0f ms keep-alive GET p50 %.0f µs p99 %.0f µs\n", b.name, tr, l.RTTms, l.P50us, l.P99us)
+				rep.Latency = append(rep.Latency, l)
 			}
-			fmt.Fprintf(os.Stderr, "  %-15s rtt %3.0f ms keep-alive GET p50 %.0f µs p99 %.0f µs\n", b.name, l.RTTms, l.P50us, l.P99us)
-			rep.Latency = append(rep.Latency, l)
 		}
 	}
 	if !h.quick && h.rtts == nil {
 		// Many parallel streams (memory and stalls), 50 ms, no loss.
-		sp := spec{RTT: 50 * time.Millisecond, Dir: "download", Streams: 100, Rate: h.rate}
+		sp := spec{Transport: udp, RTT: 50 * time.Millisecond, Dir: "download", Streams: 100, Rate: h.rate}
 		for _, b := range h.bins {
 			c, err := h.cell(b, sp, 99)
 			if err != nil {
@@ -446,7 +537,7 @@ func (h *harness) setLink(sp spec, seed int64) error {
 }
 
 func (h *harness) cell(b binary, sp spec, seed int64) (Cell, error) {
-	c := Cell{Binary: b.name, RTTms: float64(sp.RTT) / 1e6, Loss: sp.Loss, Dir: sp.Dir, Streams: sp.Streams, RateMbit: sp.Rate / 1e6}
+	c := Cell{Binary: b.name, Transport: sp.Transport, RTTms: float64(sp.RTT) / 1e6, Loss: sp.Loss, Dir: sp.Dir, Streams: sp.Streams, RateMbit: sp.Rate / 1e6}
 	if sp.Streams > maxStreams {
 		return c, fmt.Errorf("%d streams, more than %d", sp.Streams, maxStreams)
 	}
@@ -454,7 +545,7 @@ func (h *harness) cell(b binary, sp spec, seed int64) (Cell, error) {
 	if err := h.setLink(sp, seed); err != nil {
 		return c, err
 	}
-	p, ready, err := benchproc.Start(b.path, h.cfgs[b.name], h.env(b))
+	p, ready, err := benchproc.Start(b.path, h.cfgs[b.name], h.env(b, sp.Transport))
 	if err != nil {
 		return c, err
 	}
@@ -466,6 +557,7 @@ func (h *harness) cell(b binary, sp spec, seed int64) (Cell, error) {
 		return c, err
 	}
 	gen := h.gw.newGeneration()
+	ws0 := h.gw.tr.WebSocketStats().DatagramsIn
 	rcv0 := udpRcvbufErrors()
 	pathPids := []int{os.Getpid(), h.relay.cmd.Process.Pid, p.Pid()}
 	drops0 := udpDrops(pathPids...)
@@ -563,7 +655,20 @@ func (h *harness) cell(b binary, sp spec, seed int64) (Cell, error) {
 		}
 	}
 	c.RcvbufErrors = udpRcvbufErrors() - rcv0
-	c.LinkUp, c.LinkDown = h.relay.Stats()
+	st, err := h.relay.Stats()
+	if err != nil {
+		return c, err
+	}
+	c.LinkUp, c.LinkDown = st.Up, st.Down
+	if sp.Transport == websocket {
+		c.LinkUp, c.LinkDown = st.StreamUp, st.StreamDown
+		c.StreamWaits = st.StreamWaitsUp + st.StreamWaitsDown
+	}
+	c.WSDatagrams = int64(h.gw.tr.WebSocketStats().DatagramsIn - ws0)
+	// Each cell must have used the transport it is filed under.
+	if (sp.Transport == websocket) != (c.WSDatagrams > 0) {
+		return c, fmt.Errorf("a %s cell, but the gateway received %d datagrams over WebSockets", sp.Transport, c.WSDatagrams)
+	}
 	return c, nil
 }
 
@@ -624,8 +729,8 @@ func (e *endless) Read(p []byte) (int, error) {
 	return k, nil
 }
 
-func (h *harness) latency(b binary, rtt time.Duration) (Latency, error) {
-	p, _, err := benchproc.Start(b.path, h.cfgs[b.name], h.env(b))
+func (h *harness) latency(b binary, transport string, rtt time.Duration) (Latency, error) {
+	p, _, err := benchproc.Start(b.path, h.cfgs[b.name], h.env(b, transport))
 	if err != nil {
 		return Latency{}, err
 	}
@@ -646,7 +751,7 @@ func (h *harness) latency(b binary, rtt time.Duration) (Latency, error) {
 	if err != nil {
 		return Latency{}, err
 	}
-	return Latency{Binary: b.name, RTTms: float64(rtt) / 1e6, N: n, P50us: benchproc.PercentileMicros(d, .5), P99us: benchproc.PercentileMicros(d, .99)}, nil
+	return Latency{Binary: b.name, Transport: transport, RTTms: float64(rtt) / 1e6, N: n, P50us: benchproc.PercentileMicros(d, .5), P99us: benchproc.PercentileMicros(d, .99)}, nil
 }
 
 func keepAliveClient() *http.Client {
@@ -671,11 +776,24 @@ func smallRequests(client *http.Client, url string, n int) ([]time.Duration, err
 	return lat, nil
 }
 
-func (h *harness) env(b binary) []string {
+// env is a binary's environment over transport: -env for the sidecar
+// under test, and for every sidecar the transport, fixed (never auto, so
+// that a cell measures the path it is filed under). Over WebSocket the
+// stream relay's port stands in for 443; the host is the wg-quick
+// Endpoint's, 127.0.0.1.
+func (h *harness) env(b binary, transport string) []string {
+	var env []string
 	if b.name == h.bins[0].name {
-		return h.sidecarEnv
+		env = append(env, h.sidecarEnv...)
 	}
-	return nil
+	if b.name == base {
+		return env
+	}
+	env = append(env, "GLACEON_TRANSPORT="+transport)
+	if transport == websocket {
+		env = append(env, "FLY_WG_WEBSOCKET_PORT="+strconv.Itoa(int(h.relay.streamAddr.Port())))
+	}
+	return env
 }
 
 // --- the kernel's counters ---

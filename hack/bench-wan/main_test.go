@@ -2,9 +2,16 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"strings"
 	"testing"
 	"time"
+
+	"golang.zx2c4.com/wireguard/conn"
+
+	"github.com/glaceon/glaceon/flyapi/flyapitest"
+	"github.com/glaceon/glaceon/flyapi/wgws"
+	"github.com/glaceon/glaceon/hack/bench-wan/link"
 )
 
 func TestOverrides(t *testing.T) {
@@ -73,5 +80,122 @@ func TestReport(t *testing.T) {
 	}
 	if svg := plotSVG(rep); !bytes.HasPrefix(svg, []byte("<svg")) || !bytes.Contains(svg, []byte("polyline")) {
 		t.Error("no plot drawn")
+	}
+}
+
+func TestTransports(t *testing.T) {
+	h := &harness{bins: []binary{{side, "s"}, {base, "v"}, {prev, "p"}}}
+	if err := h.parseTransports("udp, websocket"); err != nil || len(h.transports) != 2 {
+		t.Fatalf("transports %v, %v", h.transports, err)
+	}
+	for _, bad := range []string{"", "tcp", "udp,udp"} {
+		if err := h.parseTransports(bad); err == nil || !strings.HasPrefix(err.Error(), "-transports") {
+			t.Errorf("%q: %v", bad, err)
+		}
+	}
+	if got := h.binsFor(udp); len(got) != 3 {
+		t.Fatalf("udp cells run %v", got)
+	}
+	for _, b := range h.binsFor(websocket) {
+		if b.name == base {
+			t.Fatal("the stock forwarder, which has no WebSocket mode, runs in a websocket cell")
+		}
+	}
+	if notMeasured(websocket, 0.001) == "" || notMeasured(websocket, 0) != "" || notMeasured(udp, 0.01) != "" {
+		t.Fatal("only lossy websocket cells are left out")
+	}
+}
+
+// TestReportWebSocket: websocket cells are compared with the UDP run of
+// the same cell, kept out of the UDP targets, and what was not measured
+// is listed.
+func TestReportWebSocket(t *testing.T) {
+	cell := func(bin, tr string, loss float64, mbps, cpu, minRTT float64) Cell {
+		return Cell{Binary: bin, Transport: tr, RTTms: 50, Loss: loss, Dir: "download", Streams: 1, Mbps: mbps, CPUPerGiB: cpu, RateMbit: 200, KernelMinRTT: minRTT}
+	}
+	rep := &Report{PlainP50us: 20, Cells: []Cell{
+		cell(side, udp, 0, 170, 10, 50.5), cell(base, udp, 0, 100, 20, 50.6),
+		cell(side, websocket, 0, 85, 15, 51),
+		cell(side, "", 0.01, 100, 10, 0), cell(base, "", 0.01, 40, 20, 0), // a run from before: UDP
+		{Binary: side, Transport: websocket, RTTms: 0, Dir: "download", Streams: 1, Mbps: 900, KernelMinRTT: 1},
+	},
+		Latency:     []Latency{{Binary: side, Transport: udp, RTTms: 50, P50us: 51000}, {Binary: side, Transport: websocket, RTTms: 50, P50us: 52000}},
+		NotMeasured: []string{"websocket, 50 ms, loss 1 %, download ×1: the stream relay cannot lose packets"},
+	}
+	var b bytes.Buffer
+	printReport(&b, rep)
+	out := b.String()
+	for _, want := range []string{
+		"| 50 ms | 0 | download | 1 | 85.0 | 170.0 | 0.50 | 100.0 | 0.85 | 15.00 / 10.00 (1.50) |",
+		"| 50 ms | 0 | download | 1 | websocket | 85.0 | 100.0 | 0.85 |",
+		"| 50 ms | 52000 / 0 µs | 51000 / 0 µs | 1.02 | 51.00 ms | min RTT / RTT = 1.020; (min RTT − loopback's) / RTT = 1.000 |",
+		"Not measured (1 cells):\n- websocket, 50 ms, loss 1 %",
+		// The UDP target sees 170 / 200, not the websocket cell's 85.
+		"loss-free single stream ≥ 0.80 of the cap: lowest 0.85 (50 ms download): met",
+		"0 of 2 cells slower: met",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("report lacks %q:\n%s", want, out)
+		}
+	}
+	if svg := plotSVG(rep); !bytes.Contains(svg, []byte("over WebSocket")) || !bytes.Contains(svg, []byte(`stroke-dasharray="1,3"`)) {
+		t.Error("no WebSocket series in the plot")
+	}
+}
+
+// TestWebSocketThroughStreamRelay: a client dialling the gateway's
+// WebSocket through the stream relay, as the sidecar does in a websocket
+// cell, is accepted (Origin and Host name the relay's address, which the
+// gateway checks against each other) and its datagrams arrive.
+func TestWebSocketThroughStreamRelay(t *testing.T) {
+	tr, err := flyapitest.NewGatewayTransport()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	// The bind must be open for datagrams to be taken.
+	fns, _, err := tr.Bind().Open(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Bind().Close()
+	r, err := link.NewStreamRelay(netipLoopback(tr.WebSocketPort()), link.Params{Delay: 5 * time.Millisecond}, link.Params{Delay: 5 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := wgws.Dial(ctx, wgws.DialOptions{URL: wgws.GatewayURL("127.0.0.1", int(r.Addr().Port()))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	msg := []byte("a WireGuard datagram, more or less")
+	if err := c.WriteDatagram(msg); err != nil {
+		t.Fatal(err)
+	}
+	// The bind's last receive function is the WebSockets'.
+	got := make(chan string, 1)
+	go func() {
+		bufs, sizes, eps := [][]byte{make([]byte, 2048)}, make([]int, 1), make([]conn.Endpoint, 1)
+		if n, err := fns[len(fns)-1](bufs, sizes, eps); err == nil && n == 1 {
+			got <- string(bufs[0][:sizes[0]])
+		}
+		close(got)
+	}()
+	select {
+	case g := <-got:
+		if g != string(msg) {
+			t.Fatalf("gateway received %q, want %q", g, msg)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("no datagram arrived through the relay: %+v", tr.WebSocketStats())
+	}
+	if st := tr.WebSocketStats(); st.Accepted != 1 || st.Rejected != 0 {
+		t.Fatalf("gateway stats %+v", st)
+	}
+	if up, _ := r.Stats(); up.OfferedBytes == 0 {
+		t.Fatal("the relay saw nothing")
 	}
 }

@@ -29,22 +29,39 @@ import (
 // kernel keeps 5 % of each CPU for normal tasks (sched_rt_runtime_us). The harness drives it over
 // stdin/stdout, one JSON line each way:
 //
-//	→ {"up": Params, "down": Params}    ← {"up": DirStats, "down": DirStats}
+//	→ {"up": Params, "down": Params, "stream_up": Params, "stream_down": Params}
+//	← {"up": DirStats, "down": DirStats, "stream_up": DirStats, ...}
 //
 // Each command sets the parameters (when given) and answers the counts of
-// the previous setting.
+// the previous setting. The same process relays the WebSocket's TCP
+// stream (link.StreamRelay, no loss) to the gateway's wss port; it prints
+// the UDP address, then the TCP one.
 type relayCmd struct {
-	Up, Down *link.Params
+	Up         *link.Params `json:"up,omitempty"`
+	Down       *link.Params `json:"down,omitempty"`
+	StreamUp   *link.Params `json:"stream_up,omitempty"`
+	StreamDown *link.Params `json:"stream_down,omitempty"`
 }
 
 type relayStats struct {
-	Up, Down link.DirStats
+	Up         link.DirStats `json:"up"`
+	Down       link.DirStats `json:"down"`
+	StreamUp   link.DirStats `json:"stream_up"`
+	StreamDown link.DirStats `json:"stream_down"`
+	// Reads of the stream relay that waited for room in the bottleneck
+	// queue, since it started.
+	StreamWaitsUp   int64 `json:"stream_waits_up"`
+	StreamWaitsDown int64 `json:"stream_waits_down"`
 }
 
-func runRelay(target string) {
+func runRelay(target, streamTarget string) {
 	ap, err := netip.ParseAddrPort(target)
 	if err != nil {
 		fatal(fmt.Errorf("-relay-target: %w", err))
+	}
+	sap, err := netip.ParseAddrPort(streamTarget)
+	if err != nil {
+		fatal(fmt.Errorf("-relay-ws-target: %w", err))
 	}
 	_ = syscall.Setpriority(syscall.PRIO_PROCESS, 0, -10)
 	r, err := link.NewRelay(ap, link.Params{}, link.Params{})
@@ -52,11 +69,17 @@ func runRelay(target string) {
 		fatal(err)
 	}
 	defer r.Close()
+	sr, err := link.NewStreamRelay(sap, link.Params{}, link.Params{})
+	if err != nil {
+		fatal(err)
+	}
+	defer sr.Close()
 	// Threads made later by a real-time thread inherit its policy; set the
 	// existing ones now and once more when the loops are running.
 	realtime()
 	go func() { time.Sleep(time.Second); realtime() }()
 	fmt.Println(r.Addr())
+	fmt.Println(sr.Addr())
 	in := bufio.NewScanner(os.Stdin)
 	for in.Scan() {
 		var cmd relayCmd
@@ -65,8 +88,15 @@ func runRelay(target string) {
 		}
 		var st relayStats
 		st.Up, st.Down = r.Stats()
+		st.StreamUp, st.StreamDown = sr.Stats()
+		st.StreamWaitsUp, st.StreamWaitsDown = sr.Waits()
 		if cmd.Up != nil && cmd.Down != nil {
 			if err := r.Set(*cmd.Up, *cmd.Down); err != nil {
+				fatal(err)
+			}
+		}
+		if cmd.StreamUp != nil && cmd.StreamDown != nil {
+			if err := sr.Set(*cmd.StreamUp, *cmd.StreamDown); err != nil {
 				fatal(err)
 			}
 		}
@@ -91,19 +121,20 @@ func realtime() {
 
 // relayProc is the harness's handle on the emulator process.
 type relayProc struct {
-	cmd  *exec.Cmd
-	in   io.WriteCloser
-	out  *bufio.Scanner
-	addr netip.AddrPort
-	mu   sync.Mutex
+	cmd        *exec.Cmd
+	in         io.WriteCloser
+	out        *bufio.Scanner
+	addr       netip.AddrPort // UDP
+	streamAddr netip.AddrPort // TCP, for the WebSocket
+	mu         sync.Mutex
 }
 
-func startRelay(target netip.AddrPort) (*relayProc, error) {
+func startRelay(target, streamTarget netip.AddrPort) (*relayProc, error) {
 	self, err := os.Executable()
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(self, "-relay-target", target.String())
+	cmd := exec.Command(self, "-relay-target", target.String(), "-relay-ws-target", streamTarget.String())
 	cmd.Stderr = os.Stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	in, err := cmd.StdinPipe()
@@ -126,6 +157,14 @@ func startRelay(target netip.AddrPort) (*relayProc, error) {
 		p.close()
 		return nil, fmt.Errorf("link emulator address: %w", err)
 	}
+	if !p.out.Scan() {
+		p.close()
+		return nil, fmt.Errorf("link emulator did not start its stream relay")
+	}
+	if p.streamAddr, err = netip.ParseAddrPort(strings.TrimSpace(p.out.Text())); err != nil {
+		p.close()
+		return nil, fmt.Errorf("link emulator stream address: %w", err)
+	}
 	return p, nil
 }
 
@@ -143,17 +182,17 @@ func (p *relayProc) do(cmd relayCmd) (relayStats, error) {
 	return st, json.Unmarshal(p.out.Bytes(), &st)
 }
 
-// Set changes both directions and resets the counts.
+// Set changes both directions of the UDP relay and, with loss left out
+// (a byte stream cannot lose), of the stream relay, and resets the counts.
 func (p *relayProc) Set(up, down link.Params) error {
-	_, err := p.do(relayCmd{Up: &up, Down: &down})
+	sup, sdown := up, down
+	sup.Loss, sdown.Loss = 0, 0
+	_, err := p.do(relayCmd{Up: &up, Down: &down, StreamUp: &sup, StreamDown: &sdown})
 	return err
 }
 
 // Stats returns the counts since the last Set.
-func (p *relayProc) Stats() (up, down link.DirStats) {
-	st, _ := p.do(relayCmd{})
-	return st.Up, st.Down
-}
+func (p *relayProc) Stats() (relayStats, error) { return p.do(relayCmd{}) }
 
 // Addr is where proxies send to.
 func (p *relayProc) Addr() netip.AddrPort { return p.addr }

@@ -28,9 +28,24 @@ type cellKey struct {
 	rtt, loss float64
 	dir       string
 	streams   int
+	transport string
 }
 
-func keyOf(c Cell) cellKey { return cellKey{c.RTTms, c.Loss, c.Dir, c.Streams} }
+// transportOf is a cell's transport; runs from before the WebSocket was
+// measured have none, and were UDP.
+func transportOf(t string) string {
+	if t == "" {
+		return udp
+	}
+	return t
+}
+
+func keyOf(c Cell) cellKey {
+	return cellKey{c.RTTms, c.Loss, c.Dir, c.Streams, transportOf(c.Transport)}
+}
+
+// over is the same matrix position over another transport.
+func (k cellKey) over(t string) cellKey { k.transport = t; return k }
 
 // pairs groups the cells by matrix position, in run order.
 func pairs(rep *Report) ([]cellKey, map[cellKey]map[string]Cell) {
@@ -83,26 +98,29 @@ func printReport(w io.Writer, rep *Report) {
 		fmt.Fprintf(w, "# glaceon-sidecar environment: %s\n", strings.Join(rep.SidecarEnv, " "))
 	}
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "| RTT | loss | dir | streams | sidecar Mbit/s | stock Mbit/s | ratio | bound s / st (Mbit/s) | CPU s/GiB s / st | peak RSS MiB s / st | window KiB s / st | stalled s / st | UDP drops s / st (system) |")
-	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+	fmt.Fprintln(w, "The stock forwarder has no WebSocket mode: its columns are always its UDP run of the same cell.")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "| RTT | loss | dir | streams | sidecar transport | sidecar Mbit/s | stock Mbit/s (UDP) | ratio | bound s / st (Mbit/s) | CPU s/GiB s / st | peak RSS MiB s / st | window KiB s / st | stalled s / st | UDP drops s / st (system) |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 	keys, m := pairs(rep)
 	for _, k := range keys {
-		s, v := m[k][side], m[k][base]
-		fmt.Fprintf(w, "| %s | %s | %s | %d | %.1f | %.1f | %s | %s / %s | %.2f / %.2f | %.1f / %.1f | %d / %d | %d / %d | %d / %d (%d / %d) |\n",
-			rttName(k.rtt), lossName(k.loss), k.dir, k.streams, s.Mbps, v.Mbps, ratio(s.Mbps, v.Mbps),
+		s, v := m[k][side], m[k.over(udp)][base]
+		fmt.Fprintf(w, "| %s | %s | %s | %d | %s | %.1f | %.1f | %s | %s / %s | %.2f / %.2f | %.1f / %.1f | %d / %d | %d / %d | %d / %d (%d / %d) |\n",
+			rttName(k.rtt), lossName(k.loss), k.dir, k.streams, k.transport, s.Mbps, v.Mbps, ratio(s.Mbps, v.Mbps),
 			bound(s), bound(v), s.CPUPerGiB, v.CPUPerGiB, s.PeakRSSMiB, v.PeakRSSMiB,
 			s.WindowBytes>>10, v.WindowBytes>>10, s.Stalled, v.Stalled, s.PathDrops, v.PathDrops, s.RcvbufErrors, v.RcvbufErrors)
 	}
 	fmt.Fprintln(w)
+	printWebSocket(w, rep, keys, m)
 	if hasBinary(rep, prev) {
 		fmt.Fprintln(w, "Against the sidecar before the change (-before), same run:")
 		fmt.Fprintln(w)
-		fmt.Fprintln(w, "| RTT | loss | dir | streams | after Mbit/s | before Mbit/s | after ÷ before | after ÷ stock | before ÷ stock | CPU s/GiB after / before | peak RSS MiB after / before | window KiB after / before | stalled after / before |")
-		fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+		fmt.Fprintln(w, "| RTT | loss | dir | streams | transport | after Mbit/s | before Mbit/s | after ÷ before | after ÷ stock (UDP) | before ÷ stock (UDP) | CPU s/GiB after / before | peak RSS MiB after / before | window KiB after / before | stalled after / before |")
+		fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 		for _, k := range keys {
-			s, p, v := m[k][side], m[k][prev], m[k][base]
-			fmt.Fprintf(w, "| %s | %s | %s | %d | %.1f | %.1f | %s | %s | %s | %.2f / %.2f | %.1f / %.1f | %d / %d | %d / %d |\n",
-				rttName(k.rtt), lossName(k.loss), k.dir, k.streams, s.Mbps, p.Mbps, ratio(s.Mbps, p.Mbps), ratio(s.Mbps, v.Mbps), ratio(p.Mbps, v.Mbps),
+			s, p, v := m[k][side], m[k][prev], m[k.over(udp)][base]
+			fmt.Fprintf(w, "| %s | %s | %s | %d | %s | %.1f | %.1f | %s | %s | %s | %.2f / %.2f | %.1f / %.1f | %d / %d | %d / %d |\n",
+				rttName(k.rtt), lossName(k.loss), k.dir, k.streams, k.transport, s.Mbps, p.Mbps, ratio(s.Mbps, p.Mbps), ratio(s.Mbps, v.Mbps), ratio(p.Mbps, v.Mbps),
 				s.CPUPerGiB, p.CPUPerGiB, s.PeakRSSMiB, p.PeakRSSMiB, s.WindowBytes>>10, p.WindowBytes>>10, s.Stalled, p.Stalled)
 		}
 		fmt.Fprintln(w)
@@ -113,6 +131,9 @@ func printReport(w io.Writer, rep *Report) {
 	lat := map[float64]map[string]Latency{}
 	var rtts []float64
 	for _, l := range rep.Latency {
+		if transportOf(l.Transport) != udp {
+			continue
+		}
 		if lat[l.RTTms] == nil {
 			lat[l.RTTms] = map[string]Latency{}
 			rtts = append(rtts, l.RTTms)
@@ -121,23 +142,7 @@ func printReport(w io.Writer, rep *Report) {
 	}
 	for _, r := range rtts {
 		s, v := lat[r][side], lat[r][base]
-		minRTT := math.Inf(1)
-		for _, c := range rep.Cells {
-			if c.RTTms == r && c.Loss == 0 && c.KernelMinRTT > 0 {
-				minRTT = math.Min(minRTT, c.KernelMinRTT)
-			}
-		}
-		check := "—"
-		if r > 0 && !math.IsInf(minRTT, 1) {
-			check = fmt.Sprintf("min RTT / RTT = %.3f", minRTT/r)
-			if b := baseRTT(rep); b > 0 {
-				check += fmt.Sprintf("; (min RTT − loopback's) / RTT = %.3f", (minRTT-b)/r)
-			}
-		}
-		mr := "—"
-		if !math.IsInf(minRTT, 1) {
-			mr = fmt.Sprintf("%.2f ms", minRTT)
-		}
+		mr, check := rttCheck(rep, udp, r)
 		fmt.Fprintf(w, "| %s | %.0f / %.0f µs | %.0f / %.0f µs | %.0f µs | %.0f µs | %s | %s |\n", rttName(r), s.P50us, s.P99us, v.P50us, v.P99us,
 			s.P50us-r*1000, v.P50us-r*1000, mr, check)
 	}
@@ -168,16 +173,93 @@ func hasBinary(rep *Report, name string) bool {
 	return false
 }
 
-// baseRTT is the smallest RTT Linux measured on loopback cells without
-// loss: the path's own round trip, without the emulated delay.
-func baseRTT(rep *Report) float64 {
-	b := 0.0
+// minRTT is the smallest RTT Linux measured (TCP_INFO) in the loss-free
+// cells at configured RTT r over transport; +Inf if none.
+func minRTT(rep *Report, transport string, r float64) float64 {
+	min := math.Inf(1)
 	for _, c := range rep.Cells {
-		if c.RTTms == 0 && c.Loss == 0 && c.KernelMinRTT > 0 && (b == 0 || c.KernelMinRTT < b) {
-			b = c.KernelMinRTT
+		if c.RTTms == r && c.Loss == 0 && c.KernelMinRTT > 0 && transportOf(c.Transport) == transport {
+			min = math.Min(min, c.KernelMinRTT)
 		}
 	}
-	return b
+	return min
+}
+
+// rttCheck compares the RTT Linux measured through the path of transport
+// with the configured one: the measured min RTT, and the ratio with and
+// without the path's own round trip (the loopback cells').
+func rttCheck(rep *Report, transport string, r float64) (measured, check string) {
+	mr := minRTT(rep, transport, r)
+	if math.IsInf(mr, 1) {
+		return "—", "—"
+	}
+	measured, check = fmt.Sprintf("%.2f ms", mr), "—"
+	if r > 0 {
+		check = fmt.Sprintf("min RTT / RTT = %.3f", mr/r)
+		if b := minRTT(rep, transport, 0); !math.IsInf(b, 1) {
+			check += fmt.Sprintf("; (min RTT − loopback's) / RTT = %.3f", (mr-b)/r)
+		}
+	}
+	return measured, check
+}
+
+// printWebSocket compares the sidecar over WebSocket with the sidecar over
+// UDP (and the stock forwarder over UDP) in the same cells, and lists the
+// cells not measured.
+func printWebSocket(w io.Writer, rep *Report, keys []cellKey, m map[cellKey]map[string]Cell) {
+	hasWS := false
+	for _, k := range keys {
+		hasWS = hasWS || k.transport == websocket
+	}
+	if !hasWS && len(rep.NotMeasured) == 0 {
+		return
+	}
+	fmt.Fprintln(w, "WireGuard over WebSocket (TLS, flyctl's framing) through the stream relay: same delay and rate cap, no loss. The sidecar over WebSocket against the sidecar over UDP and the stock forwarder over UDP, same cell, same run:")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "| RTT | loss | dir | streams | sidecar WS Mbit/s | sidecar UDP Mbit/s | WS ÷ UDP | stock UDP Mbit/s | WS ÷ stock | CPU s/GiB WS / UDP (WS ÷ UDP) | peak RSS MiB WS / UDP | window KiB WS / UDP | stalled WS / UDP | relay waits (backpressure) |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+	for _, k := range keys {
+		if k.transport != websocket {
+			continue
+		}
+		ws, u, v := m[k][side], m[k.over(udp)][side], m[k.over(udp)][base]
+		fmt.Fprintf(w, "| %s | %s | %s | %d | %.1f | %.1f | %s | %.1f | %s | %.2f / %.2f (%s) | %.1f / %.1f | %d / %d | %d / %d | %d |\n",
+			rttName(k.rtt), lossName(k.loss), k.dir, k.streams, ws.Mbps, u.Mbps, ratio(ws.Mbps, u.Mbps), v.Mbps, ratio(ws.Mbps, v.Mbps),
+			ws.CPUPerGiB, u.CPUPerGiB, ratio(ws.CPUPerGiB, u.CPUPerGiB), ws.PeakRSSMiB, u.PeakRSSMiB, ws.WindowBytes>>10, u.WindowBytes>>10, ws.Stalled, u.Stalled, ws.StreamWaits)
+	}
+	fmt.Fprintln(w)
+	var rtts []float64
+	lat := map[float64]map[string]Latency{}
+	for _, l := range rep.Latency {
+		t := transportOf(l.Transport)
+		if l.Binary != side {
+			continue
+		}
+		if lat[l.RTTms] == nil {
+			lat[l.RTTms] = map[string]Latency{}
+			rtts = append(rtts, l.RTTms)
+		}
+		lat[l.RTTms][t] = l
+	}
+	fmt.Fprintln(w, "| RTT | sidecar WS p50 / p99 | sidecar UDP p50 / p99 | WS p50 ÷ UDP p50 | Linux min RTT over WS (TCP_INFO) | RTT check over WS |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|")
+	for _, r := range rtts {
+		ws, ok := lat[r][websocket]
+		if !ok {
+			continue
+		}
+		u := lat[r][udp]
+		mr, check := rttCheck(rep, websocket, r)
+		fmt.Fprintf(w, "| %s | %.0f / %.0f µs | %.0f / %.0f µs | %s | %s | %s |\n", rttName(r), ws.P50us, ws.P99us, u.P50us, u.P99us, ratio(ws.P50us, u.P50us), mr, check)
+	}
+	fmt.Fprintln(w)
+	if len(rep.NotMeasured) > 0 {
+		fmt.Fprintf(w, "Not measured (%d cells):\n", len(rep.NotMeasured))
+		for _, n := range rep.NotMeasured {
+			fmt.Fprintf(w, "- %s\n", n)
+		}
+		fmt.Fprintln(w)
+	}
 }
 
 // printTargets checks issue 17's targets for the sidecar binary side (the
@@ -189,8 +271,15 @@ func printTargets(w io.Writer, rep *Report, keys []cellKey, m map[cellKey]map[st
 		}
 		return "NOT met"
 	}
-	fmt.Fprintf(w, "Targets (issue 17 part 4) for %s, as measured in this run:\n", side)
+	fmt.Fprintf(w, "Targets (issue 17 part 4) for %s over UDP, as measured in this run:\n", side)
 	fmt.Fprintln(w)
+	var udpKeys []cellKey
+	for _, k := range keys {
+		if k.transport == udp {
+			udpKeys = append(udpKeys, k)
+		}
+	}
+	keys = udpKeys
 	// 1: loss-free, RTT > 0, one stream, at ≥ 80 % of the cap.
 	worst, worstAt := math.Inf(1), ""
 	for _, k := range keys {
@@ -232,7 +321,7 @@ func printTargets(w io.Writer, rep *Report, keys []cellKey, m map[cellKey]map[st
 	}
 	// 3: loopback CPU and keep-alive latency.
 	for _, dir := range []string{"download", "upload"} {
-		if x, ok := m[cellKey{0, 0, dir, 1}]; ok {
+		if x, ok := m[cellKey{0, 0, dir, 1, udp}]; ok {
 			s, v := x[side], x[base]
 			fmt.Fprintf(w, "- loopback %s CPU s/GiB ≤ 1/3 of the stock forwarder's: %.2f / %.2f = %.2f: %s\n", dir, s.CPUPerGiB, v.CPUPerGiB, s.CPUPerGiB/v.CPUPerGiB, verdict(s.CPUPerGiB/v.CPUPerGiB <= 1.0/3))
 		}
@@ -328,7 +417,7 @@ func plotSVG(rep *Report) []byte {
 		left, top, gapX = 70.0, 50.0, 40.0
 	)
 	width := left + float64(len(losses))*(pw+gapX) + 10
-	height := top + ph + 120
+	height := top + ph + 140
 	var b bytes.Buffer
 	fmt.Fprintf(&b, `<svg xmlns="http://www.w3.org/2000/svg" width="%.0f" height="%.0f" font-family="sans-serif" font-size="12">`+"\n", width, height)
 	fmt.Fprintf(&b, `<rect width="100%%" height="100%%" fill="white"/>`+"\n")
@@ -367,11 +456,12 @@ func plotSVG(rep *Report) []byte {
 			fmt.Fprintf(&b, `<text x="%.1f" y="%.1f" text-anchor="middle">%s</text>`+"\n", x(i), top+ph+16, rttName(r))
 		}
 		for _, s := range ser {
-			for _, bin := range []string{side, base} {
+			for _, line := range plotLines {
+				bin := line.bin
 				var pts []string
 				for i, r := range rtts {
 					for _, c := range rep.Cells {
-						if c.Binary == bin && c.Loss == loss && c.RTTms == r && c.Dir == s.dir && c.Streams == s.streams {
+						if c.Binary == bin && transportOf(c.Transport) == line.transport && c.Loss == loss && c.RTTms == r && c.Dir == s.dir && c.Streams == s.streams {
 							pts = append(pts, fmt.Sprintf("%.1f,%.1f", x(i), y(c.Mbps)))
 						}
 					}
@@ -379,17 +469,17 @@ func plotSVG(rep *Report) []byte {
 				if len(pts) == 0 {
 					continue
 				}
-				dash, marker := "", "circle"
-				if bin == base {
-					dash, marker = ` stroke-dasharray="6,4"`, "rect"
-				}
+				dash, marker := line.dash, line.marker
 				fmt.Fprintf(&b, `<polyline points="%s" fill="none" stroke="%s" stroke-width="2"%s/>`+"\n", strings.Join(pts, " "), s.color, dash)
 				for _, p := range pts {
 					var px, py float64
 					fmt.Sscanf(p, "%f,%f", &px, &py)
-					if marker == "circle" {
+					switch marker {
+					case "circle":
 						fmt.Fprintf(&b, `<circle cx="%.1f" cy="%.1f" r="3" fill="%s"/>`+"\n", px, py, s.color)
-					} else {
+					case "ring":
+						fmt.Fprintf(&b, `<circle cx="%.1f" cy="%.1f" r="4" fill="white" stroke="%s" stroke-width="2"/>`+"\n", px, py, s.color)
+					default:
 						fmt.Fprintf(&b, `<rect x="%.1f" y="%.1f" width="6" height="6" fill="white" stroke="%s"/>`+"\n", px-3, py-3, s.color)
 					}
 				}
@@ -408,9 +498,31 @@ func plotSVG(rep *Report) []byte {
 	fmt.Fprintf(&b, `<text x="%.1f" y="%.1f">glaceon-sidecar</text>`+"\n", left+36, ly+4)
 	fmt.Fprintf(&b, `<line x1="%.1f" x2="%.1f" y1="%.1f" y2="%.1f" stroke="#333" stroke-width="2" stroke-dasharray="6,4"/><rect x="%.1f" y="%.1f" width="6" height="6" fill="white" stroke="#333"/>`, left+230, left+260, ly, ly, left+242, ly-3)
 	fmt.Fprintf(&b, `<text x="%.1f" y="%.1f">stock wireguard-go netstack forwarder</text>`+"\n", left+266, ly+4)
+	if hasTransport(rep, websocket) {
+		ly += 20
+		fmt.Fprintf(&b, `<line x1="%.1f" x2="%.1f" y1="%.1f" y2="%.1f" stroke="#333" stroke-width="2" stroke-dasharray="1,3"/><circle cx="%.1f" cy="%.1f" r="4" fill="white" stroke="#333" stroke-width="2"/>`, left, left+30, ly, ly, left+15, ly)
+		fmt.Fprintf(&b, `<text x="%.1f" y="%.1f">glaceon-sidecar over WebSocket (no loss: lossy cells not measured)</text>`+"\n", left+36, ly+4)
+	}
 	fmt.Fprintf(&b, `<text x="%.1f" y="%.1f" fill="#666">dotted: rate cap. Load average before / after: %s / %s (2 cores shared with other work).</text>`+"\n", left, ly+28, rep.LoadBefore, rep.LoadAfter)
 	b.WriteString("</svg>\n")
 	return b.Bytes()
+}
+
+// plotLines are the lines drawn per series: the binaries over UDP, and
+// the sidecar over WebSocket.
+var plotLines = []struct{ bin, transport, dash, marker string }{
+	{side, udp, "", "circle"},
+	{base, udp, ` stroke-dasharray="6,4"`, "rect"},
+	{side, websocket, ` stroke-dasharray="1,3"`, "ring"},
+}
+
+func hasTransport(rep *Report, t string) bool {
+	for _, c := range rep.Cells {
+		if transportOf(c.Transport) == t {
+			return true
+		}
+	}
+	return false
 }
 
 func capOf(rep *Report) float64 {

@@ -112,6 +112,23 @@ func (m *Model) Params() Params { return m.p }
 // Stats returns the counts so far.
 func (m *Model) Stats() Stats { return m.stats }
 
+// Room reports how long after now a datagram (or chunk) of size bytes
+// must wait before the bottleneck queue can take it: 0 when it fits now or
+// when there is no rate cap. A byte stream (StreamRelay) waits that long
+// instead of being dropped. A size above the queue limit waits for an
+// empty queue.
+func (m *Model) Room(now time.Time, size int) time.Duration {
+	if m.p.RateBits <= 0 || !m.busyUntil.After(now) {
+		return 0
+	}
+	backlog := float64(m.busyUntil.Sub(now)) * m.p.RateBits / 8 / float64(time.Second)
+	excess := backlog + float64(min(size, m.p.queue())) - float64(m.p.queue())
+	if excess <= 0 {
+		return 0
+	}
+	return max(time.Duration(excess*8/m.p.RateBits*float64(time.Second)), time.Microsecond)
+}
+
 // Admit is called when a datagram of size bytes arrives at now (arrival
 // times must not go backwards). It reports whether the datagram survives
 // and, if so, when it must be delivered.
