@@ -151,14 +151,10 @@ type direction struct {
 	dstAddr  func() (netip.AddrPort, bool)
 	onSource func(netip.AddrPort)
 
-	mu      sync.Mutex
-	model   *Model
+	dirState
 	q       []packet // FIFO; due times never decrease
 	head    int
 	held    int // bytes in q
-	over    int64
-	late    lateHist
-	sent    int64
 	wake    chan struct{}
 	done    chan struct{}
 	closing atomic.Bool
@@ -166,12 +162,22 @@ type direction struct {
 }
 
 func newDirection(src, dst *net.UDPConn, dstAddr func() (netip.AddrPort, bool), p Params) *direction {
-	d := &direction{src: src, dst: dst, dstAddr: dstAddr, model: NewModel(p), wake: make(chan struct{}, 1), done: make(chan struct{})}
+	d := &direction{src: src, dst: dst, dstAddr: dstAddr, dirState: dirState{model: NewModel(p)}, wake: make(chan struct{}, 1), done: make(chan struct{})}
 	d.pool.New = func() any { b := make([]byte, 2048); return &b }
 	return d
 }
 
-func (d *direction) set(p Params) {
+// dirState is one direction's link model and counters, the same in the
+// datagram and the stream relay.
+type dirState struct {
+	mu    sync.Mutex
+	model *Model
+	over  int64 // datagrams dropped, or reads held back, past the queue
+	late  lateHist
+	sent  int64
+}
+
+func (d *dirState) set(p Params) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	// Keep the bottleneck's backlog and the FIFO order across a change.
@@ -182,7 +188,7 @@ func (d *direction) set(p Params) {
 	d.late = lateHist{}
 }
 
-func (d *direction) stats() DirStats {
+func (d *dirState) stats() DirStats {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return DirStats{Stats: d.model.Stats(), Overflow: d.over, Sent: d.sent, LateP50: d.late.quantile(.5), LateP99: d.late.quantile(.99)}

@@ -54,14 +54,10 @@ type StreamRelay struct {
 
 // streamDir is one direction's bottleneck, shared by its connections.
 type streamDir struct {
-	mu    sync.Mutex
-	model *Model
-	late  lateHist
-	sent  int64
-	over  int64         // reads held back at the hard memory limit
-	held  atomic.Int64  // bytes on this direction's delay lines
-	waits atomic.Int64  // reads that waited for room in the queue
-	done  chan struct{} // closed with the relay
+	dirState               // over: reads held back at the hard memory limit
+	held     atomic.Int64  // bytes on this direction's delay lines
+	waits    atomic.Int64  // reads that waited for room in the queue
+	done     chan struct{} // closed with the relay
 }
 
 func validStream(p Params) error {
@@ -90,8 +86,8 @@ func NewStreamRelay(target netip.AddrPort, up, down Params) (*StreamRelay, error
 		return nil, fmt.Errorf("link: listen: %w", err)
 	}
 	r := &StreamRelay{ln: ln, target: target, conns: map[*net.TCPConn]struct{}{}, done: make(chan struct{})}
-	r.up = &streamDir{model: NewModel(up), done: r.done}
-	r.down = &streamDir{model: NewModel(down), done: r.done}
+	r.up = &streamDir{dirState: dirState{model: NewModel(up)}, done: r.done}
+	r.down = &streamDir{dirState: dirState{model: NewModel(down)}, done: r.done}
 	r.wg.Add(1)
 	go func() {
 		defer r.wg.Done()
@@ -143,22 +139,6 @@ func (r *StreamRelay) Close() error {
 		r.wg.Wait()
 	})
 	return nil
-}
-
-func (d *streamDir) set(p Params) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	m := NewModel(p)
-	m.busyUntil, m.lastDue = d.model.busyUntil, d.model.lastDue
-	d.model = m
-	d.over, d.sent = 0, 0
-	d.late = lateHist{}
-}
-
-func (d *streamDir) stats() DirStats {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return DirStats{Stats: d.model.Stats(), Overflow: d.over, Sent: d.sent, LateP50: d.late.quantile(.5), LateP99: d.late.quantile(.99)}
 }
 
 func (r *StreamRelay) track(c *net.TCPConn, add bool) bool {
