@@ -82,21 +82,30 @@ func echoServer(t *testing.T) netip.AddrPort {
 	return ln.Addr().(*net.TCPAddr).AddrPort()
 }
 
-// TestStreamRelayDelays: small messages through a relay with 20 ms each
-// way never come back before 40 ms, intact.
-func TestStreamRelayDelays(t *testing.T) {
-	const delay = 20 * time.Millisecond
-	r, err := NewStreamRelay(echoServer(t), Params{Delay: delay}, Params{Delay: delay})
+// dialEchoRelay starts a relay with the given directions in front of an
+// echo server and dials it; the connection's deadline is timeout from now.
+// Both are closed when the test ends.
+func dialEchoRelay(t *testing.T, up, down Params, timeout time.Duration) (*StreamRelay, net.Conn) {
+	t.Helper()
+	r, err := NewStreamRelay(echoServer(t), up, down)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer r.Close()
+	t.Cleanup(func() { r.Close() })
 	c, err := net.Dial("tcp4", r.Addr().String())
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+	t.Cleanup(func() { c.Close() })
+	_ = c.SetDeadline(time.Now().Add(timeout))
+	return r, c
+}
+
+// TestStreamRelayDelays: small messages through a relay with 20 ms each
+// way never come back before 40 ms, intact.
+func TestStreamRelayDelays(t *testing.T) {
+	const delay = 20 * time.Millisecond
+	r, c := dialEchoRelay(t, Params{Delay: delay}, Params{Delay: delay}, 20*time.Second)
 	buf := make([]byte, 64)
 	for i := 0; i < 5; i++ {
 		msg := []byte{byte(i), 1, 2, 3}
@@ -126,17 +135,7 @@ func TestStreamRelayDelays(t *testing.T) {
 // byte arrives in order, and the end of the stream gets through.
 func TestStreamRelayRateCapIntact(t *testing.T) {
 	p := Params{Delay: 2 * time.Millisecond, RateBits: 100e6, QueueBytes: 64 << 10}
-	r, err := NewStreamRelay(echoServer(t), p, p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
-	c, err := net.Dial("tcp4", r.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(30 * time.Second))
+	r, c := dialEchoRelay(t, p, p, 30*time.Second)
 	const size = 4 << 20
 	data := make([]byte, size)
 	rand.New(rand.NewSource(5)).Read(data)
