@@ -1,22 +1,27 @@
 #!/usr/bin/env bash
 # The tunnel across emulated WAN paths (see docs/benchmarks.md, "WAN matrix"):
 # glaceon-sidecar and the stock wireguard-go forwarder side by side, through
-# a userspace link emulator (a UDP relay, and a TCP relay for WireGuard over
-# WebSocket), to a wireguard-go gateway on a real TUN device
-# whose interface lives in a network namespace made here, with Linux TCP
-# behind it. Needs root (namespace, TUN, SO_RCVBUFFORCE) and iproute2.
+# a userspace link emulator (a UDP relay; for WireGuard over WebSocket, the
+# IP packets of its TCP between two TUN devices), to a wireguard-go gateway
+# on a real TUN device whose interface lives in a network namespace made
+# here, with Linux TCP behind it. Needs root (namespace, TUN,
+# SO_RCVBUFFORCE) and iproute2.
 #
 #   hack/bench-wan.sh [-quick] [-json out.json] [-svg docs/bench-wan.svg] [-duration 6s] [-rate 200]
 #                     [-transports udp,websocket]   # the sidecar over each (default both; the stock
-#                                                   # forwarder runs over UDP only; lossy WebSocket
-#                                                   # cells are not measured: see docs/benchmarks.md)
+#                                                   # forwarder runs over UDP only)
+#                     [-ws-path packet|stream]      # the WebSocket's TCP as IP packets on the link
+#                                                   # (default, lossy cells too) or through a byte-
+#                                                   # stream relay (no loss: lossy cells left out)
 #   QUICK=1 hack/bench-wan.sh          # the same as -quick
 #   BENCH_SIDECAR=/path/to/glaceon-sidecar hack/bench-wan.sh ...   # A/B a build of a local change
 #   BENCH_BEFORE=main hack/bench-wan.sh ...   # also measure the sidecar of a git ref (or a binary's path)
 #                                             # in every cell: before/after ratios from one run
 #
-# Everything it makes — the namespace glaceon-wan-<pid>, the TUN interface
-# glwan<pid>, the proxies it starts — is removed on exit, whatever the exit;
+# Everything it makes — the namespace glaceon-wan-<pid>, the TUN interfaces
+# glwan<pid> (the gateway's) and glwan<pid>n, glwan<pid>f (the packet path's,
+# owned by the emulator process), the proxies it starts — is removed on exit,
+# whatever the exit;
 # a leftover of an earlier run that died harder (SIGKILL) is removed first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -55,7 +60,9 @@ for old in $(ip netns list 2>/dev/null | awk '{print $1}' | grep '^glaceon-wan-'
   fi
 done
 for old in $(ip -o link show 2>/dev/null | awk -F': ' '{print $2}' | grep '^glwan[0-9]' || true); do
-  if ! kill -0 "${old#glwan}" 2>/dev/null; then
+  pid="${old#glwan}"
+  pid="${pid%%[!0-9]*}" # the packet path's glwan<pid>n
+  if ! kill -0 "$pid" 2>/dev/null; then
     echo "bench-wan: removing leftover interface $old of a dead run" >&2
     ip link del "$old" || true
   fi

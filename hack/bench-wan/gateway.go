@@ -13,7 +13,6 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -27,6 +26,7 @@ import (
 	"golang.zx2c4.com/wireguard/tun"
 
 	"github.com/glaceon/glaceon/flyapi/flyapitest"
+	"github.com/glaceon/glaceon/hack/bench-wan/link"
 )
 
 // kernelGateway is the Fly side of the benchmark: wireguard-go on a real
@@ -168,32 +168,7 @@ func newKernelGateway(ns, ifName string, srv *flyapitest.Server, org string) (g 
 
 // inNetns runs fn on an OS thread switched into the benchmark namespace;
 // sockets fn opens stay in it.
-func (g *kernelGateway) inNetns(fn func() error) error {
-	runtime.LockOSThread()
-	orig, err := os.Open("/proc/thread-self/ns/net")
-	if err != nil {
-		runtime.UnlockOSThread()
-		return err
-	}
-	defer orig.Close()
-	target, err := os.Open("/run/netns/" + g.ns)
-	if err != nil {
-		runtime.UnlockOSThread()
-		return err
-	}
-	defer target.Close()
-	if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
-		runtime.UnlockOSThread()
-		return fmt.Errorf("setns %s: %w", g.ns, err)
-	}
-	ferr := fn()
-	if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
-		// Leave the thread locked: the runtime ends it with this goroutine.
-		return fmt.Errorf("setns back: %w", err)
-	}
-	runtime.UnlockOSThread()
-	return ferr
-}
+func (g *kernelGateway) inNetns(fn func() error) error { return link.InNetns(g.ns, fn) }
 
 // PublicKey is the gateway's key in standard base64.
 func (g *kernelGateway) PublicKey() string { return base64.StdEncoding.EncodeToString(g.pub[:]) }

@@ -22,6 +22,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -130,6 +131,11 @@ type Report struct {
 	Sysctls    []string  `json:"netns_sysctls"`
 	SidecarEnv []string  `json:"sidecar_env,omitempty"`
 	Transports []string  `json:"transports"`
+	// WSPath is how the WebSocket's TCP crossed the link: "packet" (its IP
+	// packets on a TUN path: delay, queue and loss) or "stream" (a byte
+	// stream relay: delay and backpressure, no loss). "" in runs before
+	// the packet path existed means stream.
+	WSPath string `json:"ws_path,omitempty"`
 	// NotMeasured lists the websocket cells left out, and why.
 	NotMeasured []string `json:"not_measured,omitempty"`
 }
@@ -153,13 +159,14 @@ func main() {
 		lossList = flag.String("losses", "", "override the matrix's loss rates, comma-separated fractions per direction")
 		dirList  = flag.String("dirs", "", "override the directions: download,upload")
 		strList  = flag.String("streams", "", "override the parallel stream counts, comma-separated")
-		trList   = flag.String("transports", "udp,websocket", "the sidecar's transports, comma-separated: udp, websocket (lossy websocket cells are not measured: see docs/benchmarks.md)")
+		trList   = flag.String("transports", "udp,websocket", "the sidecar's transports, comma-separated: udp, websocket")
 		relayTo  = flag.String("relay-target", "", "internal: run as the link emulator process, forwarding UDP to this address")
 		relayWS  = flag.String("relay-ws-target", "", "internal: with -relay-target, relay TCP (the WebSocket) to this address")
+		wsPath   = flag.String("ws-path", pathPacket, "how the WebSocket's TCP crosses the emulated link: packet (its IP packets, with loss) or stream (a byte-stream relay, no loss)")
 	)
 	flag.Parse()
 	if *relayTo != "" {
-		runRelay(*relayTo, *relayWS)
+		runRelay(*relayTo, *relayWS, *netns, *ifName)
 		return
 	}
 	if *fromJSON != "" {
@@ -187,6 +194,10 @@ func main() {
 	if err == nil {
 		err = h.parseTransports(*trList)
 	}
+	if err == nil && *wsPath != pathPacket && *wsPath != pathStream {
+		err = fmt.Errorf("-ws-path: %q is neither %s nor %s", *wsPath, pathPacket, pathStream)
+	}
+	h.wsPath = *wsPath
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench-wan:", err)
 		os.Exit(2)
@@ -239,6 +250,9 @@ type harness struct {
 	streams []int
 
 	transports []string // udp, websocket
+	wsPath     string   // pathPacket or pathStream
+
+	cfgsPath map[string]string // binary -> wg-quick file whose Endpoint is the packet path's far end
 
 	cfgs       map[string]string // binary -> wg-quick file
 	dir        string
@@ -347,9 +361,15 @@ func (h *harness) binsFor(transport string) []binary {
 	return out
 }
 
+// How the WebSocket's TCP crosses the emulated link (-ws-path).
+const (
+	pathPacket = "packet"
+	pathStream = "stream"
+)
+
 // notMeasured says why a cell is left out over transport, "" if it is not.
-func notMeasured(transport string, loss float64) string {
-	if transport == websocket && loss > 0 {
+func notMeasured(transport, wsPath string, loss float64) string {
+	if transport == websocket && wsPath == pathStream && loss > 0 {
 		return "the stream relay cannot lose packets (a byte stream has none; loss on a real path is of the IP packets under the WebSocket's TCP)"
 	}
 	return ""
@@ -367,6 +387,7 @@ func (h *harness) run(ns, ifName string) (*Report, error) {
 		LoadBefore: loadavg(), Quick: h.quick, Duration: h.dur.Seconds(), Warmup: h.warmup(0).Seconds()}
 	rep.SidecarEnv = h.sidecarEnv
 	rep.Transports = h.transports
+	rep.WSPath = h.wsPath
 	for k, v := range nsSysctls {
 		rep.Sysctls = append(rep.Sysctls, k+"="+v)
 	}
@@ -383,7 +404,7 @@ func (h *harness) run(ns, ifName string) (*Report, error) {
 	}
 	defer h.gw.close()
 	gwAddr := netipLoopback(h.gw.port)
-	h.relay, err = startRelay(gwAddr, netipLoopback(h.gw.wsPort))
+	h.relay, err = startRelay(gwAddr, netipLoopback(h.gw.wsPort), ns, ifName)
 	if err != nil {
 		return nil, err
 	}
@@ -422,7 +443,7 @@ func (h *harness) run(ns, ifName string) (*Report, error) {
 					// WebSocket and UDP ratios under the same load.
 					for _, tr := range h.transports {
 						sp := spec{Transport: tr, RTT: rtt, Loss: loss, Dir: dir, Streams: n, Rate: rate}
-						if why := notMeasured(tr, loss); why != "" {
+						if why := notMeasured(tr, h.wsPath, loss); why != "" {
 							rep.NotMeasured = append(rep.NotMeasured, fmt.Sprintf("%s, %s, loss %s, %s ×%d: %s", tr, rttName(float64(rtt)/1e6), lossName(loss), dir, n, why))
 							continue
 						}
@@ -490,7 +511,7 @@ func (h *harness) makePeers(srv *flyapitest.Server) error {
 	if err != nil {
 		return err
 	}
-	h.cfgs = map[string]string{}
+	h.cfgs, h.cfgsPath = map[string]string{}, map[string]string{}
 	for i, b := range h.bins {
 		kp, err := wgquick.GenerateKeyPair()
 		if err != nil {
@@ -525,6 +546,14 @@ func (h *harness) makePeers(srv *flyapitest.Server) error {
 			return err
 		}
 		h.cfgs[b.name] = p
+		// Over the packet path the WebSocket's host is its far end (the
+		// sidecar dials wss://<Endpoint host>:443/); UDP is not used there.
+		wc.Endpoint = netip.AddrPortFrom(h.relay.pathAddr.Addr(), h.relay.Addr().Port()).String()
+		p = filepath.Join(h.dir, fmt.Sprintf("wg%d-path.conf", i))
+		if err := os.WriteFile(p, wc.Render(), 0o600); err != nil {
+			return err
+		}
+		h.cfgsPath[b.name] = p
 	}
 	return nil
 }
@@ -545,7 +574,7 @@ func (h *harness) cell(b binary, sp spec, seed int64) (Cell, error) {
 	if err := h.setLink(sp, seed); err != nil {
 		return c, err
 	}
-	p, ready, err := benchproc.Start(b.path, h.cfgs[b.name], h.env(b, sp.Transport))
+	p, ready, err := benchproc.Start(b.path, h.config(b, sp.Transport), h.env(b, sp.Transport))
 	if err != nil {
 		return c, err
 	}
@@ -660,9 +689,15 @@ func (h *harness) cell(b binary, sp spec, seed int64) (Cell, error) {
 		return c, err
 	}
 	c.LinkUp, c.LinkDown = st.Up, st.Down
-	if sp.Transport == websocket {
+	switch {
+	case sp.Transport == websocket && h.wsPath == pathStream:
 		c.LinkUp, c.LinkDown = st.StreamUp, st.StreamDown
 		c.StreamWaits = st.StreamWaitsUp + st.StreamWaitsDown
+	case sp.Transport == websocket:
+		c.LinkUp, c.LinkDown = st.PathUp, st.PathDown
+		if st.PathUp.Delivered == 0 || st.PathDown.Delivered == 0 {
+			return c, fmt.Errorf("a websocket cell over the packet path, but the path carried %d packets up and %d down", st.PathUp.Delivered, st.PathDown.Delivered)
+		}
 	}
 	c.WSDatagrams = int64(h.gw.tr.WebSocketStats().DatagramsIn - ws0)
 	// Each cell must have used the transport it is filed under.
@@ -730,7 +765,7 @@ func (e *endless) Read(p []byte) (int, error) {
 }
 
 func (h *harness) latency(b binary, transport string, rtt time.Duration) (Latency, error) {
-	p, _, err := benchproc.Start(b.path, h.cfgs[b.name], h.env(b, transport))
+	p, _, err := benchproc.Start(b.path, h.config(b, transport), h.env(b, transport))
 	if err != nil {
 		return Latency{}, err
 	}
@@ -776,11 +811,21 @@ func smallRequests(client *http.Client, url string, n int) ([]time.Duration, err
 	return lat, nil
 }
 
+// config is a binary's wg-quick file over transport: over WebSocket on the
+// packet path its Endpoint host is the path's far end.
+func (h *harness) config(b binary, transport string) string {
+	if transport == websocket && h.wsPath == pathPacket {
+		return h.cfgsPath[b.name]
+	}
+	return h.cfgs[b.name]
+}
+
 // env is a binary's environment over transport: -env for the sidecar
 // under test, and for every sidecar the transport, fixed (never auto, so
-// that a cell measures the path it is filed under). Over WebSocket the
-// stream relay's port stands in for 443; the host is the wg-quick
-// Endpoint's, 127.0.0.1.
+// that a cell measures the path it is filed under). Over WebSocket on the
+// stream relay, its port stands in for 443 and the host is the wg-quick
+// Endpoint's, 127.0.0.1; on the packet path the port is 443 on the far
+// end (config).
 func (h *harness) env(b binary, transport string) []string {
 	var env []string
 	if b.name == h.bins[0].name {
@@ -790,8 +835,11 @@ func (h *harness) env(b binary, transport string) []string {
 		return env
 	}
 	env = append(env, "GLACEON_TRANSPORT="+transport)
-	if transport == websocket {
+	switch {
+	case transport == websocket && h.wsPath == pathStream:
 		env = append(env, "FLY_WG_WEBSOCKET_PORT="+strconv.Itoa(int(h.relay.streamAddr.Port())))
+	case transport == websocket:
+		env = append(env, "FLY_WG_WEBSOCKET_PORT="+strconv.Itoa(int(h.relay.pathAddr.Port())))
 	}
 	return env
 }

@@ -3,6 +3,11 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -101,8 +106,11 @@ func TestTransports(t *testing.T) {
 			t.Fatal("the stock forwarder, which has no WebSocket mode, runs in a websocket cell")
 		}
 	}
-	if notMeasured(websocket, 0.001) == "" || notMeasured(websocket, 0) != "" || notMeasured(udp, 0.01) != "" {
-		t.Fatal("only lossy websocket cells are left out")
+	if notMeasured(websocket, pathStream, 0.001) == "" || notMeasured(websocket, pathStream, 0) != "" || notMeasured(udp, pathStream, 0.01) != "" {
+		t.Fatal("on the stream relay, only lossy websocket cells are left out")
+	}
+	if notMeasured(websocket, pathPacket, 0.01) != "" {
+		t.Fatal("on the packet path, lossy websocket cells are left out")
 	}
 }
 
@@ -145,28 +153,83 @@ func TestReportWebSocket(t *testing.T) {
 
 // TestWebSocketThroughStreamRelay: a client dialling the gateway's
 // WebSocket through the stream relay, as the sidecar does in a websocket
-// cell, is accepted (Origin and Host name the relay's address, which the
-// gateway checks against each other) and its datagrams arrive.
+// cell on -ws-path stream, is accepted (Origin and Host name the relay's
+// address, which the gateway checks against each other) and its datagrams
+// arrive.
 func TestWebSocketThroughStreamRelay(t *testing.T) {
-	tr, err := flyapitest.NewGatewayTransport()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tr.Close()
-	// The bind must be open for datagrams to be taken.
-	fns, _, err := tr.Bind().Open(0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tr.Bind().Close()
+	tr, fns := gatewayTransport(t)
 	r, err := link.NewStreamRelay(netipLoopback(tr.WebSocketPort()), link.Params{Delay: 5 * time.Millisecond}, link.Params{Delay: 5 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer r.Close()
+	datagramArrives(t, tr, fns, wgws.GatewayURL("127.0.0.1", int(r.Addr().Port())))
+	if up, _ := r.Stats(); up.OfferedBytes == 0 {
+		t.Fatal("the relay saw nothing")
+	}
+}
+
+// TestWebSocketThroughPacketPath: the same over the packet path (the
+// default -ws-path), as the emulator process sets it up: wss to the far
+// end's port 443 in another namespace, whose splice joins the gateway's
+// WebSocket on loopback. Needs root.
+func TestWebSocketThroughPacketPath(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Fatal("the packet path test needs root to create TUN devices and a network namespace")
+	}
+	pid := os.Getpid()
+	// The prefix of the link package's test, whose run removes what a
+	// killed test left.
+	ns, dev := fmt.Sprintf("glaceon-link-%d", pid), fmt.Sprintf("gllk%d", pid)
+	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add: %v: %s", err, out)
+	}
+	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", ns).Run() })
+	tr, fns := gatewayTransport(t)
+	path, err := link.NewTunPath(ns, dev+"n", dev+"f", 1500, link.Params{Delay: 5 * time.Millisecond}, link.Params{Delay: 5 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer path.Close()
+	var ln net.Listener
+	if err := link.InNetns(ns, func() (err error) {
+		ln, err = net.Listen("tcp4", netip.AddrPortFrom(path.Far, wsPathPort).String())
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go splice(ln, netipLoopback(tr.WebSocketPort()))
+	datagramArrives(t, tr, fns, wgws.GatewayURL(path.Far.String(), wsPathPort))
+	if up, down := path.Stats(); up.Delivered == 0 || down.Delivered == 0 {
+		t.Fatalf("the path carried %d packets up and %d down", up.Delivered, down.Delivered)
+	}
+}
+
+// gatewayTransport is the double gateway's transport with its bind open
+// (datagrams are taken only then), closed when the test ends.
+func gatewayTransport(t *testing.T) (*flyapitest.GatewayTransport, []conn.ReceiveFunc) {
+	t.Helper()
+	tr, err := flyapitest.NewGatewayTransport()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tr.Close() })
+	fns, _, err := tr.Bind().Open(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tr.Bind().Close() })
+	return tr, fns
+}
+
+// datagramArrives dials the gateway's WebSocket at url, sends a datagram
+// and waits for the gateway's bind to receive it.
+func datagramArrives(t *testing.T, tr *flyapitest.GatewayTransport, fns []conn.ReceiveFunc, url string) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	c, err := wgws.Dial(ctx, wgws.DialOptions{URL: wgws.GatewayURL("127.0.0.1", int(r.Addr().Port()))})
+	c, err := wgws.Dial(ctx, wgws.DialOptions{URL: url})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -190,12 +253,9 @@ func TestWebSocketThroughStreamRelay(t *testing.T) {
 			t.Fatalf("gateway received %q, want %q", g, msg)
 		}
 	case <-time.After(10 * time.Second):
-		t.Fatalf("no datagram arrived through the relay: %+v", tr.WebSocketStats())
+		t.Fatalf("no datagram arrived: %+v", tr.WebSocketStats())
 	}
 	if st := tr.WebSocketStats(); st.Accepted != 1 || st.Rejected != 0 {
 		t.Fatalf("gateway stats %+v", st)
-	}
-	if up, _ := r.Stats(); up.OfferedBytes == 0 {
-		t.Fatal("the relay saw nothing")
 	}
 }

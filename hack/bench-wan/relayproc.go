@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -33,14 +34,20 @@ import (
 //	← {"up": DirStats, "down": DirStats, "stream_up": DirStats, ...}
 //
 // Each command sets the parameters (when given) and answers the counts of
-// the previous setting. The same process relays the WebSocket's TCP
-// stream (link.StreamRelay, no loss) to the gateway's wss port; it prints
-// the UDP address, then the TCP one.
+// the previous setting. The same process carries the WebSocket transport's
+// TCP in one of two ways: as IP packets on a link.TunPath into the
+// gateway's namespace, where a splice joins it to the gateway's wss port
+// (the kernel TCP under the WebSocket sees delay, queue and loss: "packet"),
+// or as a byte stream through link.StreamRelay (no loss: "stream"). It
+// prints the UDP address, then the stream relay's, then the far end of the
+// packet path (host:443).
 type relayCmd struct {
 	Up         *link.Params `json:"up,omitempty"`
 	Down       *link.Params `json:"down,omitempty"`
 	StreamUp   *link.Params `json:"stream_up,omitempty"`
 	StreamDown *link.Params `json:"stream_down,omitempty"`
+	PathUp     *link.Params `json:"path_up,omitempty"`
+	PathDown   *link.Params `json:"path_down,omitempty"`
 }
 
 type relayStats struct {
@@ -48,13 +55,19 @@ type relayStats struct {
 	Down       link.DirStats `json:"down"`
 	StreamUp   link.DirStats `json:"stream_up"`
 	StreamDown link.DirStats `json:"stream_down"`
+	PathUp     link.DirStats `json:"path_up"`
+	PathDown   link.DirStats `json:"path_down"`
 	// Reads of the stream relay that waited for room in the bottleneck
 	// queue, since it started.
 	StreamWaitsUp   int64 `json:"stream_waits_up"`
 	StreamWaitsDown int64 `json:"stream_waits_down"`
 }
 
-func runRelay(target, streamTarget string) {
+// wsPathPort is where the splice at the packet path's far end listens: the
+// WebSocket's port on Fly's gateways.
+const wsPathPort = 443
+
+func runRelay(target, streamTarget, ns, ifName string) {
 	ap, err := netip.ParseAddrPort(target)
 	if err != nil {
 		fatal(fmt.Errorf("-relay-target: %w", err))
@@ -74,12 +87,27 @@ func runRelay(target, streamTarget string) {
 		fatal(err)
 	}
 	defer sr.Close()
+	path, err := link.NewTunPath(ns, ifName+"n", ifName+"f", 1500, link.Params{}, link.Params{})
+	if err != nil {
+		fatal(err)
+	}
+	defer path.Close()
+	var ln net.Listener
+	if err := link.InNetns(ns, func() (err error) {
+		ln, err = net.Listen("tcp4", netip.AddrPortFrom(path.Far, wsPathPort).String())
+		return err
+	}); err != nil {
+		fatal(fmt.Errorf("splice listener in %s: %w", ns, err))
+	}
+	defer ln.Close()
+	go splice(ln, sap)
 	// Threads made later by a real-time thread inherit its policy; set the
 	// existing ones now and once more when the loops are running.
 	realtime()
 	go func() { time.Sleep(time.Second); realtime() }()
 	fmt.Println(r.Addr())
 	fmt.Println(sr.Addr())
+	fmt.Println(netip.AddrPortFrom(path.Far, wsPathPort))
 	in := bufio.NewScanner(os.Stdin)
 	for in.Scan() {
 		var cmd relayCmd
@@ -90,6 +118,7 @@ func runRelay(target, streamTarget string) {
 		st.Up, st.Down = r.Stats()
 		st.StreamUp, st.StreamDown = sr.Stats()
 		st.StreamWaitsUp, st.StreamWaitsDown = sr.Waits()
+		st.PathUp, st.PathDown = path.Stats()
 		if cmd.Up != nil && cmd.Down != nil {
 			if err := r.Set(*cmd.Up, *cmd.Down); err != nil {
 				fatal(err)
@@ -100,8 +129,44 @@ func runRelay(target, streamTarget string) {
 				fatal(err)
 			}
 		}
+		if cmd.PathUp != nil && cmd.PathDown != nil {
+			if err := path.Set(*cmd.PathUp, *cmd.PathDown); err != nil {
+				fatal(err)
+			}
+		}
 		b, _ := json.Marshal(st)
 		fmt.Println(string(b))
+	}
+}
+
+// splice joins each connection accepted at the packet path's far end to a
+// new one to the gateway's wss port (loopback, in the root namespace), as a
+// TCP-terminating edge in front of Fly's gateway would: the emulated path
+// is between the sidecar's kernel TCP and this one.
+func splice(ln net.Listener, target netip.AddrPort) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			defer c.Close()
+			g, err := net.Dial("tcp4", target.String())
+			if err != nil {
+				fmt.Fprintln(os.Stderr, "bench-wan: splice to the gateway:", err)
+				return
+			}
+			defer g.Close()
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				_, _ = io.Copy(g, c)
+				_ = g.(*net.TCPConn).CloseWrite()
+			}()
+			_, _ = io.Copy(c, g)
+			_ = c.(*net.TCPConn).CloseWrite()
+			<-done
+		}()
 	}
 }
 
@@ -125,16 +190,17 @@ type relayProc struct {
 	in         io.WriteCloser
 	out        *bufio.Scanner
 	addr       netip.AddrPort // UDP
-	streamAddr netip.AddrPort // TCP, for the WebSocket
+	streamAddr netip.AddrPort // TCP, for the WebSocket over the stream relay
+	pathAddr   netip.AddrPort // the WebSocket's host:443 over the packet path
 	mu         sync.Mutex
 }
 
-func startRelay(target, streamTarget netip.AddrPort) (*relayProc, error) {
+func startRelay(target, streamTarget netip.AddrPort, ns, ifName string) (*relayProc, error) {
 	self, err := os.Executable()
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(self, "-relay-target", target.String(), "-relay-ws-target", streamTarget.String())
+	cmd := exec.Command(self, "-relay-target", target.String(), "-relay-ws-target", streamTarget.String(), "-netns", ns, "-ifname", ifName)
 	cmd.Stderr = os.Stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	in, err := cmd.StdinPipe()
@@ -165,6 +231,14 @@ func startRelay(target, streamTarget netip.AddrPort) (*relayProc, error) {
 		p.close()
 		return nil, fmt.Errorf("link emulator stream address: %w", err)
 	}
+	if !p.out.Scan() {
+		p.close()
+		return nil, fmt.Errorf("link emulator did not start its packet path")
+	}
+	if p.pathAddr, err = netip.ParseAddrPort(strings.TrimSpace(p.out.Text())); err != nil {
+		p.close()
+		return nil, fmt.Errorf("link emulator packet path address: %w", err)
+	}
 	return p, nil
 }
 
@@ -182,12 +256,13 @@ func (p *relayProc) do(cmd relayCmd) (relayStats, error) {
 	return st, json.Unmarshal(p.out.Bytes(), &st)
 }
 
-// Set changes both directions of the UDP relay and, with loss left out
-// (a byte stream cannot lose), of the stream relay, and resets the counts.
+// Set changes both directions of the UDP relay and the packet path and,
+// with loss left out (a byte stream cannot lose), of the stream relay, and
+// resets the counts.
 func (p *relayProc) Set(up, down link.Params) error {
 	sup, sdown := up, down
 	sup.Loss, sdown.Loss = 0, 0
-	_, err := p.do(relayCmd{Up: &up, Down: &down, StreamUp: &sup, StreamDown: &sdown})
+	_, err := p.do(relayCmd{Up: &up, Down: &down, StreamUp: &sup, StreamDown: &sdown, PathUp: &up, PathDown: &down})
 	return err
 }
 

@@ -7,6 +7,7 @@ import (
 	"math"
 	"net/netip"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -214,18 +215,27 @@ func printWebSocket(w io.Writer, rep *Report, keys []cellKey, m map[cellKey]map[
 	if !hasWS && len(rep.NotMeasured) == 0 {
 		return
 	}
-	fmt.Fprintln(w, "WireGuard over WebSocket (TLS, flyctl's framing) through the stream relay: same delay and rate cap, no loss. The sidecar over WebSocket against the sidecar over UDP and the stock forwarder over UDP, same cell, same run:")
+	onPackets := rep.WSPath == pathPacket
+	how, last := "through the stream relay: same delay and rate cap, no loss", "relay waits (backpressure)"
+	if onPackets {
+		how, last = "with its TCP's IP packets on the same link: delay, rate cap, drop-tail queue and loss", "WS path drops: queue / loss"
+	}
+	fmt.Fprintf(w, "WireGuard over WebSocket (TLS, flyctl's framing) %s. The sidecar over WebSocket against the sidecar over UDP and the stock forwarder over UDP, same cell, same run:\n", how)
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "| RTT | loss | dir | streams | sidecar WS Mbit/s | sidecar UDP Mbit/s | WS ÷ UDP | stock UDP Mbit/s | WS ÷ stock | CPU s/GiB WS / UDP (WS ÷ UDP) | peak RSS MiB WS / UDP | window KiB WS / UDP | stalled WS / UDP | relay waits (backpressure) |")
+	fmt.Fprintf(w, "| RTT | loss | dir | streams | sidecar WS Mbit/s | sidecar UDP Mbit/s | WS ÷ UDP | stock UDP Mbit/s | WS ÷ stock | CPU s/GiB WS / UDP (WS ÷ UDP) | peak RSS MiB WS / UDP | window KiB WS / UDP | stalled WS / UDP | %s |\n", last)
 	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 	for _, k := range keys {
 		if k.transport != websocket {
 			continue
 		}
 		ws, u, v := m[k][side], m[k.over(udp)][side], m[k.over(udp)][base]
-		fmt.Fprintf(w, "| %s | %s | %s | %d | %.1f | %.1f | %s | %.1f | %s | %.2f / %.2f (%s) | %.1f / %.1f | %d / %d | %d / %d | %d |\n",
+		extra := strconv.FormatInt(ws.StreamWaits, 10)
+		if onPackets {
+			extra = fmt.Sprintf("%d / %d", ws.LinkUp.QueueDrops+ws.LinkDown.QueueDrops, ws.LinkUp.Lost+ws.LinkDown.Lost)
+		}
+		fmt.Fprintf(w, "| %s | %s | %s | %d | %.1f | %.1f | %s | %.1f | %s | %.2f / %.2f (%s) | %.1f / %.1f | %d / %d | %d / %d | %s |\n",
 			rttName(k.rtt), lossName(k.loss), k.dir, k.streams, ws.Mbps, u.Mbps, ratio(ws.Mbps, u.Mbps), v.Mbps, ratio(ws.Mbps, v.Mbps),
-			ws.CPUPerGiB, u.CPUPerGiB, ratio(ws.CPUPerGiB, u.CPUPerGiB), ws.PeakRSSMiB, u.PeakRSSMiB, ws.WindowBytes>>10, u.WindowBytes>>10, ws.Stalled, u.Stalled, ws.StreamWaits)
+			ws.CPUPerGiB, u.CPUPerGiB, ratio(ws.CPUPerGiB, u.CPUPerGiB), ws.PeakRSSMiB, u.PeakRSSMiB, ws.WindowBytes>>10, u.WindowBytes>>10, ws.Stalled, u.Stalled, extra)
 	}
 	fmt.Fprintln(w)
 	var rtts []float64

@@ -1,11 +1,13 @@
 // Package link is a small userspace WAN emulator for the tunnel benchmark
-// (hack/bench-wan): a UDP relay whose two directions each delay, jitter,
-// lose, rate-limit and drop-tail-queue datagrams, since the netem qdisc is
-// not available on the benchmark machines.
+// (hack/bench-wan), since the netem qdisc is not available on the benchmark
+// machines: a UDP relay (Relay) and a relay of IP packets between two TUN
+// devices (TunRelay, TunPath) whose two directions each delay, jitter,
+// lose, rate-limit and drop-tail-queue packets, and a TCP relay
+// (StreamRelay) that delays and rate-limits a byte stream.
 //
 // The decisions are made by Model, a pure function of arrival times, sizes
 // and a seeded random source, so they are unit-tested deterministically;
-// Relay moves the datagrams and sends each one at the time Model gave it,
+// the relays move the packets and send each one at the time Model gave it,
 // with a high-resolution sleep on a locked OS thread (Go's timers wake up
 // about 1 ms late when the process is idle, which would turn a smooth
 // 200 Mbit/s stream into bursts of ~17 packets).

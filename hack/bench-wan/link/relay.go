@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -33,9 +34,8 @@ type Relay struct {
 	client, server *net.UDPConn // client-facing socket (Addr), server-facing socket
 	target         netip.AddrPort
 	peer           atomic.Pointer[netip.AddrPort] // the client's address, learned from its datagrams
-	up, down       *direction
-	wg             sync.WaitGroup
-	closeOnce      sync.Once
+	duplex
+	closeOnce sync.Once
 }
 
 // NewRelay listens on 127.0.0.1 (a free port) and forwards to target, which
@@ -58,24 +58,21 @@ func NewRelay(target netip.AddrPort, up, down Params) (*Relay, error) {
 		r.client.Close()
 		return nil, err
 	}
-	r.up = newDirection(r.client, r.server, func() (netip.AddrPort, bool) { return r.target, true }, up)
-	r.down = newDirection(r.server, r.client, func() (netip.AddrPort, bool) {
-		if p := r.peer.Load(); p != nil {
-			return *p, true
-		}
-		return netip.AddrPort{}, false
-	}, down)
-	r.up.onSource = func(src netip.AddrPort) {
+	learn := func(src netip.AddrPort) {
 		if p := r.peer.Load(); p == nil || *p != src {
 			r.peer.Store(&src)
 		}
 	}
-	r.down.onSource = func(src netip.AddrPort) {}
-	for _, d := range []*direction{r.up, r.down} {
-		r.wg.Add(2)
-		go func() { defer r.wg.Done(); d.readLoop() }()
-		go func() { defer r.wg.Done(); d.sendLoop() }()
+	toServer := func() (netip.AddrPort, bool) { return r.target, true }
+	toClient := func() (netip.AddrPort, bool) {
+		if p := r.peer.Load(); p != nil {
+			return *p, true
+		}
+		return netip.AddrPort{}, false
 	}
+	r.start(
+		newDirection(newUDPSource(r.client, learn), newUDPSink(r.server, toServer), up),
+		newDirection(newUDPSource(r.server, nil), newUDPSink(r.client, toClient), down))
 	return r, nil
 }
 
@@ -104,33 +101,54 @@ func listen() (*net.UDPConn, error) {
 // Addr is where the client sends to.
 func (r *Relay) Addr() netip.AddrPort { return r.client.LocalAddr().(*net.UDPAddr).AddrPort() }
 
-// Set changes both directions' parameters; datagrams already queued keep
-// their delivery times.
-func (r *Relay) Set(up, down Params) error {
-	for _, p := range []Params{up, down} {
-		if err := p.Validate(); err != nil {
-			return err
-		}
-	}
-	r.up.set(up)
-	r.down.set(down)
-	return nil
-}
-
-// Stats returns the counts of both directions since the last Set.
-func (r *Relay) Stats() (up, down DirStats) { return r.up.stats(), r.down.stats() }
-
 // Close stops the relay and waits for its goroutines.
 func (r *Relay) Close() error {
 	r.closeOnce.Do(func() {
 		r.client.Close()
 		r.server.Close()
-		r.up.close()
-		r.down.close()
-		r.wg.Wait()
+		r.stop()
 	})
 	return nil
 }
+
+// duplex is a relay's two directions and their goroutines.
+type duplex struct {
+	up, down *direction
+	wg       sync.WaitGroup
+}
+
+func (x *duplex) start(up, down *direction) {
+	x.up, x.down = up, down
+	for _, d := range []*direction{up, down} {
+		x.wg.Add(2)
+		go func() { defer x.wg.Done(); d.readLoop() }()
+		go func() { defer x.wg.Done(); d.sendLoop() }()
+	}
+}
+
+// stop ends both directions once their sources and sinks are closed, and
+// waits for their goroutines.
+func (x *duplex) stop() {
+	x.up.close()
+	x.down.close()
+	x.wg.Wait()
+}
+
+// Set changes both directions' parameters; datagrams already queued keep
+// their delivery times.
+func (x *duplex) Set(up, down Params) error {
+	for _, p := range []Params{up, down} {
+		if err := p.Validate(); err != nil {
+			return err
+		}
+	}
+	x.up.set(up)
+	x.down.set(down)
+	return nil
+}
+
+// Stats returns the counts of both directions since the last Set.
+func (x *duplex) Stats() (up, down DirStats) { return x.up.stats(), x.down.stats() }
 
 // DirStats are a direction's model counts plus how late datagrams left.
 type DirStats struct {
@@ -146,10 +164,21 @@ type packet struct {
 	due time.Time
 }
 
+// packetSource hands out the next batch of packets (datagrams or IP
+// packets); the slices are valid until the next call.
+type packetSource interface {
+	readPackets() ([][]byte, error)
+}
+
+// packetSink sends a batch of packets; it returns an error only when it is
+// closed (a packet it cannot send is lost, as on a wire).
+type packetSink interface {
+	writePackets(pkts [][]byte) error
+}
+
 type direction struct {
-	src, dst *net.UDPConn
-	dstAddr  func() (netip.AddrPort, bool)
-	onSource func(netip.AddrPort)
+	src packetSource
+	dst packetSink
 
 	dirState
 	q       []packet // FIFO; due times never decrease
@@ -161,8 +190,8 @@ type direction struct {
 	pool    sync.Pool
 }
 
-func newDirection(src, dst *net.UDPConn, dstAddr func() (netip.AddrPort, bool), p Params) *direction {
-	d := &direction{src: src, dst: dst, dstAddr: dstAddr, dirState: dirState{model: NewModel(p)}, wake: make(chan struct{}, 1), done: make(chan struct{})}
+func newDirection(src packetSource, dst packetSink, p Params) *direction {
+	d := &direction{src: src, dst: dst, dirState: dirState{model: NewModel(p)}, wake: make(chan struct{}, 1), done: make(chan struct{})}
 	d.pool.New = func() any { b := make([]byte, 2048); return &b }
 	return d
 }
@@ -201,27 +230,18 @@ func (d *direction) close() {
 }
 
 func (d *direction) readLoop() {
-	pc := ipv4.NewPacketConn(d.src)
-	msgs := make([]ipv4.Message, batch)
-	for i := range msgs {
-		msgs[i].Buffers = [][]byte{make([]byte, maxPacket)}
-	}
 	for {
-		n, err := pc.ReadBatch(msgs, 0)
+		pkts, err := d.src.readPackets()
 		if err != nil {
-			if errors.Is(err, net.ErrClosed) || d.closing.Load() {
+			if errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrClosed) || d.closing.Load() {
 				return
 			}
 			continue
 		}
 		now := time.Now()
 		d.mu.Lock()
-		for i := range msgs[:n] {
-			m := &msgs[i]
-			if ua, ok := m.Addr.(*net.UDPAddr); ok {
-				d.onSource(ua.AddrPort())
-			}
-			size := m.N
+		for _, pkt := range pkts {
+			size := len(pkt)
 			due, ok := d.model.Admit(now, size)
 			if !ok {
 				continue
@@ -236,7 +256,7 @@ func (d *direction) readLoop() {
 			} else {
 				b = make([]byte, size)
 			}
-			copy(b, m.Buffers[0][:size])
+			copy(b, pkt)
 			d.q = append(d.q, packet{b: b, due: due})
 			d.held += size
 		}
@@ -256,12 +276,8 @@ func (d *direction) sendLoop() {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	_ = unix.Prctl(unix.PR_SET_TIMERSLACK, 1, 0, 0, 0)
-	pc := ipv4.NewPacketConn(d.dst)
-	msgs := make([]ipv4.Message, batch)
-	for i := range msgs {
-		msgs[i].Buffers = make([][]byte, 1)
-	}
 	out := make([]packet, 0, batch)
+	bufs := make([][]byte, 0, batch)
 	for {
 		d.mu.Lock()
 		if d.head == len(d.q) {
@@ -305,26 +321,12 @@ func (d *direction) sendLoop() {
 		}
 		d.sent += int64(len(out))
 		d.mu.Unlock()
-		if dst, ok := d.dstAddr(); ok {
-			ua := net.UDPAddrFromAddrPort(dst)
-			for i, p := range out {
-				msgs[i].Buffers[0] = p.b
-				msgs[i].Addr = ua
-			}
-			for k := 0; k < len(out); {
-				n, err := pc.WriteBatch(msgs[k:len(out)], 0)
-				if err != nil {
-					if errors.Is(err, net.ErrClosed) {
-						return
-					}
-					// A full socket buffer or an ICMP error from a closed
-					// port: skip one datagram (the receiver lost it).
-					if errors.Is(err, syscall.ECONNREFUSED) || n == 0 {
-						n = 1
-					}
-				}
-				k += n
-			}
+		bufs = bufs[:0]
+		for _, p := range out {
+			bufs = append(bufs, p.b)
+		}
+		if err := d.dst.writePackets(bufs); err != nil {
+			return
 		}
 		for _, p := range out {
 			if cap(p.b) == 2048 {
@@ -333,6 +335,82 @@ func (d *direction) sendLoop() {
 			}
 		}
 	}
+}
+
+// udpSource reads datagrams in batches from a relay socket and reports
+// each one's source address to learn (if not nil).
+type udpSource struct {
+	pc    *ipv4.PacketConn
+	msgs  []ipv4.Message
+	out   [][]byte
+	learn func(netip.AddrPort)
+}
+
+func newUDPSource(c *net.UDPConn, learn func(netip.AddrPort)) *udpSource {
+	s := &udpSource{pc: ipv4.NewPacketConn(c), msgs: make([]ipv4.Message, batch), learn: learn}
+	for i := range s.msgs {
+		s.msgs[i].Buffers = [][]byte{make([]byte, maxPacket)}
+	}
+	return s
+}
+
+func (s *udpSource) readPackets() ([][]byte, error) {
+	n, err := s.pc.ReadBatch(s.msgs, 0)
+	if err != nil {
+		return nil, err
+	}
+	s.out = s.out[:0]
+	for i := range s.msgs[:n] {
+		m := &s.msgs[i]
+		if ua, ok := m.Addr.(*net.UDPAddr); ok && s.learn != nil {
+			s.learn(ua.AddrPort())
+		}
+		s.out = append(s.out, m.Buffers[0][:m.N])
+	}
+	return s.out, nil
+}
+
+// udpSink sends datagrams in batches from a relay socket to wherever to
+// says (nowhere yet: they are lost).
+type udpSink struct {
+	pc   *ipv4.PacketConn
+	msgs []ipv4.Message
+	to   func() (netip.AddrPort, bool)
+}
+
+func newUDPSink(c *net.UDPConn, to func() (netip.AddrPort, bool)) *udpSink {
+	s := &udpSink{pc: ipv4.NewPacketConn(c), msgs: make([]ipv4.Message, batch), to: to}
+	for i := range s.msgs {
+		s.msgs[i].Buffers = make([][]byte, 1)
+	}
+	return s
+}
+
+func (s *udpSink) writePackets(pkts [][]byte) error {
+	dst, ok := s.to()
+	if !ok {
+		return nil
+	}
+	ua := net.UDPAddrFromAddrPort(dst)
+	for i, p := range pkts {
+		s.msgs[i].Buffers[0] = p
+		s.msgs[i].Addr = ua
+	}
+	for k := 0; k < len(pkts); {
+		n, err := s.pc.WriteBatch(s.msgs[k:len(pkts)], 0)
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return err
+			}
+			// A full socket buffer or an ICMP error from a closed port:
+			// skip one datagram (the receiver lost it).
+			if errors.Is(err, syscall.ECONNREFUSED) || n == 0 {
+				n = 1
+			}
+		}
+		k += n
+	}
+	return nil
 }
 
 // lateHist is a histogram of send lateness in 10 µs buckets up to 100 ms.
