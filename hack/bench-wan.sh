@@ -7,7 +7,7 @@
 # here, with Linux TCP behind it. Needs root (namespace, TUN,
 # SO_RCVBUFFORCE) and iproute2.
 #
-#   hack/bench-wan.sh [-quick] [-json out.json] [-svg docs/bench-wan.svg] [-duration 6s] [-rate 200]
+#   hack/bench-wan.sh [-quick] [-json out.json] [-svg docs/bench-wan.svg] [-duration 5s] [-rate 200]
 #                     [-transports udp,websocket]   # the sidecar over each (default both; the stock
 #                                                   # forwarder runs over UDP only)
 #                     [-ws-path packet|stream]      # the WebSocket's TCP as IP packets on the link

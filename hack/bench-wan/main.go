@@ -148,7 +148,7 @@ func main() {
 		netns    = flag.String("netns", "", "network namespace (under /run/netns) for the gateway's interface (required)")
 		ifName   = flag.String("ifname", "glwan0", "name of the gateway's TUN interface")
 		quick    = flag.Bool("quick", false, "a reduced matrix (RTT 0 and 50 ms, loss 0 and 1 %, short cells)")
-		dur      = flag.Duration("duration", 0, "time per cell (default 6s, 2s with -quick)")
+		dur      = flag.Duration("duration", 0, "time per cell (default 5s, 2s with -quick)")
 		rateMbit = flag.Float64("rate", 200, "rate cap in Mbit/s on the non-loopback paths (0 = none)")
 		jsonOut  = flag.String("json", "", "write the results as JSON to this file")
 		svgOut   = flag.String("svg", "", "write the throughput plot (SVG) to this file")
@@ -203,7 +203,7 @@ func main() {
 		os.Exit(2)
 	}
 	if h.dur == 0 {
-		h.dur = 6 * time.Second
+		h.dur = 5 * time.Second
 		if h.quick {
 			h.dur = 2 * time.Second
 		}
