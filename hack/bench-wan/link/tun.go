@@ -33,7 +33,8 @@ const tunOffset = 16
 type TunRelay struct {
 	a, b tun.Device
 	duplex
-	once sync.Once
+	once   sync.Once
+	closed chan struct{}
 }
 
 // NewTunRelay relays between a and b, which it owns from now on: Close
@@ -44,8 +45,23 @@ func NewTunRelay(a, b tun.Device, up, down Params) (*TunRelay, error) {
 			return nil, err
 		}
 	}
-	r := &TunRelay{a: a, b: b}
+	r := &TunRelay{a: a, b: b, closed: make(chan struct{})}
 	r.start(newDirection(newTunSource(a), newTunSink(b), up), newDirection(newTunSource(b), newTunSink(a), down))
+	// The devices report link changes on a 5-deep channel whose sender
+	// blocks when it is full; nobody else reads it here.
+	for _, dev := range []tun.Device{a, b} {
+		r.wg.Add(1)
+		go func() {
+			defer r.wg.Done()
+			for {
+				select {
+				case <-dev.Events():
+				case <-r.closed:
+					return
+				}
+			}
+		}()
+	}
 	return r, nil
 }
 
@@ -54,6 +70,7 @@ func NewTunRelay(a, b tun.Device, up, down Params) (*TunRelay, error) {
 func (r *TunRelay) Close() error {
 	var err error
 	r.once.Do(func() {
+		close(r.closed)
 		err = errors.Join(r.a.Close(), r.b.Close())
 		r.stop()
 	})
