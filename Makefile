@@ -75,7 +75,7 @@ manifests: ## Generate the CRDs into deploy/crd and the chart's crds/ (controlle
 	  [[ "$$(basename "$$f")" == kustomization.yaml ]] || cp "$$f" deploy/chart/crds/; done
 
 .PHONY: bench
-bench: ## WAN matrix, sidecar (UDP and WebSocket) vs stock forwarder (root; QUICK=1: ~2 min; docs/benchmarks.md)
+bench: ## WAN matrix, sidecar (UDP and WebSocket) vs stock forwarder (root; ~15 min, QUICK=1: ~2.5 min; docs/benchmarks.md)
 	mkdir -p $(BIN) && hack/bench-wan.sh -json $(BIN)/bench-wan.json -svg $(BIN)/bench-wan.svg
 
 .PHONY: bench-loopback

@@ -37,8 +37,8 @@ type TunRelay struct {
 	closed chan struct{}
 }
 
-// NewTunRelay relays between a and b, which it owns from now on: Close
-// closes them.
+// NewTunRelay relays between a and b. Once it returns without an error the
+// relay owns them: Close closes them.
 func NewTunRelay(a, b tun.Device, up, down Params) (*TunRelay, error) {
 	for _, p := range []Params{up, down} {
 		if err := p.Validate(); err != nil {
