@@ -4,8 +4,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"net"
-	"net/netip"
 	"os"
 	"os/exec"
 	"strings"
@@ -186,20 +184,12 @@ func TestWebSocketThroughPacketPath(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", ns).Run() })
 	tr, fns := gatewayTransport(t)
-	path, err := link.NewTunPath(ns, dev+"n", dev+"f", 1500, link.Params{Delay: 5 * time.Millisecond}, link.Params{Delay: 5 * time.Millisecond})
+	path, ln, err := startWSPath(ns, dev, netipLoopback(tr.WebSocketPort()), link.Params{Delay: 5 * time.Millisecond}, link.Params{Delay: 5 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer path.Close()
-	var ln net.Listener
-	if err := link.InNetns(ns, func() (err error) {
-		ln, err = net.Listen("tcp4", netip.AddrPortFrom(path.Far, wsPathPort).String())
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
 	defer ln.Close()
-	go splice(ln, netipLoopback(tr.WebSocketPort()))
 	datagramArrives(t, tr, fns, wgws.GatewayURL(path.Far.String(), wsPathPort))
 	if up, down := path.Stats(); up.Delivered == 0 || down.Delivered == 0 {
 		t.Fatalf("the path carried %d packets up and %d down", up.Delivered, down.Delivered)

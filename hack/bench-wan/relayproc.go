@@ -87,20 +87,12 @@ func runRelay(target, streamTarget, ns, ifName string) {
 		fatal(err)
 	}
 	defer sr.Close()
-	path, err := link.NewTunPath(ns, ifName+"n", ifName+"f", 1500, link.Params{}, link.Params{})
+	path, ln, err := startWSPath(ns, ifName, sap, link.Params{}, link.Params{})
 	if err != nil {
 		fatal(err)
 	}
 	defer path.Close()
-	var ln net.Listener
-	if err := link.InNetns(ns, func() (err error) {
-		ln, err = net.Listen("tcp4", netip.AddrPortFrom(path.Far, wsPathPort).String())
-		return err
-	}); err != nil {
-		fatal(fmt.Errorf("splice listener in %s: %w", ns, err))
-	}
 	defer ln.Close()
-	go splice(ln, sap)
 	// Threads made later by a real-time thread inherit its policy; set the
 	// existing ones now and once more when the loops are running.
 	realtime()
@@ -137,6 +129,27 @@ func runRelay(target, streamTarget, ns, ifName string) {
 		b, _ := json.Marshal(st)
 		fmt.Println(string(b))
 	}
+}
+
+// startWSPath makes the WebSocket's packet path: a link.TunPath into ns
+// (interfaces ifName+"n" and ifName+"f") and, at its far end's port 443, a
+// splice to the gateway's wss listener at target. The caller closes the
+// path and the listener.
+func startWSPath(ns, ifName string, target netip.AddrPort, up, down link.Params) (*link.TunPath, net.Listener, error) {
+	path, err := link.NewTunPath(ns, ifName+"n", ifName+"f", 1500, up, down)
+	if err != nil {
+		return nil, nil, err
+	}
+	var ln net.Listener
+	if err := link.InNetns(ns, func() (err error) {
+		ln, err = net.Listen("tcp4", netip.AddrPortFrom(path.Far, wsPathPort).String())
+		return err
+	}); err != nil {
+		path.Close()
+		return nil, nil, fmt.Errorf("splice listener in %s: %w", ns, err)
+	}
+	go splice(ln, target)
+	return path, ln, nil
 }
 
 // splice joins each connection accepted at the packet path's far end to a
