@@ -23,7 +23,7 @@
 //     until it picks up the new Secret from its watch.
 //   - A new CA is published before it is used: the caBundle is patched
 //     first, and a certificate from a CA the previous caBundle lacked is
-//     served only 10 seconds later, so that every API server has seen it.
+//     served only 2 seconds later, so that every API server has seen it.
 //     When the Secret is deleted (or its CA is unusable), the CAs the
 //     webhook configurations trust stay in the new bundle for CAOverlap, as
 //     a rotated CA does: replicas still serving the old certificate stay

