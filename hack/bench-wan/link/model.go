@@ -77,6 +77,14 @@ func (p Params) Validate() error {
 	return nil
 }
 
+// validPair checks both directions' parameters with valid.
+func validPair(up, down Params, valid func(Params) error) error {
+	if err := valid(up); err != nil {
+		return err
+	}
+	return valid(down)
+}
+
 func (p Params) queue() int {
 	if p.QueueBytes > 0 {
 		return p.QueueBytes

@@ -44,10 +44,8 @@ func NewRelay(target netip.AddrPort, up, down Params) (*Relay, error) {
 	if !target.Addr().IsLoopback() {
 		return nil, fmt.Errorf("link: target %s is not a loopback address", target)
 	}
-	for _, p := range []Params{up, down} {
-		if err := p.Validate(); err != nil {
-			return nil, err
-		}
+	if err := validPair(up, down, Params.Validate); err != nil {
+		return nil, err
 	}
 	r := &Relay{target: target}
 	var err error
@@ -137,10 +135,8 @@ func (x *duplex) stop() {
 // Set changes both directions' parameters; datagrams already queued keep
 // their delivery times.
 func (x *duplex) Set(up, down Params) error {
-	for _, p := range []Params{up, down} {
-		if err := p.Validate(); err != nil {
-			return err
-		}
+	if err := validPair(up, down, Params.Validate); err != nil {
+		return err
 	}
 	x.up.set(up)
 	x.down.set(down)

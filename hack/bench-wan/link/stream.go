@@ -76,10 +76,8 @@ func NewStreamRelay(target netip.AddrPort, up, down Params) (*StreamRelay, error
 	if !target.Addr().IsLoopback() {
 		return nil, fmt.Errorf("link: target %s is not a loopback address", target)
 	}
-	for _, p := range []Params{up, down} {
-		if err := validStream(p); err != nil {
-			return nil, err
-		}
+	if err := validPair(up, down, validStream); err != nil {
+		return nil, err
 	}
 	ln, err := net.ListenTCP("tcp4", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
@@ -102,10 +100,8 @@ func (r *StreamRelay) Addr() netip.AddrPort { return r.ln.Addr().(*net.TCPAddr).
 // Set changes both directions' parameters for every connection, open or
 // later; bytes already on the delay line keep their delivery times.
 func (r *StreamRelay) Set(up, down Params) error {
-	for _, p := range []Params{up, down} {
-		if err := validStream(p); err != nil {
-			return err
-		}
+	if err := validPair(up, down, validStream); err != nil {
+		return err
 	}
 	r.up.set(up)
 	r.down.set(down)

@@ -40,10 +40,8 @@ type TunRelay struct {
 // NewTunRelay relays between a and b. Once it returns without an error the
 // relay owns them: Close closes them.
 func NewTunRelay(a, b tun.Device, up, down Params) (*TunRelay, error) {
-	for _, p := range []Params{up, down} {
-		if err := p.Validate(); err != nil {
-			return nil, err
-		}
+	if err := validPair(up, down, Params.Validate); err != nil {
+		return nil, err
 	}
 	r := &TunRelay{a: a, b: b, closed: make(chan struct{})}
 	r.start(newDirection(newTunSource(a), newTunSink(b), up), newDirection(newTunSource(b), newTunSink(a), down))
