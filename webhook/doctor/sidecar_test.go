@@ -15,10 +15,8 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
-	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/glaceon/glaceon/hack/localpod"
@@ -218,16 +216,7 @@ func testPodSidecar(t *testing.T, e *managertest.Env, d *doctor.Doctor, podIP st
 		// The stock view role reads pods but not pods/proxy: the fix names
 		// the permission.
 		ctx := context.Background()
-		rb := &rbacv1.RoleBinding{
-			ObjectMeta: metav1.ObjectMeta{Name: "viewer-view", Namespace: ns},
-			RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: "view"},
-			Subjects:   []rbacv1.Subject{{APIGroup: "rbac.authorization.k8s.io", Kind: "User", Name: "viewer"}},
-		}
-		if err := e.Client.Create(ctx, rb); err != nil {
-			t.Fatal(err)
-		}
-		cfg := rest.CopyConfig(e.ControlPlane.Config)
-		cfg.Impersonate = rest.ImpersonationConfig{UserName: "viewer", Groups: []string{"system:authenticated"}}
+		cfg := e.UserConfig(t, "viewer", ns, "view")
 		c, err := client.New(cfg, client.Options{Scheme: e.Client.Scheme()})
 		if err != nil {
 			t.Fatal(err)

@@ -18,6 +18,7 @@ import (
 	"github.com/go-logr/logr"
 	admissionv1 "k8s.io/api/admissionregistration/v1"
 	appsv1 "k8s.io/api/apps/v1"
+	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -368,22 +369,41 @@ func ApplyRBAC(ctx context.Context, c client.Client) error {
 // in namespace only, as most tenants do.
 func (e *Env) TenantClient(tb testing.TB, user, namespace string) client.Client {
 	tb.Helper()
+	c, err := client.New(e.UserConfig(tb, user, namespace, "edit"), client.Options{Scheme: e.scheme})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return c
+}
+
+// UserConfig binds the stock clusterRole (view, edit or admin: all grant
+// get on pods) to user in namespace and returns a config that impersonates
+// user. It returns once the API server's authorizer honours the binding:
+// RBAC reads bindings from an informer, so for a moment after the create
+// the user is still forbidden, and a test that raced it failed at random.
+func (e *Env) UserConfig(tb testing.TB, user, namespace, clusterRole string) *rest.Config {
+	tb.Helper()
 	ctx := context.Background()
 	rb := &rbacv1.RoleBinding{
-		ObjectMeta: metav1.ObjectMeta{Name: user + "-edit", Namespace: namespace},
-		RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: "edit"},
+		ObjectMeta: metav1.ObjectMeta{Name: user + "-" + clusterRole, Namespace: namespace},
+		RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: clusterRole},
 		Subjects:   []rbacv1.Subject{{APIGroup: "rbac.authorization.k8s.io", Kind: "User", Name: user}},
 	}
 	if err := e.Client.Create(ctx, rb); err != nil && !apierrors.IsAlreadyExists(err) {
 		tb.Fatal(err)
 	}
+	groups := []string{"system:authenticated"}
+	WaitFor(tb, fmt.Sprintf("RBAC to let %s get pods in %s", user, namespace), func() bool {
+		sar := &authorizationv1.SubjectAccessReview{Spec: authorizationv1.SubjectAccessReviewSpec{
+			User:               user,
+			Groups:             groups,
+			ResourceAttributes: &authorizationv1.ResourceAttributes{Namespace: namespace, Verb: "get", Resource: "pods"},
+		}}
+		return e.Client.Create(ctx, sar) == nil && sar.Status.Allowed
+	})
 	cfg := rest.CopyConfig(e.ControlPlane.Config)
-	cfg.Impersonate = rest.ImpersonationConfig{UserName: user, Groups: []string{"system:authenticated"}}
-	c, err := client.New(cfg, client.Options{Scheme: e.scheme})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return c
+	cfg.Impersonate = rest.ImpersonationConfig{UserName: user, Groups: groups}
+	return cfg
 }
 
 // WebhookConfiguration is deploy/webhook's configuration pointed at a
