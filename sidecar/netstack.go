@@ -112,6 +112,12 @@ type netStackOptions struct {
 	DisableSACK bool
 	// KeepaliveIdle: see keepalive.go (0: tcpKeepaliveIdle).
 	KeepaliveIdle time.Duration
+	// EnableRACK turns gVisor's RACK loss detection (and its tail loss
+	// probe) back on; it is off by default, see newNetTun.
+	EnableRACK bool
+	// MinRTO is the floor of the retransmission timeout (0: gVisor's
+	// 200 ms, the same as Linux's).
+	MinRTO time.Duration
 }
 
 func newNetTun(o netStackOptions) (*netTun, error) {
@@ -170,12 +176,20 @@ func newNetTun(o netStackOptions) (*netTun, error) {
 	// segments per retransmission timeout for tens of seconds, nothing else
 	// lost (TestNetstackUploadSurvivesLossBursts, docs/stall.md).
 	rack := tcpip.TCPRecovery(0)
+	if o.EnableRACK {
+		rack = tcpip.TCPRACKLossDetection
+	}
 	// No Nagle on the tunnel side, like Go's TCP_NODELAY on the local
 	// socket: a small write must not wait for the ACK of the previous one,
 	// a whole tunnel round trip. This is gVisor's default today; it is set
 	// here so that a change of default cannot slow small requests unseen.
 	nagle := tcpip.TCPDelayEnabled(false)
-	for _, opt := range []tcpip.SettableTransportProtocolOption{&sack, &rcv, &snd, &cc, &moderate, &tw, &rack, &nagle} {
+	opts := []tcpip.SettableTransportProtocolOption{&sack, &rcv, &snd, &cc, &moderate, &tw, &rack, &nagle}
+	if o.MinRTO > 0 {
+		minRTO := tcpip.TCPMinRTOOption(o.MinRTO)
+		opts = append(opts, &minRTO)
+	}
+	for _, opt := range opts {
 		if err := s.SetTransportProtocolOption(tcp.ProtocolNumber, opt); err != nil {
 			s.Close()
 			return nil, fmt.Errorf("netstack: set TCP option %T: %v", opt, err)

@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/netip"
+	"os"
 	"runtime"
 	"strings"
 	"sync"
@@ -60,9 +61,20 @@ type stackPair struct {
 	blackout atomic.Bool
 }
 
+// newStackPair connects two netstacks. The first (the sidecar's side) takes
+// $GLACEON_TUNING, so that a knob can be tried against these tests
+// (GLACEON_TUNING=rack=1 go test -run LossBursts ./sidecar).
 func newStackPair(t *testing.T) *stackPair {
 	t.Helper()
-	a, err := newNetTun(netStackOptions{MTU: 1420, Local: netip.MustParseAddr("fdaa:0:1:a7b:1:0:a:102")})
+	var o netStackOptions
+	if v := os.Getenv(EnvTuning); v != "" {
+		var err error
+		if o, err = parseTuning(v); err != nil {
+			t.Fatalf("%s: %v", EnvTuning, err)
+		}
+	}
+	o.MTU, o.Local = 1420, netip.MustParseAddr("fdaa:0:1:a7b:1:0:a:102")
+	a, err := newNetTun(o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -409,6 +421,40 @@ func TestNetstackUploadSurvivesLossBursts(t *testing.T) {
 		time.Sleep(700 * time.Millisecond)
 		p.blackout.Store(false)
 		progress(fmt.Sprintf("after loss burst %d", burst))
+	}
+}
+
+// TestNetstackRecoveryOptions: RACK is off and the minimum RTO is gVisor's
+// unless tuning says otherwise, and the tuning reaches the stack.
+func TestNetstackRecoveryOptions(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		o      netStackOptions
+		rack   tcpip.TCPRecovery
+		minRTO time.Duration
+	}{
+		{"default", netStackOptions{}, 0, 200 * time.Millisecond},
+		{"rack=1,minrto=50ms", netStackOptions{EnableRACK: true, MinRTO: 50 * time.Millisecond}, tcpip.TCPRACKLossDetection, 50 * time.Millisecond},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.o.MTU, tc.o.Local = 1420, netip.MustParseAddr("fdaa:0:1:a7b:1:0:a:102")
+			n, err := newNetTun(tc.o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer n.Close()
+			var rack tcpip.TCPRecovery
+			var minRTO tcpip.TCPMinRTOOption
+			if err := n.stack.TransportProtocolOption(tcp.ProtocolNumber, &rack); err != nil {
+				t.Fatal(err)
+			}
+			if err := n.stack.TransportProtocolOption(tcp.ProtocolNumber, &minRTO); err != nil {
+				t.Fatal(err)
+			}
+			if rack != tc.rack || time.Duration(minRTO) != tc.minRTO {
+				t.Errorf("got recovery %d, min RTO %v; want %d, %v", rack, time.Duration(minRTO), tc.rack, tc.minRTO)
+			}
+		})
 	}
 }
 

@@ -42,7 +42,7 @@ type Options struct {
 	// $FLY_WG_WEBSOCKET_PORT for tests against a local double.
 	WebSocketPort int
 	// Tuning overrides netstack defaults, for benchmarks and debugging only
-	// (env GLACEON_TUNING, e.g. "gro=0,rcvbuf=4194304,sndbuf=1048576,cc=reno,sack=0,keepalive=30s,inflight=off").
+	// (env GLACEON_TUNING, e.g. "gro=0,rcvbuf=4194304,sndbuf=1048576,cc=reno,sack=0,rack=1,minrto=50ms,keepalive=30s,inflight=off").
 	Tuning netStackOptions
 }
 
@@ -284,15 +284,18 @@ func parseTuning(s string) (netStackOptions, error) {
 			return t, fmt.Errorf("%q is not key=value", kv)
 		}
 		switch k {
-		case "gro", "sack":
+		case "gro", "sack", "rack":
 			b, err := strconv.ParseBool(v)
 			if err != nil {
 				return t, fmt.Errorf("%s=%q is not a boolean", k, v)
 			}
-			if k == "gro" {
+			switch k {
+			case "gro":
 				t.DisableGRO = !b
-			} else {
+			case "sack":
 				t.DisableSACK = !b
+			default:
+				t.EnableRACK = b
 			}
 		case "rcvbuf", "sndbuf":
 			n, err := strconv.Atoi(v)
@@ -319,6 +322,12 @@ func parseTuning(s string) (netStackOptions, error) {
 				return t, fmt.Errorf("keepalive=%q must be a duration from 100ms to 1h", v)
 			}
 			t.KeepaliveIdle = d
+		case "minrto":
+			d, err := time.ParseDuration(v)
+			if err != nil || d < 10*time.Millisecond || d > time.Second {
+				return t, fmt.Errorf("minrto=%q must be a duration from 10ms to 1s", v)
+			}
+			t.MinRTO = d
 		case "cc":
 			if v != "reno" && v != "cubic" {
 				return t, fmt.Errorf("cc=%q: use reno or cubic", v)

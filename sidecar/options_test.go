@@ -94,6 +94,8 @@ func TestParseOptionsErrors(t *testing.T) {
 		{"metrics on a forward", append(fw("127.0.0.2:80=a.flycast:80"), "--metrics-addr", "127.0.0.2:80"), nil, "--metrics-addr", "forward"},
 		{"keepalive tuning", fw("127.0.0.2:80=a.flycast:80"), map[string]string{EnvTuning: "keepalive=1ms"}, EnvTuning, "100ms to 1h"},
 		{"inflight tuning", fw("127.0.0.2:80=a.flycast:80"), map[string]string{EnvTuning: "inflight=0"}, EnvTuning, "off or a packet count"},
+		{"minrto tuning", fw("127.0.0.2:80=a.flycast:80"), map[string]string{EnvTuning: "minrto=1ms"}, EnvTuning, "10ms to 1s"},
+		{"rack tuning", fw("127.0.0.2:80=a.flycast:80"), map[string]string{EnvTuning: "rack=yes"}, EnvTuning, "not a boolean"},
 		{"grace", append(fw("127.0.0.2:80=a.flycast:80"), "--shutdown-grace", "soon"), nil, "--shutdown-grace", "duration"},
 		{"log level", append(fw("127.0.0.2:80=a.flycast:80"), "--log-level", "loud"), nil, "--log-level", "debug, info or error"},
 		{"unknown flag", append(base, "--nope"), nil, "--nope", "unknown flag"},
@@ -148,11 +150,14 @@ func TestParseOptionsServeAddrs(t *testing.T) {
 	if o.MetricsAddr.IsValid() || o.HealthAddr.String() != DefaultHealthAddr {
 		t.Errorf("defaults: metrics %v, health %v; want metrics off and health on %s", o.MetricsAddr, o.HealthAddr, DefaultHealthAddr)
 	}
-	o, err = ParseOptions(append(base, "--health-addr", "[::]:9901"), envMap(map[string]string{EnvMetricsAddr: "[::]:9902", EnvTuning: "keepalive=2s"}))
+	o, err = ParseOptions(append(base, "--health-addr", "[::]:9901"), envMap(map[string]string{EnvMetricsAddr: "[::]:9902", EnvTuning: "keepalive=2s,rack=1,minrto=40ms"}))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if o.HealthAddr.String() != "[::]:9901" || o.MetricsAddr.String() != "[::]:9902" || o.Tuning.KeepaliveIdle != 2*time.Second {
 		t.Errorf("got health %v, metrics %v, keepalive %v", o.HealthAddr, o.MetricsAddr, o.Tuning.KeepaliveIdle)
+	}
+	if !o.Tuning.EnableRACK || o.Tuning.MinRTO != 40*time.Millisecond {
+		t.Errorf("tuning rack=1,minrto=40ms: got RACK %v, min RTO %v", o.Tuning.EnableRACK, o.Tuning.MinRTO)
 	}
 }
