@@ -41,12 +41,13 @@ func main() {
 		newConns = flag.Int("new-conns", 300, "small requests on new connections per side")
 		ready    = flag.Int("ready-runs", 5, "sidecar starts used to measure time to ready")
 		jsonOut  = flag.String("json", "", "also write the results as JSON to this file")
-		extraEnv = flag.String("env", "", "extra environment for the sidecar, comma-separated K=V (e.g. GOMEMLIMIT=32MiB)")
 		streams  = flag.Int("streams", 1, "parallel download streams sharing -size")
 		transp   = flag.String("transports", "udp,websocket", "sidecar transports to measure, one run each, comma-separated (udp, websocket, auto)")
 		blocked  = flag.Int("ready-blocked-runs", 3, "sidecar starts with UDP blocked at the gateway (transport auto) to time the fallback to WebSocket")
 		baseline = flag.String("baseline", "", "optional: path of hack/bench-tunnel/vanilla, measured the same way after the sidecar")
 	)
+	var extraEnv benchproc.EnvFlag
+	flag.Var(&extraEnv, "env", "extra environment for the sidecar, K=V, repeatable (e.g. -env GOMEMLIMIT=32MiB)")
 	flag.Parse()
 	parallel = max(1, *streams)
 	if *sidecar == "" {
@@ -71,7 +72,7 @@ func main() {
 		if i == 0 {
 			nb = *blocked
 		}
-		res, err := run(*sidecar, tr, size, up, *requests, *newConns, *ready, nb, benchproc.SplitList(*extraEnv))
+		res, err := run(*sidecar, tr, size, up, *requests, *newConns, *ready, nb, extraEnv)
 		if err != nil {
 			fatal("bench "+tr, err)
 		}

@@ -153,7 +153,6 @@ func main() {
 		jsonOut  = flag.String("json", "", "write the results as JSON to this file")
 		svgOut   = flag.String("svg", "", "write the throughput plot (SVG) to this file")
 		fromJSON = flag.String("from-json", "", "do not measure: print the tables and plot of an earlier -json file")
-		extraEnv = flag.String("env", "", "extra environment for glaceon-sidecar only, comma-separated K=V (e.g. GLACEON_TUNING=rcvbuf=8388608)")
 		workdir  = flag.String("workdir", "", "directory for the proxies' wg-quick files (default: a new one under $TMPDIR)")
 		rttList  = flag.String("rtts", "", "override the matrix's RTTs, comma-separated durations (0 = loopback)")
 		lossList = flag.String("losses", "", "override the matrix's loss rates, comma-separated fractions per direction")
@@ -164,6 +163,8 @@ func main() {
 		relayWS  = flag.String("relay-ws-target", "", "internal: with -relay-target, relay TCP (the WebSocket) to this address")
 		wsPath   = flag.String("ws-path", pathPacket, "how the WebSocket's TCP crosses the emulated link: packet (its IP packets, with loss) or stream (a byte-stream relay, no loss)")
 	)
+	var extraEnv benchproc.EnvFlag
+	flag.Var(&extraEnv, "env", "extra environment for glaceon-sidecar only, K=V, repeatable (e.g. -env GLACEON_TUNING=rack=1,minrto=50ms)")
 	flag.Parse()
 	if *relayTo != "" {
 		runRelay(*relayTo, *relayWS, *netns, *ifName)
@@ -186,7 +187,7 @@ func main() {
 		os.Exit(2)
 	}
 	h := &harness{quick: *quick, dur: *dur, rate: *rateMbit * 1e6,
-		bins: []binary{{side, *sidecar}, {base, *baseline}}, workdir: *workdir, sidecarEnv: benchproc.SplitList(*extraEnv)}
+		bins: []binary{{side, *sidecar}, {base, *baseline}}, workdir: *workdir, sidecarEnv: extraEnv}
 	if *before != "" {
 		h.bins = append(h.bins, binary{prev, *before})
 	}

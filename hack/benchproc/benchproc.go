@@ -163,3 +163,19 @@ func SplitList(s string) []string {
 	}
 	return out
 }
+
+// EnvFlag is a repeatable -env K=V flag. One K=V per use, so that a value
+// may itself hold commas (GLACEON_TUNING=rack=1,minrto=50ms).
+type EnvFlag []string
+
+func (e *EnvFlag) String() string { return strings.Join(*e, " ") }
+
+// Set adds one K=V; K must be a non-empty name without "=".
+func (e *EnvFlag) Set(kv string) error {
+	k, _, ok := strings.Cut(kv, "=")
+	if !ok || k == "" || strings.ContainsAny(k, " \t") {
+		return fmt.Errorf("%q is not K=V (give -env once per variable)", kv)
+	}
+	*e = append(*e, kv)
+	return nil
+}

@@ -29,3 +29,20 @@ func TestSelf(t *testing.T) {
 		t.Fatal("no error for a process that cannot exist")
 	}
 }
+
+func TestEnvFlag(t *testing.T) {
+	var e EnvFlag
+	for _, kv := range []string{"GLACEON_TUNING=rack=1,minrto=50ms", "GOMEMLIMIT=32MiB", "EMPTY="} {
+		if err := e.Set(kv); err != nil {
+			t.Fatalf("Set(%q): %v", kv, err)
+		}
+	}
+	if len(e) != 3 || e[0] != "GLACEON_TUNING=rack=1,minrto=50ms" {
+		t.Errorf("got %q, want each value whole, commas kept", e)
+	}
+	for _, bad := range []string{"", "=1", "NOEQUALS", "A B=1"} {
+		if err := e.Set(bad); err == nil {
+			t.Errorf("Set(%q): no error", bad)
+		}
+	}
+}
