@@ -24,6 +24,8 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/waiter"
+
+	"github.com/glaceon/glaceon/flyapi/flyapitest"
 )
 
 // checkGoroutines fails the test if goroutines started during it are still
@@ -388,18 +390,10 @@ func TestNetstackUploadSurvivesLossBursts(t *testing.T) {
 	}()
 	defer func() { close(stop); c.Close(); <-writerDone }()
 
-	// senderState describes the client's TCP sender for the failure message.
-	senderState := func() string {
-		var out []string
-		for _, ep := range p.a.stack.RegisteredEndpoints() {
-			if e, ok := ep.(tcpip.Endpoint); ok {
-				var info tcpip.TCPInfoOption
-				if e.GetSockOpt(&info) == nil && info.State == tcpip.EndpointState(tcp.StateEstablished) {
-					out = append(out, fmt.Sprintf("%+v", info))
-				}
-			}
-		}
-		return strings.Join(out, "; ")
+	// The sender as the failure message will show it: one connection, and
+	// nothing lost yet.
+	if d := flyapitest.DescribeTCP(p.a.stack); len(d) != 1 || !strings.Contains(d[0], "->9 ESTABLISHED cc=open") {
+		t.Fatalf("sender's TCP described as %q", d)
 	}
 	// progress waits until 4 MiB more have arrived.
 	progress := func(what string) {
@@ -408,7 +402,7 @@ func TestNetstackUploadSurvivesLossBursts(t *testing.T) {
 		deadline := time.Now().Add(20 * time.Second)
 		for received.Load() < want {
 			if time.Now().After(deadline) {
-				t.Fatalf("%s: less than 4 MiB in 20 s (%d bytes in all); sender %s", what, received.Load(), senderState())
+				t.Fatalf("%s: less than 4 MiB in 20 s (%d bytes in all); sender %s", what, received.Load(), flyapitest.DescribeTCP(p.a.stack))
 			}
 			time.Sleep(5 * time.Millisecond)
 		}
