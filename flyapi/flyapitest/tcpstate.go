@@ -10,8 +10,8 @@ import (
 )
 
 // DescribeTCP returns one line per TCP connection of a gVisor stack: ports,
-// state, congestion state and window, RTT and RTO, bytes waiting to be read and the
-// sender's retransmission counters. Tests print it when a stream stops, so
+// state, congestion state and window, RTT and RTO, bytes waiting to be
+// read and the sender's retransmission counters. Tests print it when a stream stops, so
 // that the failure shows which end holds the data and why it does not move
 // (docs/stall.md). Listeners are left out.
 func DescribeTCP(st *stack.Stack) []string {
@@ -26,7 +26,10 @@ func DescribeTCP(st *stack.Stack) []string {
 			continue
 		}
 		recvq, _ := ep.GetSockOptInt(tcpip.ReceiveQueueSizeOption)
-		id := ep.Info().(*stack.TransportEndpointInfo).ID
+		var id stack.TransportEndpointID
+		if i, ok := ep.Info().(*stack.TransportEndpointInfo); ok {
+			id = i.ID
+		}
 		line := fmt.Sprintf("port %d->%d %s cc=%s cwnd=%d ssthresh=%d rtt=%v rto=%v recvq=%d",
 			id.LocalPort, id.RemotePort, tcp.EndpointState(info.State), ccState(info.CcState),
 			info.SndCwnd, info.SndSsthresh, info.RTT, info.RTO, recvq)
