@@ -6,7 +6,6 @@ import (
 	"testing"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
-	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 )
 
 func TestBufferBudget(t *testing.T) {
@@ -73,12 +72,7 @@ func TestNetstackBufferShares(t *testing.T) {
 	maxima := func(n *netTun) (rcv, snd int) {
 		var r tcpip.TCPReceiveBufferSizeRangeOption
 		var s tcpip.TCPSendBufferSizeRangeOption
-		if err := n.stack.TransportProtocolOption(tcp.ProtocolNumber, &r); err != nil {
-			t.Fatal(err)
-		}
-		if err := n.stack.TransportProtocolOption(tcp.ProtocolNumber, &s); err != nil {
-			t.Fatal(err)
-		}
+		readTCPOptions(t, n, &r, &s)
 		return r.Max, s.Max
 	}
 	local := netip.MustParseAddr("fdaa:0:1:a7b:1:0:a:102")

@@ -418,6 +418,16 @@ func TestNetstackUploadSurvivesLossBursts(t *testing.T) {
 	}
 }
 
+// readTCPOptions reads TCP protocol options of n's stack into opts.
+func readTCPOptions(t *testing.T, n *netTun, opts ...tcpip.GettableTransportProtocolOption) {
+	t.Helper()
+	for _, o := range opts {
+		if err := n.stack.TransportProtocolOption(tcp.ProtocolNumber, o); err != nil {
+			t.Fatalf("read TCP option %T: %v", o, err)
+		}
+	}
+}
+
 // TestNetstackRecoveryOptions: RACK is off and the minimum RTO is gVisor's
 // unless tuning says otherwise, and the tuning reaches the stack.
 func TestNetstackRecoveryOptions(t *testing.T) {
@@ -439,12 +449,7 @@ func TestNetstackRecoveryOptions(t *testing.T) {
 			defer n.Close()
 			var rack tcpip.TCPRecovery
 			var minRTO tcpip.TCPMinRTOOption
-			if err := n.stack.TransportProtocolOption(tcp.ProtocolNumber, &rack); err != nil {
-				t.Fatal(err)
-			}
-			if err := n.stack.TransportProtocolOption(tcp.ProtocolNumber, &minRTO); err != nil {
-				t.Fatal(err)
-			}
+			readTCPOptions(t, n, &rack, &minRTO)
 			if rack != tc.rack || time.Duration(minRTO) != tc.minRTO {
 				t.Errorf("got recovery %d, min RTO %v; want %d, %v", rack, time.Duration(minRTO), tc.rack, tc.minRTO)
 			}

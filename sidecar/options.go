@@ -294,7 +294,7 @@ func parseTuning(s string) (netStackOptions, error) {
 				t.DisableGRO = !b
 			case "sack":
 				t.DisableSACK = !b
-			default:
+			case "rack":
 				t.EnableRACK = b
 			}
 		case "rcvbuf", "sndbuf":
