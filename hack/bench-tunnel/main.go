@@ -139,6 +139,8 @@ type Results struct {
 	TimeToReadyBlockedMs []float64 `json:"time_to_ready_udp_blocked_ms,omitempty"`
 	IdleRSSMiB           float64   `json:"idle_rss_mib"`
 	IdleHWMMiB           float64   `json:"idle_hwm_mib"`
+	IdleAnonMiB          float64   `json:"idle_anon_mib"` // RssAnon: heap and stacks
+	IdleFileMiB          float64   `json:"idle_file_mib"` // RssFile: the binary's mapped pages
 	DownloadBytes        int64     `json:"download_bytes"`
 	Streams              int       `json:"streams"`
 	TunnelMbps           float64   `json:"tunnel_download_mbit_s"`
@@ -178,7 +180,7 @@ func (r *Results) print(w io.Writer) {
 	if len(r.TimeToReadyBlockedMs) > 0 {
 		fmt.Fprintf(w, "time to ready with UDP blocked, transport auto (ms, %d starts): %s\n", len(r.TimeToReadyBlockedMs), fmtList(r.TimeToReadyBlockedMs))
 	}
-	fmt.Fprintf(w, "idle RSS: %.1f MiB (VmHWM so far %.1f MiB)\n", r.IdleRSSMiB, r.IdleHWMMiB)
+	fmt.Fprintf(w, "idle RSS: %.1f MiB (anonymous %.1f, file-backed %.1f; VmHWM so far %.1f MiB)\n", r.IdleRSSMiB, r.IdleAnonMiB, r.IdleFileMiB, r.IdleHWMMiB)
 	if r.Streams > 1 {
 		fmt.Fprintf(w, "(download split over %d parallel streams)\n", r.Streams)
 	}
@@ -443,6 +445,7 @@ func run(bin, transport string, size, up int64, requests, newConns, readyRuns, b
 		return nil, err
 	}
 	res.IdleRSSMiB, res.IdleHWMMiB = benchproc.MiB(st.RSSKiB), benchproc.MiB(st.HWMKiB)
+	res.IdleAnonMiB, res.IdleFileMiB = benchproc.MiB(st.AnonKiB), benchproc.MiB(st.FileKiB)
 
 	bulk := func() *http.Client {
 		return &http.Client{Transport: &http.Transport{DisableKeepAlives: true, DisableCompression: true, ReadBufferSize: 256 << 10, WriteBufferSize: 256 << 10}}

@@ -262,9 +262,16 @@ func (g *kernelGateway) sampleConns() {
 	})
 }
 
-func storeMax(a *atomic.Uint32, v uint32) {
-	if v > a.Load() {
-		a.Store(v)
+// storeMax raises a to v; a compare-and-swap, since the cell's goroutine and
+// the sampler may both sample at the end of a cell.
+func storeMax[T uint32 | int64](a interface {
+	Load() T
+	CompareAndSwap(old, new T) bool
+}, v T) {
+	for {
+		if old := a.Load(); v <= old || a.CompareAndSwap(old, v) {
+			return
+		}
 	}
 }
 

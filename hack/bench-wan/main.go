@@ -79,6 +79,12 @@ type Cell struct {
 	Seconds    float64 `json:"seconds_measured"`
 	CPUPerGiB  float64 `json:"cpu_s_per_gib"`
 	PeakRSSMiB float64 `json:"peak_rss_mib"`
+	// PeakAnonMiB, FileMiB: the largest anonymous and file-backed parts of
+	// the resident set seen by the 100 ms sampler. The file-backed part is
+	// the executable's pages, shared by every pod running the same image;
+	// the anonymous part is what one more pod costs a node.
+	PeakAnonMiB float64 `json:"peak_anon_mib,omitempty"`
+	FileMiB     float64 `json:"file_rss_mib,omitempty"`
 	// WindowBytes: sum over streams of the largest receive window seen by
 	// the Linux side (advertised by the proxy for downloads, by Linux for
 	// uploads); BoundMbps = min(rate cap, window ÷ RTT), 0 = unbounded.
@@ -592,7 +598,7 @@ func (h *harness) cell(b binary, sp spec, seed int64) (Cell, error) {
 	pathPids := []int{os.Getpid(), h.relay.cmd.Process.Pid, p.Pid()}
 	drops0 := udpDrops(pathPids...)
 
-	var rssMax atomic.Int64
+	var rssMax, anonMax, fileMax atomic.Int64
 	stopSampling := make(chan struct{})
 	var sampled sync.WaitGroup
 	sampled.Add(1)
@@ -600,8 +606,10 @@ func (h *harness) cell(b binary, sp spec, seed int64) (Cell, error) {
 		defer sampled.Done()
 		for {
 			h.gw.sampleConns()
-			if st, err := benchproc.ReadMemory(p.Pid()); err == nil && st.HWMKiB > rssMax.Load() {
-				rssMax.Store(st.HWMKiB)
+			if st, err := benchproc.ReadMemory(p.Pid()); err == nil {
+				storeMax(&rssMax, st.HWMKiB)
+				storeMax(&anonMax, st.AnonKiB)
+				storeMax(&fileMax, st.FileKiB)
 			}
 			select {
 			case <-stopSampling:
@@ -664,6 +672,7 @@ func (h *harness) cell(b binary, sp spec, seed int64) (Cell, error) {
 		c.CPUPerGiB = (cpu1 - cpu0) / (float64(c.Bytes) / (1 << 30))
 	}
 	c.PeakRSSMiB = float64(rssMax.Load()) / 1024
+	c.PeakAnonMiB, c.FileMiB = float64(anonMax.Load())/1024, float64(fileMax.Load())/1024
 	c.WindowBytes = snd
 	if sp.Dir == "upload" {
 		c.WindowBytes = rcv

@@ -60,6 +60,11 @@ func TestReport(t *testing.T) {
 		cell(side, 50, 0, "download", 1, 170, 10, 22), cell(base, 50, 0, "download", 1, 100, 20, 90),
 		cell(side, 50, 0.01, "download", 1, 100, 10, 22), cell(base, 50, 0.01, "download", 1, 40, 20, 90),
 	}, Latency: []Latency{{Binary: side, RTTms: 0, P50us: 90}, {Binary: base, RTTms: 0, P50us: 100}}}
+	// The resident set's parts: the sidecar's largest of each, never the
+	// stock forwarder's.
+	rep.Cells[0].PeakAnonMiB, rep.Cells[0].FileMiB = 9.5, 11.2
+	rep.Cells[2].PeakAnonMiB, rep.Cells[2].FileMiB = 12.5, 11.0
+	rep.Cells[1].PeakAnonMiB, rep.Cells[1].FileMiB = 80, 9
 	var b bytes.Buffer
 	printReport(&b, rep)
 	out := b.String()
@@ -70,6 +75,7 @@ func TestReport(t *testing.T) {
 		"CPU s/GiB ≤ 1/3 of the stock forwarder's: 3.00 / 9.30 = 0.32: met",
 		"keep-alive p50 ≤ 5× plain loopback: 90 / 20 µs = 4.5×: met",
 		"highest 22.0 MiB (50 ms, loss 0, download): met",
+		"at most 12.5 MiB anonymous (what one more pod costs) and 11.2 MiB file-backed",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("report lacks %q:\n%s", want, out)

@@ -342,12 +342,21 @@ func printTargets(w io.Writer, rep *Report, keys []cellKey, m map[cellKey]map[st
 	}
 	// 4: memory.
 	peak, peakAt := 0.0, ""
+	var anon, file float64
 	for _, k := range keys {
-		if s := m[k][side]; k.streams == 1 && s.PeakRSSMiB > peak {
+		s := m[k][side]
+		if k.streams != 1 {
+			continue
+		}
+		if s.PeakRSSMiB > peak {
 			peak, peakAt = s.PeakRSSMiB, fmt.Sprintf("%s, loss %s, %s", rttName(k.rtt), lossName(k.loss), k.dir)
 		}
+		anon, file = max(anon, s.PeakAnonMiB), max(file, s.FileMiB)
 	}
 	fmt.Fprintf(w, "- one stream peak RSS ≤ 24 MiB at any RTT: highest %.1f MiB (%s): %s\n", peak, peakAt, verdict(peak <= 24))
+	if anon > 0 {
+		fmt.Fprintf(w, "  of a one-stream resident set, at most %.1f MiB anonymous (what one more pod costs) and %.1f MiB file-backed (the binary's pages, shared by pods of one image)\n", anon, file)
+	}
 	for _, k := range keys {
 		if k.streams == 100 {
 			s, v := m[k][side], m[k][base]

@@ -96,8 +96,11 @@ func (p *Proc) Stop() {
 }
 
 // Memory is a process's resident set now (VmRSS) and at its peak (VmHWM),
-// in KiB.
-type Memory struct{ RSSKiB, HWMKiB int64 }
+// and the two parts of the resident set now: anonymous memory (RssAnon:
+// heap, stacks, what the process allocated) and file-backed pages (RssFile:
+// mostly the executable's text and read-only data, shared page cache that
+// every process running the same binary maps), all in KiB.
+type Memory struct{ RSSKiB, HWMKiB, AnonKiB, FileKiB int64 }
 
 // ReadMemory reads /proc/<pid>/status.
 func ReadMemory(pid int) (Memory, error) {
@@ -116,6 +119,10 @@ func ReadMemory(pid int) (Memory, error) {
 			m.RSSKiB = n
 		case "VmHWM":
 			m.HWMKiB = n
+		case "RssAnon":
+			m.AnonKiB = n
+		case "RssFile":
+			m.FileKiB = n
 		}
 	}
 	return m, sc.Err()

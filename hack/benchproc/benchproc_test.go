@@ -13,6 +13,12 @@ func TestSelf(t *testing.T) {
 	if m.RSSKiB <= 0 || m.HWMKiB < m.RSSKiB {
 		t.Fatalf("memory %+v: want 0 < RSS ≤ HWM", m)
 	}
+	// A Go test binary has a heap and maps its own text: both parts are
+	// there, and together they are at most the resident set (RssShmem is
+	// the rest).
+	if m.AnonKiB <= 0 || m.FileKiB <= 0 || m.AnonKiB+m.FileKiB > m.RSSKiB {
+		t.Fatalf("memory %+v: want anonymous and file-backed parts that add up to at most RSS", m)
+	}
 	// Burn a little CPU so utime moves past one tick.
 	x := 0
 	for i := 0; i < 50_000_000; i++ {
