@@ -40,10 +40,32 @@ func freePort() (string, error) {
 	return ln.Addr().String(), nil
 }
 
+// startAttempts bounds Start's retries. The two ports are picked free and
+// released before the proxy binds them, and in between any outgoing
+// connection on the machine may take one as its ephemeral port (it
+// happened at the last cell of a 5-minute matrix run); a fresh pair almost
+// always works, and a proxy that cannot start at all fails three times.
+const startAttempts = 3
+
 // Start runs bin with the wg-quick file cfg and the environment env (plus
 // PATH) and returns once it is ready, with the time that took. The process
-// is killed if the caller's process dies first.
+// is killed if the caller's process dies first. A proxy that exits before
+// it is ready is started again on fresh ports, up to startAttempts times.
 func Start(bin, cfg string, env []string) (*Proc, time.Duration, error) {
+	var err error
+	for range startAttempts {
+		var p *Proc
+		var took time.Duration
+		if p, took, err = start(bin, cfg, env); err == nil || !errors.Is(err, errExited) {
+			return p, took, err
+		}
+	}
+	return nil, 0, fmt.Errorf("%d attempts: %w", startAttempts, err)
+}
+
+var errExited = errors.New("exited before ready")
+
+func start(bin, cfg string, env []string) (*Proc, time.Duration, error) {
 	health, err := freePort()
 	if err != nil {
 		return nil, 0, err
@@ -74,7 +96,7 @@ func Start(bin, cfg string, env []string) (*Proc, time.Duration, error) {
 		}
 		select {
 		case err := <-p.exited:
-			return nil, 0, fmt.Errorf("%s exited before ready: %v", filepath.Base(bin), err)
+			return nil, 0, fmt.Errorf("%s %w: %v", filepath.Base(bin), errExited, err)
 		case <-time.After(2 * time.Millisecond):
 		}
 		if time.Since(start) > 30*time.Second {
