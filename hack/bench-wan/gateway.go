@@ -13,10 +13,12 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"golang.org/x/crypto/curve25519"
@@ -76,11 +78,34 @@ var nsSysctls = map[string]string{
 	"net/ipv4/tcp_wmem": "4096 16384 33554432",
 }
 
+// gatewayCC is the Linux side's TCP congestion control (setGatewayCC). A
+// new namespace inherits the host's default (BBR on some machines, CUBIC
+// on most), and may only switch to the host's allowed ones, so it is set
+// on the sample apps' listening socket instead, which root may give any
+// algorithm the kernel has; accepted connections inherit it.
+var gatewayCC string
+
+// setGatewayCC makes cc the Linux side's TCP congestion control, after
+// checking that this kernel has it.
+func setGatewayCC(cc string) error {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/tcp_available_congestion_control")
+	if err != nil {
+		return fmt.Errorf("-gateway-cc: %w", err)
+	}
+	if !slices.Contains(strings.Fields(string(b)), cc) {
+		return fmt.Errorf("-gateway-cc %q: this kernel has %s (load the tcp_%s module or pick one of those)", cc, strings.TrimSpace(string(b)), cc)
+	}
+	gatewayCC = cc
+	return nil
+}
+
 func newKernelGateway(ns, ifName string, srv *flyapitest.Server, org string) (g *kernelGateway, err error) {
 	g = &kernelGateway{ns: ns, ifName: ifName, apps: map[netip.Addr]string{}, names: map[string]netip.Addr{}}
+	// The error returns set g to nil: close what this one made.
+	made := g
 	defer func() {
 		if err != nil {
-			g.close()
+			made.close()
 		}
 	}()
 	var priv [32]byte
@@ -205,7 +230,22 @@ func (g *kernelGateway) startServices(dnsAddr netip.Addr) error {
 	var dc net.PacketConn
 	err := g.inNetns(func() error {
 		var err error
-		if hl, err = net.Listen("tcp6", "[::]:80"); err != nil {
+		lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+			if gatewayCC == "" {
+				return nil
+			}
+			var serr error
+			if err := c.Control(func(fd uintptr) {
+				serr = unix.SetsockoptString(int(fd), unix.IPPROTO_TCP, unix.TCP_CONGESTION, gatewayCC)
+			}); err != nil {
+				return err
+			}
+			if serr != nil {
+				return fmt.Errorf("TCP_CONGESTION %s: %w", gatewayCC, serr)
+			}
+			return nil
+		}}
+		if hl, err = lc.Listen(context.Background(), "tcp6", "[::]:80"); err != nil {
 			return err
 		}
 		if dc, err = net.ListenPacket("udp6", netip.AddrPortFrom(dnsAddr, 53).String()); err != nil {

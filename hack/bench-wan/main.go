@@ -167,6 +167,7 @@ func main() {
 		trList   = flag.String("transports", "udp,websocket", "the sidecar's transports, comma-separated: udp, websocket")
 		relayTo  = flag.String("relay-target", "", "internal: run as the link emulator process, forwarding UDP to this address")
 		relayWS  = flag.String("relay-ws-target", "", "internal: with -relay-target, relay TCP (the WebSocket) to this address")
+		gwCC     = flag.String("gateway-cc", "cubic", "TCP congestion control of the Linux side (the download sender), fixed so results do not depend on the host's default: cubic (Linux's default), bbr, reno")
 		wsPath   = flag.String("ws-path", pathPacket, "how the WebSocket's TCP crosses the emulated link: packet (its IP packets, with loss) or stream (a byte-stream relay, no loss)")
 	)
 	var extraEnv benchproc.EnvFlag
@@ -191,6 +192,9 @@ func main() {
 	if *sidecar == "" || *baseline == "" || *netns == "" {
 		fmt.Fprintln(os.Stderr, "bench-wan: -sidecar, -baseline and -netns are required (run hack/bench-wan.sh)")
 		os.Exit(2)
+	}
+	if err := setGatewayCC(*gwCC); err != nil {
+		fatal(err)
 	}
 	h := &harness{quick: *quick, dur: *dur, rate: *rateMbit * 1e6,
 		bins: []binary{{side, *sidecar}, {base, *baseline}}, workdir: *workdir, sidecarEnv: extraEnv}
@@ -399,6 +403,9 @@ func (h *harness) run(ns, ifName string) (*Report, error) {
 		rep.Sysctls = append(rep.Sysctls, k+"="+v)
 	}
 	sort.Strings(rep.Sysctls)
+	if gatewayCC != "" {
+		rep.Sysctls = append(rep.Sysctls, "TCP_CONGESTION="+gatewayCC+" (the apps' sockets)")
+	}
 
 	srv, err := flyapitest.NewServer(flyapitest.Options{NoGateway: true})
 	if err != nil {

@@ -72,6 +72,8 @@ func TestReport(t *testing.T) {
 		"loss-free single stream ≥ 0.80 of the cap: lowest 0.85 (50 ms download): met",
 		"never slower than the stock forwarder: lowest ratio 1.70 (50 ms, loss 0, download ×1), 0 of 3 cells slower: met",
 		"lossy cells ≥ 2× the stock forwarder: lowest ratio 2.50",
+		"in 1 of 1 lossy cells the stock forwarder moves at least half the loss estimate",
+		"| 50 ms | 1 % | download | 1 | udp | 100.0 | 40.0 | 2.50 | — / — | 2.6 |",
 		"CPU s/GiB ≤ 1/3 of the stock forwarder's: 3.00 / 9.30 = 0.32: met",
 		"keep-alive p50 ≤ 5× plain loopback: 90 / 20 µs = 4.5×: met",
 		"highest 22.0 MiB (50 ms, loss 0, download): met",
@@ -253,5 +255,21 @@ func datagramArrives(t *testing.T, tr *flyapitest.GatewayTransport, fns []conn.R
 	}
 	if st := tr.WebSocketStats(); st.Accepted != 1 || st.Rejected != 0 {
 		t.Fatalf("gateway stats %+v", st)
+	}
+}
+
+// The Linux side's congestion control is pinned, and a name this kernel
+// lacks is refused with the flag's name and the choices.
+func TestGatewayCC(t *testing.T) {
+	defer func() { gatewayCC = "" }()
+	if err := setGatewayCC("reno"); err != nil {
+		t.Fatal(err)
+	}
+	if got := gatewayCC; got != "reno" {
+		t.Fatalf("congestion control %q, want reno", got)
+	}
+	err := setGatewayCC("nosuch")
+	if err == nil || !strings.Contains(err.Error(), "-gateway-cc") || !strings.Contains(err.Error(), "reno") {
+		t.Fatalf("err %v, want one naming -gateway-cc and the available choices", err)
 	}
 }
