@@ -42,6 +42,7 @@ import (
 type kernelGateway struct {
 	ns     string // name under /run/netns
 	ifName string
+	cc     string // the apps' TCP congestion control ("" = the namespace's)
 	pub    [32]byte
 
 	tun    tun.Device
@@ -78,16 +79,13 @@ var nsSysctls = map[string]string{
 	"net/ipv4/tcp_wmem": "4096 16384 33554432",
 }
 
-// gatewayCC is the Linux side's TCP congestion control (setGatewayCC). A
-// new namespace inherits the host's default (BBR on some machines, CUBIC
-// on most), and may only switch to the host's allowed ones, so it is set
-// on the sample apps' listening socket instead, which root may give any
-// algorithm the kernel has; accepted connections inherit it.
-var gatewayCC string
-
 // setGatewayCC makes cc the Linux side's TCP congestion control, after
-// checking that this kernel has it.
-func setGatewayCC(cc string) error {
+// checking that this kernel has it. A new namespace inherits the host's
+// default (BBR on some machines, CUBIC on most) and may only switch to the
+// host's allowed ones, so the gateway sets it on the sample apps' listening
+// socket instead, which root may give any algorithm the kernel has;
+// accepted connections inherit it.
+func (h *harness) setGatewayCC(cc string) error {
 	b, err := os.ReadFile("/proc/sys/net/ipv4/tcp_available_congestion_control")
 	if err != nil {
 		return fmt.Errorf("-gateway-cc: %w", err)
@@ -95,12 +93,32 @@ func setGatewayCC(cc string) error {
 	if !slices.Contains(strings.Fields(string(b)), cc) {
 		return fmt.Errorf("-gateway-cc %q: this kernel has %s (load the tcp_%s module or pick one of those)", cc, strings.TrimSpace(string(b)), cc)
 	}
-	gatewayCC = cc
+	h.gatewayCC = cc
 	return nil
 }
 
-func newKernelGateway(ns, ifName string, srv *flyapitest.Server, org string) (g *kernelGateway, err error) {
-	g = &kernelGateway{ns: ns, ifName: ifName, apps: map[netip.Addr]string{}, names: map[string]netip.Addr{}}
+// withCongestion sets TCP congestion control cc on a socket before it
+// binds; "" leaves the namespace's default.
+func withCongestion(cc string) func(network, address string, c syscall.RawConn) error {
+	return func(_, _ string, c syscall.RawConn) error {
+		if cc == "" {
+			return nil
+		}
+		var serr error
+		if err := c.Control(func(fd uintptr) {
+			serr = unix.SetsockoptString(int(fd), unix.IPPROTO_TCP, unix.TCP_CONGESTION, cc)
+		}); err != nil {
+			return err
+		}
+		if serr != nil {
+			return fmt.Errorf("TCP_CONGESTION %s: %w", cc, serr)
+		}
+		return nil
+	}
+}
+
+func newKernelGateway(ns, ifName, cc string, srv *flyapitest.Server, org string) (g *kernelGateway, err error) {
+	g = &kernelGateway{ns: ns, ifName: ifName, cc: cc, apps: map[netip.Addr]string{}, names: map[string]netip.Addr{}}
 	// The error returns set g to nil: close what this one made.
 	made := g
 	defer func() {
@@ -230,21 +248,7 @@ func (g *kernelGateway) startServices(dnsAddr netip.Addr) error {
 	var dc net.PacketConn
 	err := g.inNetns(func() error {
 		var err error
-		lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
-			if gatewayCC == "" {
-				return nil
-			}
-			var serr error
-			if err := c.Control(func(fd uintptr) {
-				serr = unix.SetsockoptString(int(fd), unix.IPPROTO_TCP, unix.TCP_CONGESTION, gatewayCC)
-			}); err != nil {
-				return err
-			}
-			if serr != nil {
-				return fmt.Errorf("TCP_CONGESTION %s: %w", gatewayCC, serr)
-			}
-			return nil
-		}}
+		lc := net.ListenConfig{Control: withCongestion(g.cc)}
 		if hl, err = lc.Listen(context.Background(), "tcp6", "[::]:80"); err != nil {
 			return err
 		}

@@ -135,6 +135,7 @@ type Report struct {
 	PlainP99us float64   `json:"plain_loopback_p99_us"`
 	Elapsed    float64   `json:"elapsed_s"`
 	Sysctls    []string  `json:"netns_sysctls"`
+	GatewayCC  string    `json:"gateway_cc,omitempty"` // the apps' TCP congestion control (-gateway-cc)
 	SidecarEnv []string  `json:"sidecar_env,omitempty"`
 	Transports []string  `json:"transports"`
 	// WSPath is how the WebSocket's TCP crossed the link: "packet" (its IP
@@ -193,11 +194,11 @@ func main() {
 		fmt.Fprintln(os.Stderr, "bench-wan: -sidecar, -baseline and -netns are required (run hack/bench-wan.sh)")
 		os.Exit(2)
 	}
-	if err := setGatewayCC(*gwCC); err != nil {
-		fatal(err)
-	}
 	h := &harness{quick: *quick, dur: *dur, rate: *rateMbit * 1e6,
 		bins: []binary{{side, *sidecar}, {base, *baseline}}, workdir: *workdir, sidecarEnv: extraEnv}
+	if err := h.setGatewayCC(*gwCC); err != nil {
+		fatal(err)
+	}
 	if *before != "" {
 		h.bins = append(h.bins, binary{prev, *before})
 	}
@@ -252,8 +253,9 @@ type harness struct {
 	rate  float64
 	bins  []binary
 
-	gw    *kernelGateway
-	relay *relayProc
+	gw        *kernelGateway
+	gatewayCC string // -gateway-cc
+	relay     *relayProc
 	// Matrix overrides (nil = the default matrix).
 	rtts    []time.Duration
 	losses  []float64
@@ -403,16 +405,14 @@ func (h *harness) run(ns, ifName string) (*Report, error) {
 		rep.Sysctls = append(rep.Sysctls, k+"="+v)
 	}
 	sort.Strings(rep.Sysctls)
-	if gatewayCC != "" {
-		rep.Sysctls = append(rep.Sysctls, "TCP_CONGESTION="+gatewayCC+" (the apps' sockets)")
-	}
+	rep.GatewayCC = h.gatewayCC
 
 	srv, err := flyapitest.NewServer(flyapitest.Options{NoGateway: true})
 	if err != nil {
 		return nil, err
 	}
 	defer srv.Close()
-	h.gw, err = newKernelGateway(ns, ifName, srv, org)
+	h.gw, err = newKernelGateway(ns, ifName, h.gatewayCC, srv, org)
 	if err != nil {
 		return nil, err
 	}
@@ -678,8 +678,8 @@ func (h *harness) cell(b binary, sp spec, seed int64) (Cell, error) {
 	if c.Bytes > 0 {
 		c.CPUPerGiB = (cpu1 - cpu0) / (float64(c.Bytes) / (1 << 30))
 	}
-	c.PeakRSSMiB = float64(rssMax.Load()) / 1024
-	c.PeakAnonMiB, c.FileMiB = float64(anonMax.Load())/1024, float64(fileMax.Load())/1024
+	c.PeakRSSMiB = benchproc.MiB(rssMax.Load())
+	c.PeakAnonMiB, c.FileMiB = benchproc.MiB(anonMax.Load()), benchproc.MiB(fileMax.Load())
 	c.WindowBytes = snd
 	if sp.Dir == "upload" {
 		c.WindowBytes = rcv

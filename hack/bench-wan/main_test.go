@@ -261,14 +261,14 @@ func datagramArrives(t *testing.T, tr *flyapitest.GatewayTransport, fns []conn.R
 // The Linux side's congestion control is pinned, and a name this kernel
 // lacks is refused with the flag's name and the choices.
 func TestGatewayCC(t *testing.T) {
-	defer func() { gatewayCC = "" }()
-	if err := setGatewayCC("reno"); err != nil {
+	h := &harness{}
+	if err := h.setGatewayCC("reno"); err != nil {
 		t.Fatal(err)
 	}
-	if got := gatewayCC; got != "reno" {
+	if got := h.gatewayCC; got != "reno" {
 		t.Fatalf("congestion control %q, want reno", got)
 	}
-	err := setGatewayCC("nosuch")
+	err := h.setGatewayCC("nosuch")
 	if err == nil || !strings.Contains(err.Error(), "-gateway-cc") || !strings.Contains(err.Error(), "reno") {
 		t.Fatalf("err %v, want one naming -gateway-cc and the available choices", err)
 	}

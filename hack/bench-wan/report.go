@@ -120,7 +120,11 @@ func lossEstimate(c Cell) string {
 func printReport(w io.Writer, rep *Report) {
 	fmt.Fprintf(w, "\n# bench-wan %s (%s), load before %s, after %s; %.0f s per cell (first %.1f s not counted), %.0f s in all\n",
 		rep.When, rep.Host, rep.LoadBefore, rep.LoadAfter, rep.Duration, rep.Warmup, rep.Elapsed)
-	fmt.Fprintf(w, "# Linux side: %s\n", strings.Join(rep.Sysctls, ", "))
+	linux := strings.Join(rep.Sysctls, ", ")
+	if rep.GatewayCC != "" {
+		linux += ", congestion control " + rep.GatewayCC + " (the apps' sockets)"
+	}
+	fmt.Fprintf(w, "# Linux side: %s\n", linux)
 	if len(rep.SidecarEnv) > 0 {
 		fmt.Fprintf(w, "# glaceon-sidecar environment: %s\n", strings.Join(rep.SidecarEnv, " "))
 	}
